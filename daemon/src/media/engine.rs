@@ -1,0 +1,1135 @@
+//! The media loop: one task owning every peer connection and the UDP sockets.
+//!
+//! Each datagram is routed to its connection (by remote address once known,
+//! by the STUN USERNAME's local ufrag before that), fed to the sans-IO core,
+//! and whatever that produces is handled before the next datagram: outgoing
+//! datagrams are sent with a non-blocking `try_send_to` (a full socket buffer
+//! drops and counts, it never stalls the loop), RTP from a publisher is
+//! rewritten for and written to every subscriber leg, keyframe requests are
+//! relayed upstream rate-limited. Nothing here awaits anything but the next
+//! input, and no lock exists.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu_proto::signaling::{CandidateInit, PcKind};
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::forward::{ExtensionMap, Leg};
+use super::peer::{self, Announced, IceTimeouts};
+use super::{
+    Codec, EventSink, MediaCommand, MediaError, MediaEvent, MediaHandle, MediaKind, Negotiated,
+    PeerId, TrackId, TrackInfo,
+};
+
+/// Least time between two keyframe requests sent to one publisher track.
+const PLI_INTERVAL: Duration = Duration::from_millis(500);
+/// Datagrams read per wake-up before commands and timers get a turn.
+const READ_BATCH: usize = 128;
+/// Largest datagram accepted.
+const MAX_DATAGRAM: usize = 2048;
+
+/// Counters of the media engine.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MediaStats {
+    /// Peer connections alive.
+    pub connections: usize,
+    /// Published tracks alive.
+    pub tracks: usize,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// RTP packets received from publishers.
+    pub rtp_in: u64,
+    /// RTP packets written to subscriber legs.
+    pub rtp_forwarded: u64,
+    /// Datagrams from nobody we know.
+    pub dropped_unroutable: u64,
+    /// Datagrams the socket would not take (buffer full) or refused.
+    pub dropped_send: u64,
+    /// RTP packets a subscriber leg refused (not negotiated or not connected yet).
+    pub dropped_leg: u64,
+    /// Keyframe requests sent to publishers.
+    pub plis_sent: u64,
+}
+
+type ConnId = u64;
+
+/// One server peer connection.
+struct Conn {
+    peer: PeerId,
+    kind: PcKind,
+    pc: RTCPeerConnection,
+    ufrag: String,
+    deadline: Option<Instant>,
+    connected: bool,
+    lost: bool,
+    /// Remote addresses routed here.
+    addrs: Vec<(usize, SocketAddr)>,
+    /// Publish side: the core's track id -> our track.
+    tracks: HashMap<String, TrackId>,
+    /// Subscribe side: forwarded tracks.
+    legs: HashMap<TrackId, Leg>,
+    /// Subscribe side: SSRC announced to the subscriber -> track.
+    by_ssrc: HashMap<u32, TrackId>,
+    offer_outstanding: bool,
+    negotiated: bool,
+    /// Whether the server's candidates went out with a description already.
+    candidates_sent: bool,
+}
+
+/// One published track and who receives it.
+struct Source {
+    info: TrackInfo,
+    codec: RTCRtpCodec,
+    extensions: Vec<(String, u16)>,
+    conn: ConnId,
+    receiver: RTCRtpReceiverId,
+    media_ssrc: u32,
+    subscribers: Vec<ConnId>,
+    last_pli: Option<Instant>,
+    pli_pending: bool,
+}
+
+#[derive(Default)]
+struct PeerConns {
+    publish: Option<ConnId>,
+    subscribe: Option<ConnId>,
+    events: Option<EventSink>,
+}
+
+/// The media task's state; see the module docs.
+pub struct MediaEngine {
+    sockets: Vec<UdpSocket>,
+    local_addrs: Vec<SocketAddr>,
+    announced: Vec<Announced>,
+    timeouts: IceTimeouts,
+    rx: mpsc::Receiver<MediaCommand>,
+    conns: HashMap<ConnId, Conn>,
+    peers: HashMap<PeerId, PeerConns>,
+    by_ufrag: HashMap<String, ConnId>,
+    by_addr: HashMap<(usize, SocketAddr), ConnId>,
+    sources: HashMap<TrackId, Source>,
+    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    next_conn: ConnId,
+    next_track: u64,
+    stats: MediaStats,
+    scratch_reads: Vec<RTCMessage>,
+    scratch_events: Vec<RTCPeerConnectionEvent>,
+}
+
+/// Settings the engine needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    /// Addresses to bind, each with an optional public address to announce.
+    pub bind: Vec<(std::net::IpAddr, Option<std::net::IpAddr>)>,
+    /// UDP port (0 = any).
+    pub port: u16,
+    /// ICE disconnected timeout.
+    pub ice_disconnected: Duration,
+    /// ICE failed timeout.
+    pub ice_failed: Duration,
+}
+
+impl MediaEngine {
+    /// Binds the UDP sockets; the engine runs with [`MediaEngine::run`].
+    pub fn bind(settings: &MediaSettings) -> std::io::Result<(MediaEngine, MediaHandle)> {
+        let mut sockets = Vec::new();
+        let mut announced = Vec::new();
+        let mut port = settings.port;
+        for (ip, public) in &settings.bind {
+            let std_socket =
+                std::net::UdpSocket::bind(SocketAddr::new(*ip, port)).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot bind UDP {}: {e}", SocketAddr::new(*ip, port)),
+                    )
+                })?;
+            std_socket.set_nonblocking(true)?;
+            let socket = UdpSocket::from_std(std_socket)?;
+            let bound = socket.local_addr()?;
+            // With port 0, every address shares the first one's port where it can.
+            port = bound.port();
+            announced.push(Announced {
+                bound,
+                public: *public,
+            });
+            sockets.push(socket);
+        }
+        let local_addrs: Vec<SocketAddr> = announced.iter().map(|a| a.bound).collect();
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = MediaHandle {
+            tx,
+            local_addrs: std::sync::Arc::new(local_addrs.clone()),
+        };
+        let engine = MediaEngine {
+            sockets,
+            local_addrs,
+            announced,
+            timeouts: IceTimeouts {
+                disconnected: settings.ice_disconnected,
+                failed: settings.ice_failed,
+            },
+            rx,
+            conns: HashMap::new(),
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            sources: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_conn: 1,
+            next_track: 1,
+            stats: MediaStats::default(),
+            scratch_reads: Vec::new(),
+            scratch_events: Vec::new(),
+        };
+        Ok((engine, handle))
+    }
+
+    /// Runs until `shutdown` turns true or every handle is dropped.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| *at)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = recv_any(&self.sockets, &mut buf) => {
+                    match r {
+                        Ok((sock, len, from)) => {
+                            let now = Instant::now();
+                            self.on_datagram(sock, from, &buf[..len], now);
+                            self.read_more(&mut buf, now);
+                        }
+                        Err(e) => warn!(error = %e, "UDP receive failed"),
+                    }
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(next.into()) => self.on_timers(Instant::now()),
+                _ = housekeeping.tick() => self.on_housekeeping(Instant::now()),
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.close_all();
+    }
+
+    /// Drains what else is already queued on the sockets, up to a batch.
+    fn read_more(&mut self, buf: &mut [u8], now: Instant) {
+        for _ in 0..READ_BATCH {
+            let mut got = false;
+            for sock in 0..self.sockets.len() {
+                match self.sockets[sock].try_recv_from(buf) {
+                    Ok((len, from)) => {
+                        got = true;
+                        self.on_datagram(sock, from, &buf[..len], now);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => debug!(error = %e, "UDP receive failed"),
+                }
+            }
+            if !got {
+                break;
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, sock: usize, from: SocketAddr, data: &[u8], now: Instant) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        let id = match self.by_addr.get(&(sock, from)) {
+            Some(id) => *id,
+            None => {
+                let Some(id) = stun_local_ufrag(data).and_then(|u| self.by_ufrag.get(&u).copied())
+                else {
+                    self.stats.dropped_unroutable += 1;
+                    return;
+                };
+                self.by_addr.insert((sock, from), id);
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.addrs.push((sock, from));
+                }
+                id
+            }
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            self.stats.dropped_unroutable += 1;
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_addrs[sock],
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = conn.pc.handle_read(msg) {
+            debug!(peer = %conn.peer, pc = ?conn.kind, error = %e, "datagram rejected");
+        }
+        self.drive(id, now);
+    }
+
+    /// Handles everything a connection produced: datagrams out, events, and
+    /// application messages (RTP to forward, keyframe requests to relay).
+    fn drive(&mut self, id: ConnId, now: Instant) {
+        let mut reads = std::mem::take(&mut self.scratch_reads);
+        let mut events = std::mem::take(&mut self.scratch_events);
+        for _round in 0..4 {
+            {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    break;
+                };
+                flush(conn, &self.sockets, &self.local_addrs, &mut self.stats);
+                while let Some(ev) = conn.pc.poll_event() {
+                    events.push(ev);
+                }
+                while let Some(m) = conn.pc.poll_read() {
+                    reads.push(m.message);
+                }
+            }
+            if events.is_empty() && reads.is_empty() {
+                break;
+            }
+            for ev in events.drain(..) {
+                self.on_event(id, ev, now);
+            }
+            for m in reads.drain(..) {
+                self.on_message(id, m, now);
+            }
+        }
+        self.schedule(id, now);
+        self.scratch_reads = reads;
+        self.scratch_events = events;
+    }
+
+    fn schedule(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(mut at) = conn.pc.poll_timeout() else {
+            return;
+        };
+        if at <= now {
+            at = now + Duration::from_millis(1);
+        }
+        if conn.deadline.is_none_or(|d| at < d || d <= now) {
+            conn.deadline = Some(at);
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if conn.deadline != Some(at) {
+                continue;
+            }
+            conn.deadline = None;
+            if let Err(e) = conn.pc.handle_timeout(now) {
+                debug!(peer = %conn.peer, error = %e, "timeout handling failed");
+            }
+            self.drive(id, now);
+        }
+    }
+
+    fn on_housekeeping(&mut self, now: Instant) {
+        let pending: Vec<TrackId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.pli_pending)
+            .map(|(id, _)| *id)
+            .collect();
+        for track in pending {
+            self.request_keyframe(track, now);
+        }
+    }
+
+    fn on_event(&mut self, id: ConnId, ev: RTCPeerConnectionEvent, now: Instant) {
+        match ev {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                self.on_state(id, state, now)
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.on_track_open(id, init)
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                self.on_track_close(id, &track_id)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_state(&mut self, id: ConnId, state: RTCPeerConnectionState, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        debug!(peer = %conn.peer, pc = ?conn.kind, %state, "connection state");
+        let (peer, kind) = (conn.peer, conn.kind);
+        match state {
+            RTCPeerConnectionState::Connected => {
+                conn.connected = true;
+                let remote = conn.addrs.last().map(|(_, a)| *a);
+                let tracks: Vec<TrackId> = conn.legs.keys().copied().collect();
+                info!(%peer, pc = ?kind, ?remote, "connected");
+                self.emit(
+                    peer,
+                    MediaEvent::Connected {
+                        peer,
+                        pc: kind,
+                        remote,
+                    },
+                );
+                for track in tracks {
+                    self.request_keyframe(track, now);
+                }
+            }
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                conn.connected = false;
+                if !conn.lost {
+                    conn.lost = true;
+                    info!(%peer, pc = ?kind, %state, "connection lost");
+                    self.emit(peer, MediaEvent::ConnectionLost { peer, pc: kind });
+                }
+            }
+            RTCPeerConnectionState::Disconnected => conn.connected = false,
+            _ => {}
+        }
+    }
+
+    fn on_track_open(&mut self, id: ConnId, init: rtc::peer_connection::event::RTCTrackEventInit) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.kind != PcKind::Publish || conn.tracks.contains_key(&init.track_id) {
+            return;
+        }
+        let Some(mut receiver) = conn.pc.rtp_receiver(init.receiver_id) else {
+            return;
+        };
+        let kind = match receiver.track().kind() {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            RtpCodecKind::Video => MediaKind::Video,
+            _ => return,
+        };
+        let codec = receiver.track().codec(init.ssrc).cloned().or_else(|| {
+            receiver
+                .get_parameters()
+                .rtp_parameters
+                .codecs
+                .first()
+                .map(|c| c.rtp_codec.clone())
+        });
+        let Some(codec) = codec else {
+            warn!(peer = %conn.peer, "track without a codec ignored");
+            return;
+        };
+        let extensions = receiver
+            .get_parameters()
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .map(|e| (e.uri.clone(), e.id))
+            .collect();
+        let track = TrackId(self.next_track);
+        self.next_track += 1;
+        conn.tracks.insert(init.track_id.clone(), track);
+        let info = TrackInfo {
+            id: track,
+            publisher: conn.peer,
+            kind,
+            codec: Codec {
+                mime_type: codec.mime_type.clone(),
+                clock_rate: codec.clock_rate,
+                channels: codec.channels,
+                fmtp: codec.sdp_fmtp_line.clone(),
+            },
+        };
+        info!(peer = %conn.peer, track = track.0, kind = kind.as_str(), codec = %codec.mime_type, ssrc = init.ssrc, "track published");
+        let peer = conn.peer;
+        self.sources.insert(
+            track,
+            Source {
+                info: info.clone(),
+                codec,
+                extensions,
+                conn: id,
+                receiver: init.receiver_id,
+                media_ssrc: init.ssrc,
+                subscribers: Vec::new(),
+                last_pli: None,
+                pli_pending: false,
+            },
+        );
+        self.emit(peer, MediaEvent::TrackPublished(info));
+    }
+
+    fn on_track_close(&mut self, id: ConnId, core_track: &str) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(track) = conn.tracks.remove(core_track) else {
+            return;
+        };
+        let peer = conn.peer;
+        self.sources.remove(&track);
+        info!(%peer, track = track.0, "track unpublished");
+        self.emit(
+            peer,
+            MediaEvent::TrackUnpublished {
+                publisher: peer,
+                track,
+            },
+        );
+    }
+
+    fn on_message(&mut self, id: ConnId, msg: RTCMessage, now: Instant) {
+        match msg {
+            RTCMessage::RtpPacket(core_track, packet) => self.forward(id, &core_track, packet, now),
+            RTCMessage::RtcpPacket(_, packets) => {
+                let Some(conn) = self.conns.get(&id) else {
+                    return;
+                };
+                let mut wanted = Vec::new();
+                for p in &packets {
+                    let any = p.as_any();
+                    let ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                        Some(pli.media_ssrc)
+                    } else {
+                        any.downcast_ref::<FullIntraRequest>()
+                            .map(|fir| fir.fir.first().map_or(fir.media_ssrc, |e| e.ssrc))
+                    };
+                    if let Some(track) = ssrc.and_then(|s| conn.by_ssrc.get(&s)) {
+                        wanted.push(*track);
+                    }
+                }
+                for track in wanted {
+                    self.request_keyframe(track, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The hot path: one publisher packet to every subscriber leg.
+    fn forward(&mut self, id: ConnId, core_track: &str, packet: rtc::rtp::Packet, now: Instant) {
+        self.stats.rtp_in += 1;
+        let Some(track) = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.tracks.get(core_track))
+            .copied()
+        else {
+            return;
+        };
+        let Some(source) = self.sources.get(&track) else {
+            return;
+        };
+        for sub in &source.subscribers {
+            let Some(conn) = self.conns.get_mut(sub) else {
+                continue;
+            };
+            let Some(leg) = conn.legs.get_mut(&track) else {
+                continue;
+            };
+            let mut out = packet.clone();
+            if !conn.connected || !leg.rewrite(&mut out) {
+                leg.dropped += 1;
+                self.stats.dropped_leg += 1;
+                continue;
+            }
+            let bytes = out.payload.len() as u64;
+            let written = conn
+                .pc
+                .rtp_sender(leg.sender)
+                .map(|mut s| s.write_rtp(now, out));
+            match written {
+                Some(Ok(())) => {
+                    leg.packets += 1;
+                    leg.bytes += bytes;
+                    self.stats.rtp_forwarded += 1;
+                }
+                _ => {
+                    leg.dropped += 1;
+                    self.stats.dropped_leg += 1;
+                }
+            }
+            flush(conn, &self.sockets, &self.local_addrs, &mut self.stats);
+        }
+    }
+
+    /// Asks a publisher for a keyframe, at most once per [`PLI_INTERVAL`];
+    /// a request inside the interval is sent when it ends.
+    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+        let Some(source) = self.sources.get_mut(&track) else {
+            return;
+        };
+        if source.info.kind != MediaKind::Video {
+            return;
+        }
+        if source
+            .last_pli
+            .is_some_and(|last| now.duration_since(last) < PLI_INTERVAL)
+        {
+            source.pli_pending = true;
+            return;
+        }
+        source.pli_pending = false;
+        source.last_pli = Some(now);
+        let (conn_id, receiver, media_ssrc) = (source.conn, source.receiver, source.media_ssrc);
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(mut r) = conn.pc.rtp_receiver(receiver) {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            match r.write_rtcp(now, vec![Box::new(pli)]) {
+                Ok(()) => self.stats.plis_sent += 1,
+                Err(e) => debug!(error = %e, "PLI not sent"),
+            }
+        }
+        flush(conn, &self.sockets, &self.local_addrs, &mut self.stats);
+    }
+
+    fn emit(&self, peer: PeerId, event: MediaEvent) {
+        if let Some(sink) = self.peers.get(&peer).and_then(|p| p.events.as_ref()) {
+            sink(event);
+        }
+    }
+
+    fn on_command(&mut self, cmd: MediaCommand) {
+        let now = Instant::now();
+        match cmd {
+            MediaCommand::Publish {
+                peer,
+                events,
+                sdp,
+                reply,
+            } => {
+                let r = self.publish(peer, events, sdp, now);
+                let _ = reply.send(r);
+            }
+            MediaCommand::Subscribe {
+                peer,
+                events,
+                tracks,
+                reply,
+            } => {
+                let r = self.subscribe(peer, events, tracks, now);
+                let _ = reply.send(r);
+            }
+            MediaCommand::SubscribeAnswer { peer, sdp, reply } => {
+                let r = self.subscribe_answer(peer, sdp, now);
+                let _ = reply.send(r);
+            }
+            MediaCommand::RemoteCandidate {
+                peer,
+                pc,
+                candidate,
+                reply,
+            } => {
+                let r = self.remote_candidate(peer, pc, candidate, now);
+                let _ = reply.send(r);
+            }
+            MediaCommand::RemovePeer { peer } => self.remove_peer(peer),
+            MediaCommand::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.connections = self.conns.len();
+                stats.tracks = self.sources.len();
+                let _ = reply.send(stats);
+            }
+        }
+    }
+
+    fn conn_of(&self, peer: PeerId, kind: PcKind) -> Option<ConnId> {
+        let p = self.peers.get(&peer)?;
+        match kind {
+            PcKind::Publish => p.publish,
+            PcKind::Subscribe => p.subscribe,
+        }
+    }
+
+    fn new_conn(
+        &mut self,
+        peer: PeerId,
+        kind: PcKind,
+        events: EventSink,
+    ) -> Result<ConnId, MediaError> {
+        let ufrag = peer::new_ufrag();
+        let pc = peer::build_connection(&ufrag, self.timeouts, &self.announced)?;
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.conns.insert(
+            id,
+            Conn {
+                peer,
+                kind,
+                pc,
+                ufrag,
+                deadline: None,
+                connected: false,
+                lost: false,
+                addrs: Vec::new(),
+                tracks: HashMap::new(),
+                legs: HashMap::new(),
+                by_ssrc: HashMap::new(),
+                offer_outstanding: false,
+                negotiated: false,
+                candidates_sent: false,
+            },
+        );
+        let entry = self.peers.entry(peer).or_default();
+        entry.events = Some(events);
+        match kind {
+            PcKind::Publish => entry.publish = Some(id),
+            PcKind::Subscribe => entry.subscribe = Some(id),
+        }
+        Ok(id)
+    }
+
+    fn publish(
+        &mut self,
+        peer: PeerId,
+        events: EventSink,
+        sdp: String,
+        now: Instant,
+    ) -> Result<Negotiated, MediaError> {
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let (offered, _) = peer::media_sections(&offer.sdp);
+        let (id, fresh) = match self.conn_of(peer, PcKind::Publish) {
+            Some(id) => (id, false),
+            None => (self.new_conn(peer, PcKind::Publish, events)?, true),
+        };
+        let result = self.answer_offer(id, offer, offered, now);
+        if result.is_err() && fresh {
+            self.drop_conn(id);
+        }
+        self.drive(id, now);
+        result
+    }
+
+    fn answer_offer(
+        &mut self,
+        id: ConnId,
+        offer: RTCSessionDescription,
+        offered: usize,
+        now: Instant,
+    ) -> Result<Negotiated, MediaError> {
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        conn.pc
+            .set_remote_description(now, offer)
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let answer = conn
+            .pc
+            .create_answer(None)
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        conn.pc
+            .set_local_description(now, answer)
+            .map_err(|e| MediaError::Internal(e.to_string()))?;
+        let sdp = conn
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+        let (_, usable) = peer::media_sections(&sdp);
+        if offered > 0 && usable == 0 {
+            return Err(MediaError::NoUsableCodec);
+        }
+        conn.negotiated = true;
+        let candidates = if conn.candidates_sent {
+            Vec::new()
+        } else {
+            conn.candidates_sent = true;
+            peer::trickle_candidates(&self.announced, &sdp, &conn.ufrag)
+        };
+        Ok(Negotiated { sdp, candidates })
+    }
+
+    fn subscribe(
+        &mut self,
+        peer: PeerId,
+        events: EventSink,
+        tracks: Vec<TrackInfo>,
+        now: Instant,
+    ) -> Result<Option<Negotiated>, MediaError> {
+        let id = match self.conn_of(peer, PcKind::Subscribe) {
+            Some(id) => id,
+            None if tracks.is_empty() => return Ok(None),
+            None => self.new_conn(peer, PcKind::Subscribe, events)?,
+        };
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        if conn.offer_outstanding {
+            return Err(MediaError::Internal(
+                "a subscribe offer is already outstanding".into(),
+            ));
+        }
+        let mut changed = false;
+        let gone: Vec<TrackId> = conn
+            .legs
+            .keys()
+            .filter(|t| !tracks.iter().any(|w| w.id == **t))
+            .copied()
+            .collect();
+        for track in gone {
+            if let Some(leg) = conn.legs.remove(&track) {
+                conn.by_ssrc.remove(&leg.ssrc);
+                if let Err(e) = conn.pc.remove_track(leg.sender) {
+                    debug!(error = %e, "remove_track failed");
+                }
+                changed = true;
+            }
+            if let Some(source) = self.sources.get_mut(&track) {
+                source.subscribers.retain(|s| *s != id);
+            }
+        }
+        for want in &tracks {
+            if conn.legs.contains_key(&want.id) {
+                continue;
+            }
+            let Some(source) = self.sources.get_mut(&want.id) else {
+                continue;
+            };
+            let ssrc = loop {
+                let s: u32 = rand::random();
+                if s != 0 && !conn.by_ssrc.contains_key(&s) {
+                    break s;
+                }
+            };
+            let kind = match want.kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let name = format!("{}-{}", want.kind.as_str(), want.id.0);
+            let track = MediaStreamTrack::new(
+                want.publisher.to_string(),
+                name.clone(),
+                name,
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: source.codec.clone(),
+                    ..Default::default()
+                }],
+            );
+            let transceiver = conn
+                .pc
+                .add_transceiver_from_track(
+                    track,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .map_err(|e| MediaError::Internal(e.to_string()))?;
+            let sender = RTCRtpSenderId::from(transceiver);
+            conn.legs.insert(want.id, Leg::new(sender, ssrc));
+            conn.by_ssrc.insert(ssrc, want.id);
+            source.subscribers.push(id);
+            changed = true;
+        }
+        if !changed && (conn.negotiated || conn.legs.is_empty()) {
+            return Ok(None);
+        }
+        let offer = conn
+            .pc
+            .create_offer(None)
+            .map_err(|e| MediaError::Internal(e.to_string()))?;
+        conn.pc
+            .set_local_description(now, offer)
+            .map_err(|e| MediaError::Internal(e.to_string()))?;
+        let sdp = conn
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+        conn.offer_outstanding = true;
+        let candidates = if conn.candidates_sent {
+            Vec::new()
+        } else {
+            conn.candidates_sent = true;
+            peer::trickle_candidates(&self.announced, &sdp, &conn.ufrag)
+        };
+        self.drive(id, now);
+        Ok(Some(Negotiated { sdp, candidates }))
+    }
+
+    fn subscribe_answer(
+        &mut self,
+        peer: PeerId,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let id = self
+            .conn_of(peer, PcKind::Subscribe)
+            .ok_or(MediaError::NoOfferOutstanding)?;
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        if !conn.offer_outstanding {
+            return Err(MediaError::NoOfferOutstanding);
+        }
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        conn.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        conn.offer_outstanding = false;
+        conn.negotiated = true;
+        let mut fresh = Vec::new();
+        for (track, leg) in conn.legs.iter_mut() {
+            let Some(source) = self.sources.get(track) else {
+                continue;
+            };
+            let Some(mut sender) = conn.pc.rtp_sender(leg.sender) else {
+                continue;
+            };
+            let params = sender.get_parameters();
+            let codecs = &params.rtp_parameters.codecs;
+            let pt = codecs
+                .iter()
+                .find(|c| {
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(&source.codec.mime_type)
+                        && c.rtp_codec.sdp_fmtp_line == source.codec.sdp_fmtp_line
+                })
+                .or_else(|| {
+                    codecs.iter().find(|c| {
+                        c.rtp_codec
+                            .mime_type
+                            .eq_ignore_ascii_case(&source.codec.mime_type)
+                    })
+                })
+                .map(|c| c.payload_type);
+            let sub_ext: Vec<(&str, u16)> = params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .map(|e| (e.uri.as_str(), e.id))
+                .collect();
+            let map = ExtensionMap::between(
+                source.extensions.iter().map(|(u, i)| (u.as_str(), *i)),
+                &sub_ext,
+            );
+            if leg.payload_type.is_none() && pt.is_some() {
+                fresh.push(*track);
+            }
+            if pt.is_none() {
+                warn!(%peer, track = track.0, codec = %source.codec.mime_type, "subscriber did not accept the codec");
+            }
+            leg.payload_type = pt;
+            leg.extensions = map;
+        }
+        let connected = conn.connected;
+        self.drive(id, now);
+        if connected {
+            for track in fresh {
+                self.request_keyframe(track, now);
+            }
+        }
+        Ok(())
+    }
+
+    fn remote_candidate(
+        &mut self,
+        peer: PeerId,
+        kind: PcKind,
+        candidate: CandidateInit,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let id = self
+            .conn_of(peer, kind)
+            .ok_or(MediaError::NotNegotiated(kind))?;
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        if conn.pc.remote_description().is_none() {
+            return Err(MediaError::NotNegotiated(kind));
+        }
+        let line = candidate.candidate.trim();
+        if line.is_empty() {
+            // An empty candidate string also signals the end of candidates.
+            return Ok(());
+        }
+        if !line.starts_with("candidate:") && !line.starts_with("a=candidate:") {
+            return Err(MediaError::BadCandidate(
+                "expected a `candidate:` attribute".into(),
+            ));
+        }
+        // The server is ICE-lite: it answers checks and learns the client's
+        // address from them, so a candidate it cannot resolve (an mDNS
+        // `.local` name) is harmless.
+        if line.contains(".local ") {
+            return Ok(());
+        }
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.sdp_mid,
+            sdp_mline_index: candidate.sdp_m_line_index,
+            username_fragment: candidate.username_fragment,
+            url: None,
+        };
+        conn.pc
+            .add_remote_candidate(init)
+            .map_err(|e| MediaError::BadCandidate(e.to_string()))?;
+        self.drive(id, now);
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        for id in [p.publish, p.subscribe].into_iter().flatten() {
+            self.drop_conn(id);
+        }
+    }
+
+    fn drop_conn(&mut self, id: ConnId) {
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = conn.pc.close();
+        flush(&mut conn, &self.sockets, &self.local_addrs, &mut self.stats);
+        self.by_ufrag.remove(&conn.ufrag);
+        for a in &conn.addrs {
+            self.by_addr.remove(a);
+        }
+        for track in conn.tracks.values() {
+            self.sources.remove(track);
+        }
+        for track in conn.legs.keys() {
+            if let Some(source) = self.sources.get_mut(track) {
+                source.subscribers.retain(|s| *s != id);
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&conn.peer) {
+            if p.publish == Some(id) {
+                p.publish = None;
+            }
+            if p.subscribe == Some(id) {
+                p.subscribe = None;
+            }
+        }
+        debug!(peer = %conn.peer, pc = ?conn.kind, "connection closed");
+    }
+
+    fn close_all(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.drop_conn(id);
+        }
+    }
+}
+
+/// Sends everything a connection has queued, without waiting.
+fn flush(
+    conn: &mut Conn,
+    sockets: &[UdpSocket],
+    local_addrs: &[SocketAddr],
+    stats: &mut MediaStats,
+) {
+    while let Some(out) = conn.pc.poll_write() {
+        let sock = local_addrs
+            .iter()
+            .position(|a| *a == out.transport.local_addr)
+            .unwrap_or(0);
+        let Some(socket) = sockets.get(sock) else {
+            stats.dropped_send += 1;
+            continue;
+        };
+        match socket.try_send_to(&out.message, out.transport.peer_addr) {
+            Ok(n) => {
+                stats.datagrams_out += 1;
+                stats.bytes_out += n as u64;
+            }
+            Err(_) => stats.dropped_send += 1,
+        }
+    }
+}
+
+/// The server-side ufrag of a STUN binding request (`USERNAME = ours:theirs`).
+fn stun_local_ufrag(data: &[u8]) -> Option<String> {
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::message::{is_stun_message, Message};
+    use rtc::stun::textattrs::Username;
+    if !is_stun_message(data) {
+        return None;
+    }
+    let mut msg = Message::new();
+    msg.unmarshal_binary(data).ok()?;
+    let username = Username::get_from_as(&msg, ATTR_USERNAME).ok()?;
+    let (local, _) = username.text.split_once(':')?;
+    Some(local.to_owned())
+}
+
+/// Waits for a datagram on any of the sockets.
+async fn recv_any(
+    sockets: &[UdpSocket],
+    buf: &mut [u8],
+) -> std::io::Result<(usize, usize, SocketAddr)> {
+    if sockets.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for (i, s) in sockets.iter().enumerate() {
+            let mut rb = ReadBuf::new(buf);
+            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                return Poll::Ready(r.map(|from| (i, rb.filled().len(), from)));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

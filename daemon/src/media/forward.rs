@@ -1,0 +1,203 @@
+//! The forwarding hot path's per-leg state: one publisher track to one
+//! subscriber connection.
+//!
+//! A leg rewrites what differs between the publisher's negotiation and the
+//! subscriber's: SSRC, payload type and header extension ids; sequence
+//! numbers and timestamps get a per-leg offset so every leg starts at a
+//! random point (RFC 3550) and stays continuous. Rewriting is in place, with
+//! no allocation per packet.
+
+use rtc::rtp;
+
+/// Header extension URIs that describe the publisher's own transport or
+/// stream identity and must not be forwarded as they are.
+const NOT_FORWARDED: [&str; 4] = [
+    "urn:ietf:params:rtp-hdrext:sdes:mid",
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+];
+
+/// Maps the publisher's header extension ids to a subscriber's; 0 = drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExtensionMap([u8; 256]);
+
+impl Default for ExtensionMap {
+    fn default() -> Self {
+        ExtensionMap([0; 256])
+    }
+}
+
+impl ExtensionMap {
+    /// Pairs extensions by URI: `(uri, id)` as each side negotiated them.
+    pub(crate) fn between<'a>(
+        publisher: impl IntoIterator<Item = (&'a str, u16)>,
+        subscriber: &[(&str, u16)],
+    ) -> Self {
+        let mut map = [0u8; 256];
+        for (uri, from) in publisher {
+            if NOT_FORWARDED.contains(&uri) {
+                continue;
+            }
+            if let Some((_, to)) = subscriber.iter().find(|(u, _)| *u == uri) {
+                if let (Ok(from), Ok(to)) = (u8::try_from(from), u8::try_from(*to)) {
+                    map[usize::from(from)] = to;
+                }
+            }
+        }
+        ExtensionMap(map)
+    }
+
+    fn get(&self, id: u8) -> u8 {
+        self.0[usize::from(id)]
+    }
+}
+
+/// The state of one forwarded track on one subscriber connection.
+#[derive(Debug)]
+pub(crate) struct Leg {
+    /// The subscriber connection's sender for it.
+    pub sender: rtc::rtp_transceiver::RTCRtpSenderId,
+    /// SSRC announced to the subscriber.
+    pub ssrc: u32,
+    /// Payload type the subscriber negotiated for the codec; `None` until the
+    /// answer is applied.
+    pub payload_type: Option<u8>,
+    /// Header extension id translation, set with `payload_type`.
+    pub extensions: ExtensionMap,
+    seq_offset: u16,
+    ts_offset: u32,
+    /// Packets written to this leg.
+    pub packets: u64,
+    /// Bytes of payload written to this leg.
+    pub bytes: u64,
+    /// Packets the subscriber's connection refused.
+    pub dropped: u64,
+}
+
+impl Leg {
+    /// A leg not yet negotiated.
+    pub(crate) fn new(sender: rtc::rtp_transceiver::RTCRtpSenderId, ssrc: u32) -> Self {
+        Leg {
+            sender,
+            ssrc,
+            payload_type: None,
+            extensions: ExtensionMap::default(),
+            seq_offset: rand::random(),
+            ts_offset: rand::random(),
+            packets: 0,
+            bytes: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Rewrites a copy of the publisher's packet for this leg; `false` when
+    /// the leg cannot carry it yet.
+    pub(crate) fn rewrite(&self, packet: &mut rtp::Packet) -> bool {
+        let Some(pt) = self.payload_type else {
+            return false;
+        };
+        let h = &mut packet.header;
+        h.ssrc = self.ssrc;
+        h.payload_type = pt;
+        h.sequence_number = h.sequence_number.wrapping_add(self.seq_offset);
+        h.timestamp = h.timestamp.wrapping_add(self.ts_offset);
+        if h.extension {
+            let map = &self.extensions;
+            h.extensions.retain_mut(|e| match map.get(e.id) {
+                0 => false,
+                id => {
+                    e.id = id;
+                    true
+                }
+            });
+            // Padding is recomputed when the header is marshalled.
+            h.extensions_padding = 0;
+            if h.extensions.is_empty() {
+                h.extension = false;
+                h.extension_profile = 0;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+    const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+
+    fn packet() -> rtp::Packet {
+        let mut p = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number: 65535,
+                timestamp: u32::MAX,
+                ssrc: 1234,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(b"opus"),
+        };
+        p.header.extension = true;
+        p.header.extension_profile = 0xBEDE;
+        p.header
+            .set_extension(1, Bytes::from_static(&[0x80]))
+            .expect("audio level");
+        p.header
+            .set_extension(4, Bytes::from_static(b"0"))
+            .expect("mid");
+        p
+    }
+
+    fn leg() -> Leg {
+        let mut leg = Leg::new(Default::default(), 42);
+        leg.seq_offset = 2;
+        leg.ts_offset = 10;
+        leg.payload_type = Some(109);
+        leg.extensions =
+            ExtensionMap::between([(AUDIO_LEVEL, 1), (MID, 4)], &[(AUDIO_LEVEL, 10), (MID, 3)]);
+        leg
+    }
+
+    #[test]
+    fn rewrites_ssrc_pt_and_wraps_sequence_and_timestamp() {
+        let mut p = packet();
+        assert!(leg().rewrite(&mut p));
+        assert_eq!(p.header.ssrc, 42);
+        assert_eq!(p.header.payload_type, 109);
+        assert_eq!(p.header.sequence_number, 1);
+        assert_eq!(p.header.timestamp, 9);
+    }
+
+    #[test]
+    fn translates_extension_ids_by_uri_and_drops_mid() {
+        let mut p = packet();
+        assert!(leg().rewrite(&mut p));
+        assert_eq!(p.header.get_extension_ids(), vec![10]);
+        assert_eq!(
+            p.header.get_extension(10),
+            Some(Bytes::from_static(&[0x80]))
+        );
+    }
+
+    #[test]
+    fn drops_every_extension_the_subscriber_lacks() {
+        let mut p = packet();
+        let mut l = leg();
+        l.extensions = ExtensionMap::default();
+        assert!(l.rewrite(&mut p));
+        assert!(!p.header.extension);
+        assert!(p.header.extensions.is_empty());
+    }
+
+    #[test]
+    fn unnegotiated_leg_refuses() {
+        let mut l = leg();
+        l.payload_type = None;
+        assert!(!l.rewrite(&mut packet()));
+    }
+}

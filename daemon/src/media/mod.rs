@@ -1,0 +1,300 @@
+//! Media: the peer connections, the UDP loop that drives them, and the RTP
+//! forwarding hot path.
+//!
+//! All media of all rooms goes through one UDP port per bind address. A single
+//! task ([`engine::MediaEngine`]) owns every sans-IO `rtc` peer connection,
+//! routes each datagram to its connection by ICE username fragment (then by
+//! remote address), and forwards each publisher's RTP to its subscribers'
+//! connections without leaving the loop. Rooms talk to it through
+//! [`MediaHandle`]; it reports back through [`MediaEvent`]s.
+
+mod engine;
+mod forward;
+mod peer;
+mod rtcp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sfu_proto::signaling::{CandidateInit, PcKind};
+use tokio::sync::{mpsc, oneshot};
+
+pub use engine::{MediaEngine, MediaStats};
+
+/// Identifies a participant across the daemon (unique for its lifetime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Identifies one published track across the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId(pub u64);
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    /// An audio track.
+    Audio,
+    /// A video track.
+    Video,
+}
+
+impl MediaKind {
+    /// Lower-case name as SDP spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// The codec a publisher negotiated for a track, forwarded unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Codec {
+    /// e.g. `video/VP8`.
+    pub mime_type: String,
+    /// RTP clock rate.
+    pub clock_rate: u32,
+    /// Audio channels (0 for video).
+    pub channels: u16,
+    /// The `a=fmtp` parameters.
+    pub fmtp: String,
+}
+
+/// A track a participant publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackInfo {
+    /// Daemon-wide id.
+    pub id: TrackId,
+    /// Who publishes it.
+    pub publisher: PeerId,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Its codec.
+    pub codec: Codec,
+}
+
+/// What media reports to the room that owns a peer.
+#[derive(Debug)]
+pub enum MediaEvent {
+    /// The first packets of a new track arrived from a publisher.
+    TrackPublished(TrackInfo),
+    /// A publisher stopped sending a track (renegotiated it away).
+    TrackUnpublished {
+        /// Who published it.
+        publisher: PeerId,
+        /// Which track.
+        track: TrackId,
+    },
+    /// A peer connection failed or closed: the peer is gone.
+    ConnectionLost {
+        /// Whose connection.
+        peer: PeerId,
+        /// Which of its two connections.
+        pc: PcKind,
+    },
+    /// A peer connection finished ICE and DTLS.
+    Connected {
+        /// Whose connection.
+        peer: PeerId,
+        /// Which of its two connections.
+        pc: PcKind,
+        /// The remote address ICE selected.
+        remote: Option<SocketAddr>,
+    },
+}
+
+/// Where a peer's media events go: its room's inbox.
+pub type EventSink = Arc<dyn Fn(MediaEvent) + Send + Sync>;
+
+/// A local description and the server's candidates for it.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    /// The SDP text.
+    pub sdp: String,
+    /// Host candidates to trickle after the description.
+    pub candidates: Vec<CandidateInit>,
+}
+
+/// Why a media request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The SDP did not parse or could not be applied.
+    #[error("SDP rejected: {0}")]
+    BadSdp(String),
+    /// The SDP parsed but offers nothing the server can forward.
+    #[error("no usable codec: the server forwards VP8, VP9, H264 and Opus")]
+    NoUsableCodec,
+    /// A candidate did not parse or could not be added.
+    #[error("candidate rejected: {0}")]
+    BadCandidate(String),
+    /// The connection this request is about is not negotiated yet.
+    #[error("the {0:?} connection is not negotiated yet")]
+    NotNegotiated(PcKind),
+    /// No subscribe offer is waiting for an answer.
+    #[error("no subscribe offer is outstanding")]
+    NoOfferOutstanding,
+    /// The media task is gone (shutting down).
+    #[error("media engine stopped")]
+    Stopped,
+    /// The WebRTC stack failed.
+    #[error("internal WebRTC error: {0}")]
+    Internal(String),
+}
+
+/// A request from a room to the media engine.
+pub(crate) enum MediaCommand {
+    /// Apply a publisher's offer; create its publish connection on the first one.
+    Publish {
+        peer: PeerId,
+        events: EventSink,
+        sdp: String,
+        reply: oneshot::Sender<Result<Negotiated, MediaError>>,
+    },
+    /// Make the subscribe connection carry exactly `tracks`; returns an offer
+    /// when that changed anything.
+    Subscribe {
+        peer: PeerId,
+        events: EventSink,
+        tracks: Vec<TrackInfo>,
+        reply: oneshot::Sender<Result<Option<Negotiated>, MediaError>>,
+    },
+    /// Apply the subscriber's answer to the outstanding offer.
+    SubscribeAnswer {
+        peer: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    /// Add a trickled remote candidate.
+    RemoteCandidate {
+        peer: PeerId,
+        pc: PcKind,
+        candidate: CandidateInit,
+        reply: oneshot::Sender<Result<(), MediaError>>,
+    },
+    /// Close both connections of a peer and forget it.
+    RemovePeer { peer: PeerId },
+    /// Snapshot of counters.
+    Stats { reply: oneshot::Sender<MediaStats> },
+}
+
+/// A cheap, cloneable way to talk to the media engine.
+#[derive(Clone)]
+pub struct MediaHandle {
+    tx: mpsc::Sender<MediaCommand>,
+    local_addrs: Arc<Vec<SocketAddr>>,
+}
+
+impl MediaHandle {
+    /// The UDP addresses media is served on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> MediaCommand,
+    ) -> Result<T, MediaError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
+        rx.await.map_err(|_| MediaError::Stopped)
+    }
+
+    /// Apply a publish offer and return the answer.
+    pub async fn publish(
+        &self,
+        peer: PeerId,
+        events: EventSink,
+        sdp: String,
+    ) -> Result<Negotiated, MediaError> {
+        self.call(|reply| MediaCommand::Publish {
+            peer,
+            events,
+            sdp,
+            reply,
+        })
+        .await?
+    }
+
+    /// Set the tracks forwarded to `peer`; `Some(offer)` when renegotiation is needed.
+    pub async fn subscribe(
+        &self,
+        peer: PeerId,
+        events: EventSink,
+        tracks: Vec<TrackInfo>,
+    ) -> Result<Option<Negotiated>, MediaError> {
+        self.call(|reply| MediaCommand::Subscribe {
+            peer,
+            events,
+            tracks,
+            reply,
+        })
+        .await?
+    }
+
+    /// Apply a subscribe answer.
+    pub async fn subscribe_answer(&self, peer: PeerId, sdp: String) -> Result<(), MediaError> {
+        self.call(|reply| MediaCommand::SubscribeAnswer { peer, sdp, reply })
+            .await?
+    }
+
+    /// Add a remote ICE candidate.
+    pub async fn remote_candidate(
+        &self,
+        peer: PeerId,
+        pc: PcKind,
+        candidate: CandidateInit,
+    ) -> Result<(), MediaError> {
+        self.call(|reply| MediaCommand::RemoteCandidate {
+            peer,
+            pc,
+            candidate,
+            reply,
+        })
+        .await?
+    }
+
+    /// Forget a peer; does not wait.
+    pub async fn remove_peer(&self, peer: PeerId) {
+        let _ = self.tx.send(MediaCommand::RemovePeer { peer }).await;
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<MediaStats, MediaError> {
+        self.call(|reply| MediaCommand::Stats { reply }).await
+    }
+}
+
+/// The engine's settings from the configuration and the resolved bind addresses.
+pub fn engine_settings(
+    config: &crate::config::Config,
+    bind_ips: &[std::net::IpAddr],
+) -> engine::MediaSettings {
+    let public = &config.rtc.public_ips;
+    engine::MediaSettings {
+        bind: bind_ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let announced = match public.len() {
+                    0 => None,
+                    1 => Some(public[0]),
+                    _ => public.get(i).copied(),
+                };
+                (*ip, announced)
+            })
+            .collect(),
+        port: config.rtc.udp_port,
+        ice_disconnected: config.rtc.ice_disconnected_timeout(),
+        ice_failed: config.rtc.ice_failed_after_disconnected(),
+    }
+}

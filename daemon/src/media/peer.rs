@@ -1,0 +1,201 @@
+//! Building the server's peer connections.
+//!
+//! Every connection is ICE-lite and DTLS-passive: the client drives ICE
+//! (so the server needs none of its candidates and learns its address from
+//! incoming checks, which also covers Chromium's mDNS-hidden hosts), and the
+//! client starts the DTLS handshake. Each connection gets its own ICE
+//! username fragment, which is how the engine routes a client's first
+//! datagrams to it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{Registry, Slot};
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine as CodecRegistry;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::{RTCBundlePolicy, RTCConfigurationBuilder};
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, CandidateServerReflexiveConfig, RTCDtlsRole,
+    RTCIceCandidate,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use sfu_proto::signaling::CandidateInit;
+
+use super::rtcp::DeliverKeyframeRequests;
+use super::MediaError;
+
+/// Slot of the keyframe-request marker: outside every default interceptor, so
+/// it sees RTCP as it comes off the wire.
+const DELIVER_RTCP_SLOT: usize = 14_000;
+
+/// ICE timing for server connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IceTimeouts {
+    pub disconnected: Duration,
+    pub failed: Duration,
+}
+
+/// One local address the server announces as a candidate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Announced {
+    /// The socket address media is bound on.
+    pub bound: SocketAddr,
+    /// The address announced instead (1:1 NAT), if any.
+    pub public: Option<std::net::IpAddr>,
+}
+
+/// Builds a server peer connection with its own ICE credentials.
+pub(crate) fn build_connection(
+    ufrag: &str,
+    timeouts: IceTimeouts,
+    announced: &[Announced],
+) -> Result<RTCPeerConnection, MediaError> {
+    let internal = |e: rtc::shared::error::Error| MediaError::Internal(e.to_string());
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_owned(), rtc::ice::rand::generate_pwd())
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_ice_timeouts(
+            Some(timeouts.disconnected),
+            Some(timeouts.failed),
+            Some(Duration::from_secs(2)),
+        )
+        .build();
+    let mut codecs = CodecRegistry::default();
+    codecs.register_default_codecs().map_err(internal)?;
+    let registry = Registry::new().with(
+        Slot::from(DELIVER_RTCP_SLOT),
+        DeliverKeyframeRequests::default(),
+    );
+    let registry = register_default_interceptors(registry, &mut codecs).map_err(internal)?;
+    let config = RTCConfigurationBuilder::new()
+        .with_bundle_policy(RTCBundlePolicy::MaxBundle)
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_setting_engine(settings)
+        .with_media_engine(codecs)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .map_err(internal)?;
+    for a in announced {
+        let init = candidate_for(a).map_err(internal)?;
+        pc.add_local_candidate(init).map_err(internal)?;
+    }
+    Ok(pc)
+}
+
+fn candidate_for(
+    a: &Announced,
+) -> Result<rtc::peer_connection::transport::RTCIceCandidateInit, rtc::shared::error::Error> {
+    let base = |ip: std::net::IpAddr| CandidateConfig {
+        network: "udp".to_owned(),
+        address: ip.to_string(),
+        port: a.bound.port(),
+        component: 1,
+        ..Default::default()
+    };
+    let candidate = match a.public {
+        // A server-reflexive candidate keeps the bound address as its base,
+        // which is what incoming datagrams are matched against.
+        Some(public) => CandidateServerReflexiveConfig {
+            base_config: base(public),
+            rel_addr: a.bound.ip().to_string(),
+            rel_port: a.bound.port(),
+            url: None,
+        }
+        .new_candidate_server_reflexive()?,
+        None => CandidateHostConfig {
+            base_config: base(a.bound.ip()),
+            ..Default::default()
+        }
+        .new_candidate_host()?,
+    };
+    RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// The candidates to trickle after a description, tagged with the first
+/// bundled m-section's mid (the only one clients such as aiortc accept).
+pub(crate) fn trickle_candidates(
+    announced: &[Announced],
+    sdp: &str,
+    ufrag: &str,
+) -> Vec<CandidateInit> {
+    let mid = first_mid(sdp);
+    announced
+        .iter()
+        .filter_map(|a| candidate_for(a).ok())
+        .map(|c| CandidateInit {
+            candidate: c.candidate,
+            sdp_mid: mid.clone().or(Some("0".to_owned())),
+            sdp_m_line_index: Some(0),
+            username_fragment: Some(ufrag.to_owned()),
+        })
+        .collect()
+}
+
+/// The `a=mid` of the first m-section of an SDP.
+pub(crate) fn first_mid(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .skip_while(|l| !l.starts_with("m="))
+        .find_map(|l| l.trim_end().strip_prefix("a=mid:").map(str::to_owned))
+}
+
+/// How many audio/video m-sections an SDP has, and how many of them are
+/// accepted (non-zero port and not inactive).
+pub(crate) fn media_sections(sdp: &str) -> (usize, usize) {
+    let mut total = 0;
+    let mut usable = 0;
+    let mut current: Option<bool> = None;
+    let finish = |current: Option<bool>, usable: &mut usize| {
+        if current == Some(true) {
+            *usable += 1;
+        }
+    };
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            finish(current, &mut usable);
+            let mut parts = rest.split_whitespace();
+            let kind = parts.next().unwrap_or_default();
+            let port = parts.next().unwrap_or("0");
+            if kind == "audio" || kind == "video" {
+                total += 1;
+                current = Some(port != "0");
+            } else {
+                current = None;
+            }
+        } else if line == "a=inactive" && current.is_some() {
+            current = Some(false);
+        }
+    }
+    finish(current, &mut usable);
+    (total, usable)
+}
+
+/// A fresh ICE username fragment, unique enough to route by.
+pub(crate) fn new_ufrag() -> String {
+    rtc::ice::rand::generate_ufrag()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:a0\r\na=sendonly\r\n\
+        m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:v1\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v2\r\na=inactive\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:d\r\n";
+
+    #[test]
+    fn first_mid_is_the_first_m_sections() {
+        assert_eq!(first_mid(SDP).as_deref(), Some("a0"));
+        assert_eq!(first_mid("v=0\r\n"), None);
+    }
+
+    #[test]
+    fn rejected_and_inactive_sections_are_not_usable() {
+        assert_eq!(media_sections(SDP), (3, 1));
+    }
+}

@@ -1,0 +1,75 @@
+//! Lets a subscriber's keyframe requests reach the forwarding loop.
+//!
+//! The `rtc` interceptor chain consumes inbound RTCP unless something marks it
+//! for the application. The SFU needs exactly one kind: a subscriber's PLI or
+//! FIR about a forwarded stream, which it relays (rate-limited) to the
+//! publisher. Receiver reports and NACKs stay with the per-leg interceptors.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
+use rtc::shared::error::Error;
+
+/// Marks inbound RTCP that carries a keyframe request for delivery to the application.
+#[derive(Default)]
+pub(crate) struct DeliverKeyframeRequests {
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+    packets.iter().any(|p| {
+        let any = p.as_any();
+        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+    })
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverKeyframeRequests {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if is_keyframe_request(packets) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for DeliverKeyframeRequests {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}

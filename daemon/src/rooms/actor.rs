@@ -1,0 +1,310 @@
+//! The task around one [`Room`]: turns session requests and media events
+//! into state changes, and state changes into messages and media commands.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use sfu_proto::signaling::{ErrorCode, IceServer, PcKind, ServerMessage};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::state::Room;
+use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomMsg};
+use crate::media::{EventSink, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
+
+pub(crate) struct RoomActor {
+    room: Room,
+    outs: HashMap<PeerId, OutboundTx>,
+    media: MediaHandle,
+    sink: EventSink,
+    ice_servers: Vec<IceServer>,
+    registry: Weak<RegistryInner>,
+    instance: u64,
+}
+
+fn refusal(e: MediaError) -> Refusal {
+    let code = match e {
+        MediaError::BadSdp(_) | MediaError::NoUsableCodec => ErrorCode::BadSdp,
+        MediaError::BadCandidate(_) => ErrorCode::BadCandidate,
+        MediaError::NotNegotiated(_) | MediaError::NoOfferOutstanding => ErrorCode::OutOfOrder,
+        MediaError::Stopped => ErrorCode::ShuttingDown,
+        MediaError::Internal(_) => ErrorCode::Internal,
+    };
+    Refusal::new(code, e.to_string())
+}
+
+impl RoomActor {
+    pub(crate) fn new(
+        room: Room,
+        own: mpsc::Sender<RoomMsg>,
+        media: MediaHandle,
+        ice_servers: Vec<IceServer>,
+        registry: Weak<RegistryInner>,
+        instance: u64,
+    ) -> Self {
+        let room_name = room.name.clone();
+        let sink: EventSink = Arc::new(move |ev| {
+            if own.try_send(RoomMsg::Media(ev)).is_err() {
+                warn!(room = %room_name, "room inbox full: media event dropped");
+            }
+        });
+        RoomActor {
+            room,
+            outs: HashMap::new(),
+            media,
+            sink,
+            ice_servers,
+            registry,
+            instance,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        while let Some(msg) = rx.recv().await {
+            self.handle(msg).await;
+            if self.room.is_empty() {
+                // Close first so no join can slip in, then drain: pending
+                // joins see their reply dropped and retry on a fresh room.
+                forget(&self.registry, &self.room.name, self.instance);
+                rx.close();
+                while rx.recv().await.is_some() {}
+                info!(room = %self.room.name, "room closed");
+                return;
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Join {
+                peer,
+                name,
+                role,
+                out,
+                reply,
+            } => {
+                let r = self.join(peer, &name, role, out).await;
+                let _ = reply.send(r);
+            }
+            RoomMsg::Offer { peer, sdp, reply } => {
+                let r = self.offer(peer, sdp).await;
+                let _ = reply.send(r);
+            }
+            RoomMsg::Answer { peer, sdp, reply } => {
+                let r = self.answer(peer, sdp).await;
+                let _ = reply.send(r);
+            }
+            RoomMsg::Candidate {
+                peer,
+                pc,
+                candidate,
+                reply,
+            } => {
+                let r = match candidate {
+                    None => Ok(()),
+                    Some(c) => self
+                        .media
+                        .remote_candidate(peer, pc, c)
+                        .await
+                        .map_err(refusal),
+                };
+                let _ = reply.send(r);
+            }
+            RoomMsg::Leave { peer } => self.remove(peer, None).await,
+            RoomMsg::Media(ev) => self.on_media(ev).await,
+        }
+    }
+
+    async fn join(
+        &mut self,
+        peer: PeerId,
+        name: &str,
+        role: sfu_proto::signaling::Role,
+        out: OutboundTx,
+    ) -> Result<(), Refusal> {
+        let others = self
+            .room
+            .join(peer, name, role, Instant::now())
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        info!(room = %self.room.name, %peer, name, ?role, "joined");
+        let joined = ServerMessage::Joined {
+            room: self.room.name.clone(),
+            peer_id: peer.to_string(),
+            mode: self.room.mode,
+            role,
+            peers: others,
+            ice_servers: self.ice_servers.clone(),
+        };
+        self.outs.insert(peer, out);
+        self.send(peer, joined);
+        if let Some(info) = self.room.member(peer).map(|m| m.info()) {
+            self.broadcast_except(peer, ServerMessage::PeerJoined { peer: info });
+        }
+        self.negotiate(peer).await;
+        self.drop_slow().await;
+        Ok(())
+    }
+
+    async fn offer(&mut self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
+        if self.room.member(peer).is_none() {
+            return Err(super::gone());
+        }
+        let negotiated = self
+            .media
+            .publish(peer, self.sink.clone(), sdp)
+            .await
+            .map_err(refusal)?;
+        self.send_description(peer, PcKind::Publish, negotiated);
+        Ok(())
+    }
+
+    async fn answer(&mut self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
+        if !self.room.offer_in_flight(peer) {
+            return Err(Refusal::new(
+                ErrorCode::OutOfOrder,
+                "no subscribe offer is waiting for an answer",
+            ));
+        }
+        self.media
+            .subscribe_answer(peer, sdp)
+            .await
+            .map_err(refusal)?;
+        if self.room.answer_received(peer) {
+            self.negotiate(peer).await;
+        }
+        Ok(())
+    }
+
+    /// Offers `peer` its current set of tracks if that changed.
+    async fn negotiate(&mut self, peer: PeerId) {
+        if self.room.offer_in_flight(peer) {
+            return;
+        }
+        let wanted = self.room.wanted_tracks(peer);
+        match self.media.subscribe(peer, self.sink.clone(), wanted).await {
+            Ok(Some(offer)) => {
+                self.room.offer_sent(peer);
+                self.send_description(peer, PcKind::Subscribe, offer);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(room = %self.room.name, %peer, error = %e, "subscribe renegotiation failed")
+            }
+        }
+    }
+
+    async fn renegotiate_all(&mut self) {
+        for peer in self.room.tracks_changed() {
+            self.negotiate(peer).await;
+        }
+        self.drop_slow().await;
+    }
+
+    fn send_description(&mut self, peer: PeerId, pc: PcKind, n: Negotiated) {
+        let msg = match pc {
+            PcKind::Publish => ServerMessage::Answer { pc, sdp: n.sdp },
+            PcKind::Subscribe => ServerMessage::Offer { pc, sdp: n.sdp },
+        };
+        self.send(peer, msg);
+        if !n.candidates.is_empty() {
+            for c in n.candidates {
+                self.send(
+                    peer,
+                    ServerMessage::Candidate {
+                        pc,
+                        candidate: Some(c),
+                    },
+                );
+            }
+            self.send(
+                peer,
+                ServerMessage::Candidate {
+                    pc,
+                    candidate: None,
+                },
+            );
+        }
+    }
+
+    async fn on_media(&mut self, ev: MediaEvent) {
+        match ev {
+            MediaEvent::TrackPublished(track) => {
+                if self.room.add_track(track) {
+                    self.renegotiate_all().await;
+                }
+            }
+            MediaEvent::TrackUnpublished { track, .. } => {
+                if self.room.remove_track(track) {
+                    self.renegotiate_all().await;
+                }
+            }
+            MediaEvent::ConnectionLost { peer, pc } => {
+                if self.room.member(peer).is_some() {
+                    let why = format!("the {pc:?} connection failed (ICE or DTLS)").to_lowercase();
+                    self.remove(peer, Some((ErrorCode::Internal, why))).await;
+                }
+            }
+            MediaEvent::Connected { peer, pc, remote } => {
+                debug!(room = %self.room.name, %peer, ?pc, ?remote, "media connected");
+            }
+        }
+    }
+
+    /// Removes a member: media forgets it, its session closes, the others
+    /// hear `peer_left` and lose its tracks.
+    async fn remove(&mut self, peer: PeerId, why: Option<(ErrorCode, String)>) {
+        if self.room.leave(peer).is_none() {
+            return;
+        }
+        info!(room = %self.room.name, %peer, "left");
+        self.media.remove_peer(peer).await;
+        if let Some(out) = self.outs.remove(&peer) {
+            let _ = out.try_send(Outbound::Close(why));
+        }
+        self.broadcast_except(
+            peer,
+            ServerMessage::PeerLeft {
+                peer_id: peer.to_string(),
+            },
+        );
+        self.renegotiate_all().await;
+    }
+
+    fn send(&mut self, peer: PeerId, msg: ServerMessage) {
+        if let Some(out) = self.outs.get(&peer) {
+            if out.try_send(Outbound::Message(msg)).is_err() {
+                // Marked for removal by drop_slow: the session is gone or
+                // does not read its socket.
+                debug!(%peer, "session mailbox full or closed");
+                self.outs.remove(&peer);
+            }
+        }
+    }
+
+    fn broadcast_except(&mut self, except: PeerId, msg: ServerMessage) {
+        let ids: Vec<PeerId> = self.outs.keys().copied().filter(|p| *p != except).collect();
+        for id in ids {
+            self.send(id, msg.clone());
+        }
+    }
+
+    /// Removes members whose session stopped taking messages.
+    async fn drop_slow(&mut self) {
+        loop {
+            let slow: Vec<PeerId> = self
+                .room
+                .members()
+                .map(|m| m.id)
+                .filter(|id| !self.outs.contains_key(id))
+                .collect();
+            if slow.is_empty() {
+                return;
+            }
+            for peer in slow {
+                warn!(room = %self.room.name, %peer, "dropping a participant whose session does not keep up");
+                Box::pin(self.remove(peer, None)).await;
+            }
+        }
+    }
+}

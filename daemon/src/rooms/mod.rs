@@ -1,0 +1,296 @@
+//! Rooms: who is in which room, who receives what, and the negotiation
+//! sequencing that follows. One actor task per room ([`actor`]) owns a plain
+//! [`state::Room`]; the [`RoomRegistry`] finds or creates rooms by name.
+
+mod actor;
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use sfu_proto::signaling::{CandidateInit, ErrorCode, IceServer, Role, RoomMode, ServerMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::media::{MediaHandle, PeerId};
+
+/// What a room sends to a participant's session.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A message to write to the socket.
+    Message(ServerMessage),
+    /// End the session: write the error (if any) and close the socket.
+    Close(Option<(ErrorCode, String)>),
+}
+
+/// A session's mailbox, bounded: a client that does not read is dropped.
+pub type OutboundTx = mpsc::Sender<Outbound>;
+
+/// A refused request: the code and message sent to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    /// Stable wire code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Room limits, from the `[rooms]` config section.
+#[derive(Debug, Clone)]
+pub struct RoomLimits {
+    /// Participants per room.
+    pub max_peers: usize,
+    /// Rooms per daemon.
+    pub max_rooms: usize,
+    /// Whether a join may create a room.
+    pub auto_create: bool,
+}
+
+pub(crate) enum RoomMsg {
+    Join {
+        peer: PeerId,
+        name: String,
+        role: Role,
+        out: OutboundTx,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Offer {
+        peer: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Answer {
+        peer: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Candidate {
+        peer: PeerId,
+        pc: sfu_proto::signaling::PcKind,
+        candidate: Option<CandidateInit>,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Leave {
+        peer: PeerId,
+    },
+    Media(crate::media::MediaEvent),
+}
+
+/// A running room's mailbox.
+#[derive(Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomMsg>,
+    instance: u64,
+}
+
+fn gone() -> Refusal {
+    Refusal::new(ErrorCode::NotJoined, "you are no longer in this room")
+}
+
+impl RoomHandle {
+    async fn call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), Refusal>>) -> RoomMsg,
+    ) -> Result<(), Refusal> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Apply a publish offer; the answer arrives through the session's mailbox.
+    pub async fn offer(&self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
+        self.call(|reply| RoomMsg::Offer { peer, sdp, reply }).await
+    }
+
+    /// Apply a subscribe answer.
+    pub async fn answer(&self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
+        self.call(|reply| RoomMsg::Answer { peer, sdp, reply })
+            .await
+    }
+
+    /// Add a remote candidate (`None` ends them).
+    pub async fn candidate(
+        &self,
+        peer: PeerId,
+        pc: sfu_proto::signaling::PcKind,
+        candidate: Option<CandidateInit>,
+    ) -> Result<(), Refusal> {
+        self.call(|reply| RoomMsg::Candidate {
+            peer,
+            pc,
+            candidate,
+            reply,
+        })
+        .await
+    }
+
+    /// Leave the room (no reply).
+    pub async fn leave(&self, peer: PeerId) {
+        let _ = self.tx.send(RoomMsg::Leave { peer }).await;
+    }
+}
+
+struct RegistryInner {
+    rooms: Mutex<HashMap<String, RoomHandle>>,
+    media: MediaHandle,
+    limits: Mutex<RoomLimits>,
+    ice_servers: Mutex<Vec<IceServer>>,
+    next_instance: std::sync::atomic::AtomicU64,
+}
+
+/// Finds rooms by name and creates them on demand.
+#[derive(Clone)]
+pub struct RoomRegistry {
+    inner: Arc<RegistryInner>,
+}
+
+/// The result of a successful join.
+pub struct Membership {
+    /// The room joined.
+    pub room: RoomHandle,
+    /// The participant's id.
+    pub peer: PeerId,
+}
+
+impl RoomRegistry {
+    /// An empty registry.
+    pub fn new(media: MediaHandle, limits: RoomLimits, ice_servers: Vec<IceServer>) -> Self {
+        RoomRegistry {
+            inner: Arc::new(RegistryInner {
+                rooms: Mutex::new(HashMap::new()),
+                media,
+                limits: Mutex::new(limits),
+                ice_servers: Mutex::new(ice_servers),
+                next_instance: std::sync::atomic::AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Names of the rooms alive.
+    pub fn room_names(&self) -> Vec<String> {
+        let rooms = lock(&self.inner.rooms);
+        let mut names: Vec<String> = rooms
+            .iter()
+            .filter(|(_, h)| !h.tx.is_closed())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Joins `room` (creating it if allowed). The `joined` message and
+    /// everything after it arrive in `out`.
+    pub async fn join(
+        &self,
+        room: &str,
+        name: &str,
+        role: Role,
+        mode: Option<RoomMode>,
+        out: OutboundTx,
+    ) -> Result<Membership, Refusal> {
+        if !state::valid_name(room) {
+            return Err(Refusal::new(
+                ErrorCode::BadName,
+                format!(
+                    "room name must be 1 to {} printable characters",
+                    state::MAX_NAME_CHARS
+                ),
+            ));
+        }
+        // A room that empties between our lookup and our join closes its
+        // mailbox; the next attempt creates a fresh one.
+        for _attempt in 0..3 {
+            let handle = self.find_or_create(room, mode)?;
+            let peer = PeerId(rand::random::<u64>() | 1);
+            let (reply, rx) = oneshot::channel();
+            let msg = RoomMsg::Join {
+                peer,
+                name: name.to_owned(),
+                role,
+                out: out.clone(),
+                reply,
+            };
+            if handle.tx.send(msg).await.is_err() {
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(())) => return Ok(Membership { room: handle, peer }),
+                Ok(Err(refusal)) => return Err(refusal),
+                Err(_) => continue,
+            }
+        }
+        Err(Refusal::new(
+            ErrorCode::Internal,
+            "the room kept closing while joining; try again",
+        ))
+    }
+
+    fn find_or_create(&self, room: &str, mode: Option<RoomMode>) -> Result<RoomHandle, Refusal> {
+        let limits = lock(&self.inner.limits).clone();
+        let mut rooms = lock(&self.inner.rooms);
+        if let Some(h) = rooms.get(room) {
+            if !h.tx.is_closed() {
+                return Ok(h.clone());
+            }
+        }
+        rooms.retain(|_, h| !h.tx.is_closed());
+        if !limits.auto_create {
+            return Err(Refusal::new(
+                ErrorCode::UnknownRoom,
+                format!("room `{room}` does not exist and rooms are not created on join"),
+            ));
+        }
+        if rooms.len() >= limits.max_rooms {
+            return Err(Refusal::new(
+                ErrorCode::TooManyRooms,
+                format!("the server already has {} rooms", limits.max_rooms),
+            ));
+        }
+        let instance = self
+            .inner
+            .next_instance
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = RoomHandle { tx, instance };
+        let room_state =
+            state::Room::new(room.to_owned(), mode.unwrap_or_default(), limits.max_peers);
+        let actor = actor::RoomActor::new(
+            room_state,
+            handle.tx.clone(),
+            self.inner.media.clone(),
+            lock(&self.inner.ice_servers).clone(),
+            Arc::downgrade(&self.inner),
+            instance,
+        );
+        tokio::spawn(actor.run(rx));
+        rooms.insert(room.to_owned(), handle.clone());
+        tracing::info!(room, "room created");
+        Ok(handle)
+    }
+}
+
+/// Called by a room actor that emptied: forget it unless already replaced.
+fn forget(registry: &Weak<RegistryInner>, name: &str, instance: u64) {
+    if let Some(inner) = registry.upgrade() {
+        let mut rooms = lock(&inner.rooms);
+        if rooms.get(name).is_some_and(|h| h.instance == instance) {
+            rooms.remove(name);
+        }
+    }
+}
+
+/// Locks a mutex that is never held across an await; a panic while holding
+/// it cannot leave the maps half-updated, so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,342 @@
+//! A room as plain data: who is in it, what they publish, who receives what,
+//! and where each subscribe negotiation stands. No sockets, no tasks: the
+//! actor around it ([`super::actor`]) does the I/O.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use sfu_proto::signaling::{ErrorCode, PeerInfo, Role, RoomMode};
+
+use crate::media::{PeerId, TrackId, TrackInfo};
+
+/// Longest room or display name accepted.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Why a join was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The room has `max_peers` participants.
+    #[error("room is full ({0} participants)")]
+    Full(usize),
+    /// The name is empty, too long or has control characters.
+    #[error("display name must be 1 to {MAX_NAME_CHARS} printable characters")]
+    BadName,
+}
+
+impl JoinError {
+    /// The wire code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            JoinError::Full(_) => ErrorCode::RoomFull,
+            JoinError::BadName => ErrorCode::BadName,
+        }
+    }
+}
+
+/// Whether a name is acceptable for a room or a participant.
+pub fn valid_name(name: &str) -> bool {
+    let n = name.chars().count();
+    (1..=MAX_NAME_CHARS).contains(&n)
+        && !name.chars().any(char::is_control)
+        && !name.trim().is_empty()
+}
+
+/// Where a participant's subscribe connection stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Negotiation {
+    /// An offer was sent and its answer has not arrived.
+    pub in_flight: bool,
+    /// The forwarded set changed while an offer was in flight.
+    pub again: bool,
+}
+
+/// One participant.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Daemon-wide id.
+    pub id: PeerId,
+    /// Display name.
+    pub name: String,
+    /// Speaker or listener.
+    pub role: Role,
+    /// When they joined.
+    pub joined_at: Instant,
+    /// Their subscribe negotiation.
+    pub sub: Negotiation,
+}
+
+impl Member {
+    /// How others see this member.
+    pub fn info(&self) -> PeerInfo {
+        PeerInfo {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            role: self.role,
+        }
+    }
+}
+
+/// A room's members and tracks.
+#[derive(Debug)]
+pub struct Room {
+    /// Room name.
+    pub name: String,
+    /// SFU or mesh.
+    pub mode: RoomMode,
+    /// Most participants allowed.
+    pub max_peers: usize,
+    members: BTreeMap<PeerId, Member>,
+    tracks: BTreeMap<TrackId, TrackInfo>,
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(name: String, mode: RoomMode, max_peers: usize) -> Self {
+        Room {
+            name,
+            mode,
+            max_peers,
+            members: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a member; returns who was already there.
+    pub fn join(
+        &mut self,
+        id: PeerId,
+        name: &str,
+        role: Role,
+        now: Instant,
+    ) -> Result<Vec<PeerInfo>, JoinError> {
+        if !valid_name(name) {
+            return Err(JoinError::BadName);
+        }
+        if self.members.len() >= self.max_peers {
+            return Err(JoinError::Full(self.max_peers));
+        }
+        let others = self.members.values().map(Member::info).collect();
+        self.members.insert(
+            id,
+            Member {
+                id,
+                name: name.to_owned(),
+                role,
+                joined_at: now,
+                sub: Negotiation::default(),
+            },
+        );
+        Ok(others)
+    }
+
+    /// Removes a member and the tracks they published.
+    pub fn leave(&mut self, id: PeerId) -> Option<Member> {
+        let member = self.members.remove(&id)?;
+        self.tracks.retain(|_, t| t.publisher != id);
+        Some(member)
+    }
+
+    /// A member.
+    pub fn member(&self, id: PeerId) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    /// Every member, in id order.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether nobody is in the room.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Every published track.
+    pub fn tracks(&self) -> impl Iterator<Item = &TrackInfo> {
+        self.tracks.values()
+    }
+
+    /// Records a published track; `false` if its publisher is not a speaker
+    /// here (the track is then not forwarded).
+    pub fn add_track(&mut self, track: TrackInfo) -> bool {
+        match self.members.get(&track.publisher) {
+            Some(m) if m.role == Role::Speaker => {
+                self.tracks.insert(track.id, track);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets a track.
+    pub fn remove_track(&mut self, id: TrackId) -> bool {
+        self.tracks.remove(&id).is_some()
+    }
+
+    /// The tracks `peer` should receive: every other speaker's.
+    pub fn wanted_tracks(&self, peer: PeerId) -> Vec<TrackInfo> {
+        self.tracks
+            .values()
+            .filter(|t| t.publisher != peer)
+            .filter(|t| {
+                self.members
+                    .get(&t.publisher)
+                    .is_some_and(|m| m.role == Role::Speaker)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The forwarded set changed for everyone: returns who should get a new
+    /// offer now; those with an offer in flight get one after their answer.
+    pub fn tracks_changed(&mut self) -> Vec<PeerId> {
+        let mut now = Vec::new();
+        for m in self.members.values_mut() {
+            if m.sub.in_flight {
+                m.sub.again = true;
+            } else {
+                now.push(m.id);
+            }
+        }
+        now
+    }
+
+    /// An offer went out to `peer`.
+    pub fn offer_sent(&mut self, peer: PeerId) {
+        if let Some(m) = self.members.get_mut(&peer) {
+            m.sub = Negotiation {
+                in_flight: true,
+                again: false,
+            };
+        }
+    }
+
+    /// Whether `peer` has an offer waiting for its answer.
+    pub fn offer_in_flight(&self, peer: PeerId) -> bool {
+        self.members.get(&peer).is_some_and(|m| m.sub.in_flight)
+    }
+
+    /// `peer` answered; returns whether it needs another offer at once.
+    pub fn answer_received(&mut self, peer: PeerId) -> bool {
+        match self.members.get_mut(&peer) {
+            Some(m) => {
+                let again = m.sub.again;
+                m.sub = Negotiation::default();
+                again
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{Codec, MediaKind};
+
+    fn track(id: u64, publisher: u64) -> TrackInfo {
+        TrackInfo {
+            id: TrackId(id),
+            publisher: PeerId(publisher),
+            kind: MediaKind::Video,
+            codec: Codec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90000,
+                channels: 0,
+                fmtp: String::new(),
+            },
+        }
+    }
+
+    fn room_with(peers: &[(u64, Role)]) -> Room {
+        let mut room = Room::new("r".into(), RoomMode::Sfu, 10);
+        for (id, role) in peers {
+            room.join(PeerId(*id), &format!("n{id}"), *role, Instant::now())
+                .expect("joins");
+        }
+        room
+    }
+
+    #[test]
+    fn join_returns_the_others_and_enforces_capacity() {
+        let mut room = Room::new("r".into(), RoomMode::Sfu, 2);
+        assert!(room
+            .join(PeerId(1), "a", Role::Speaker, Instant::now())
+            .expect("a")
+            .is_empty());
+        let others = room
+            .join(PeerId(2), "b", Role::Speaker, Instant::now())
+            .expect("b");
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].name, "a");
+        assert_eq!(
+            room.join(PeerId(3), "c", Role::Speaker, Instant::now()),
+            Err(JoinError::Full(2))
+        );
+    }
+
+    #[test]
+    fn names_must_be_printable_and_short() {
+        let mut room = Room::new("r".into(), RoomMode::Sfu, 5);
+        for bad in ["", "   ", "a\nb", &"x".repeat(65)] {
+            assert_eq!(
+                room.join(PeerId(1), bad, Role::Speaker, Instant::now()),
+                Err(JoinError::BadName)
+            );
+        }
+        assert!(room
+            .join(PeerId(1), "Zoë 🎤", Role::Speaker, Instant::now())
+            .is_ok());
+    }
+
+    #[test]
+    fn everyone_receives_every_other_speaker_but_not_themselves() {
+        let mut room = room_with(&[(1, Role::Speaker), (2, Role::Speaker), (3, Role::Listener)]);
+        assert!(room.add_track(track(10, 1)));
+        assert!(room.add_track(track(20, 2)));
+        assert!(
+            !room.add_track(track(30, 3)),
+            "listeners' tracks are not forwarded"
+        );
+        let ids = |p| {
+            room.wanted_tracks(PeerId(p))
+                .iter()
+                .map(|t| t.id.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(1), vec![20]);
+        assert_eq!(ids(2), vec![10]);
+        assert_eq!(ids(3), vec![10, 20]);
+    }
+
+    #[test]
+    fn leaving_removes_the_members_tracks() {
+        let mut room = room_with(&[(1, Role::Speaker), (2, Role::Speaker)]);
+        room.add_track(track(10, 1));
+        assert!(room.leave(PeerId(1)).is_some());
+        assert!(room.wanted_tracks(PeerId(2)).is_empty());
+        assert!(room.leave(PeerId(1)).is_none());
+    }
+
+    #[test]
+    fn one_negotiation_at_a_time_with_changes_queued() {
+        let mut room = room_with(&[(1, Role::Speaker), (2, Role::Speaker)]);
+        assert_eq!(room.tracks_changed(), vec![PeerId(1), PeerId(2)]);
+        room.offer_sent(PeerId(1));
+        assert!(room.offer_in_flight(PeerId(1)));
+        // A change while 1's offer is out: only 2 is offered now.
+        assert_eq!(room.tracks_changed(), vec![PeerId(2)]);
+        assert!(room.answer_received(PeerId(1)), "1 must be offered again");
+        assert!(!room.offer_in_flight(PeerId(1)));
+        room.offer_sent(PeerId(1));
+        assert!(
+            !room.answer_received(PeerId(1)),
+            "nothing changed meanwhile"
+        );
+    }
+}

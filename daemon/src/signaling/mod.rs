@@ -1,0 +1,69 @@
+//! Signaling: the HTTP server with the demo page and the WebSocket endpoint.
+//! One task per socket ([`session`]) turns client messages into room
+//! requests, strictly in order.
+
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::Router;
+use sfu_proto::signaling::MAX_FRAME_BYTES;
+use tokio::sync::watch;
+
+use crate::rooms::RoomRegistry;
+
+/// The demo page, embedded so the binary needs no files at run time.
+const DEMO_PAGE: &str = include_str!("../../static/index.html");
+
+/// Frames up to this size are read and answered with `too_large` when over
+/// [`MAX_FRAME_BYTES`]; larger ones close the socket.
+const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+
+/// What every HTTP handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The rooms.
+    pub rooms: RoomRegistry,
+    /// Turns true when the daemon is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/ws", get(websocket))
+        .route("/healthz", get(healthz))
+        .with_state(Arc::new(state))
+}
+
+async fn demo_page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(DEMO_PAGE))
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if *state.shutdown.borrow() {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+        )
+    } else {
+        (axum::http::StatusCode::OK, "ok\n")
+    }
+}
+
+async fn websocket(
+    ws: WebSocketUpgrade,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    State(state): State<Arc<AppState>>,
+) -> impl IntoResponse {
+    debug_assert!(MAX_FRAME_BYTES < HARD_FRAME_LIMIT);
+    ws.max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+        .on_upgrade(move |socket| session::run(socket, state, remote))
+}

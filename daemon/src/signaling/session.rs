@@ -1,0 +1,207 @@
+//! One WebSocket session: parse each frame, check it fits the session's
+//! state, hand it to the room, write back what the room sends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use sfu_proto::signaling::{ClientMessage, ErrorCode, PcKind, ServerMessage, MAX_FRAME_BYTES};
+use tokio::sync::mpsc;
+use tracing::{debug, info_span, Instrument};
+
+use super::AppState;
+use crate::rooms::{Membership, Outbound, Refusal};
+
+/// Messages a room may queue for one session before it counts as stuck.
+const MAILBOX: usize = 256;
+
+/// What to do after handling a message.
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub(super) async fn run(socket: WebSocket, state: Arc<AppState>, remote: SocketAddr) {
+    let span = info_span!("session", %remote, peer = tracing::field::Empty);
+    Session {
+        state,
+        joined: None,
+    }
+    .serve(socket)
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    state: Arc<AppState>,
+    joined: Option<Membership>,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Session {
+    async fn serve(mut self, socket: WebSocket) {
+        let (mut sink, mut stream) = socket.split();
+        let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(MAILBOX);
+        let mut shutdown = self.state.shutdown.clone();
+        let mut close: Option<Option<(ErrorCode, String)>> = None;
+        loop {
+            tokio::select! {
+                biased;
+                out = out_rx.recv() => match out {
+                    Some(Outbound::Message(m)) => {
+                        if send(&mut sink, &m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outbound::Close(why)) => {
+                        // The room already removed us.
+                        self.joined = None;
+                        close = Some(why);
+                        break;
+                    }
+                    None => break,
+                },
+                _ = shutdown.changed() => {
+                    close = Some(Some((ErrorCode::ShuttingDown, "the server is shutting down".into())));
+                    break;
+                }
+                frame = stream.next() => {
+                    let text = match frame {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Binary(_))) => {
+                            let e = error(ErrorCode::BadRequest, "binary frames are not accepted: send JSON text");
+                            if send(&mut sink, &e).await.is_err() { break; }
+                            continue;
+                        }
+                        Some(Ok(Message::Text(t))) => t,
+                    };
+                    match self.on_text(&text, &out_tx).await {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Close) => {
+                            close = Some(None);
+                            break;
+                        }
+                        Err(r) => {
+                            debug!(code = %r.code, message = %r.message, "request refused");
+                            if send(&mut sink, &error(r.code, r.message)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(m) = self.joined.take() {
+            m.room.leave(m.peer).await;
+        }
+        if let Some(why) = close {
+            // Deliver what the room queued before the goodbye (e.g. peer_left).
+            while let Ok(Outbound::Message(m)) = out_rx.try_recv() {
+                let _ = send(&mut sink, &m).await;
+            }
+            if let Some((code, message)) = why {
+                let _ = send(&mut sink, &error(code, message)).await;
+            }
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: Utf8Bytes::from_static("bye"),
+                })))
+                .await;
+        }
+    }
+
+    async fn on_text(
+        &mut self,
+        text: &str,
+        out_tx: &mpsc::Sender<Outbound>,
+    ) -> Result<Flow, Refusal> {
+        if text.len() > MAX_FRAME_BYTES {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "frame of {} bytes is over the {} byte limit",
+                    text.len(),
+                    MAX_FRAME_BYTES
+                ),
+            ));
+        }
+        let msg: ClientMessage = serde_json::from_str(text).map_err(|e| {
+            Refusal::new(ErrorCode::BadRequest, format!("cannot parse message: {e}"))
+        })?;
+        let not_joined = || Refusal::new(ErrorCode::NotJoined, "send `join` first");
+        match msg {
+            ClientMessage::Join {
+                room,
+                name,
+                role,
+                token: _,
+                mode,
+            } => {
+                if self.joined.is_some() {
+                    return Err(Refusal::new(
+                        ErrorCode::AlreadyJoined,
+                        "this socket already joined a room",
+                    ));
+                }
+                let m = self
+                    .state
+                    .rooms
+                    .join(&room, &name, role.unwrap_or_default(), mode, out_tx.clone())
+                    .await?;
+                tracing::Span::current().record("peer", tracing::field::display(m.peer));
+                self.joined = Some(m);
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Offer { pc, sdp } => {
+                let m = self.joined.as_ref().ok_or_else(not_joined)?;
+                if pc != PcKind::Publish {
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "offers are accepted only for the publish connection; the server offers the subscribe connection",
+                    ));
+                }
+                m.room.offer(m.peer, sdp).await?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Answer { pc, sdp } => {
+                let m = self.joined.as_ref().ok_or_else(not_joined)?;
+                if pc != PcKind::Subscribe {
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        "answers are accepted only for the subscribe connection; the server answers the publish connection",
+                    ));
+                }
+                m.room.answer(m.peer, sdp).await?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Candidate { pc, candidate } => {
+                let m = self.joined.as_ref().ok_or_else(not_joined)?;
+                m.room.candidate(m.peer, pc, candidate).await?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Leave => {
+                if let Some(m) = self.joined.take() {
+                    m.room.leave(m.peer).await;
+                }
+                Ok(Flow::Close)
+            }
+        }
+    }
+}
+
+async fn send<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), ()>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let text = serde_json::to_string(msg).map_err(|_| ())?;
+    sink.send(Message::Text(text.into())).await.map_err(|_| ())
+}

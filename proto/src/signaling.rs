@@ -1,0 +1,316 @@
+//! The WebSocket signaling protocol (see `docs/signaling.md`).
+//!
+//! Every text frame is one JSON object tagged by `type`.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest text frame the server accepts.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// Which of a participant's two peer connections a message is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PcKind {
+    /// The client offers, the server answers; carries the client's media up.
+    Publish,
+    /// The server offers, the client answers; carries everyone else's media down.
+    Subscribe,
+}
+
+/// What a participant may do in a room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Publishes and receives.
+    #[default]
+    Speaker,
+    /// Only receives.
+    Listener,
+}
+
+/// How a room carries media.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomMode {
+    /// Media goes through the server.
+    #[default]
+    Sfu,
+    /// The server only relays signaling between peers.
+    Mesh,
+}
+
+/// An ICE candidate as the browser's `RTCIceCandidateInit` spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateInit {
+    /// The `candidate:` attribute line.
+    pub candidate: String,
+    /// The media section it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    /// The index of the media section it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    /// The ICE username fragment it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// A message from a client to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Enter a room; must be the first message.
+    Join {
+        /// Room name.
+        room: String,
+        /// Display name.
+        name: String,
+        /// Requested role (default speaker).
+        #[serde(default)]
+        role: Option<Role>,
+        /// Join token, where the server requires one.
+        #[serde(default)]
+        token: Option<String>,
+        /// Requested room mode, used when the join creates the room.
+        #[serde(default)]
+        mode: Option<RoomMode>,
+    },
+    /// An SDP offer (only for the publish connection).
+    Offer {
+        /// Must be `publish`.
+        pc: PcKind,
+        /// The SDP text.
+        sdp: String,
+    },
+    /// An SDP answer (only for the subscribe connection).
+    Answer {
+        /// Must be `subscribe`.
+        pc: PcKind,
+        /// The SDP text.
+        sdp: String,
+    },
+    /// A trickled ICE candidate; `null` ends gathering.
+    Candidate {
+        /// Which connection it belongs to.
+        pc: PcKind,
+        /// The candidate, or `None` at the end of gathering.
+        candidate: Option<CandidateInit>,
+    },
+    /// Leave the room; the server closes the socket.
+    Leave,
+}
+
+/// Someone in a room, as other participants see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Server-assigned id, also the msid of every track they publish.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Current role.
+    pub role: Role,
+}
+
+/// A STUN or TURN server handed to clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:` or `turn:` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// A message from the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The join succeeded.
+    Joined {
+        /// Room name.
+        room: String,
+        /// This participant's id.
+        peer_id: String,
+        /// The room's mode.
+        mode: RoomMode,
+        /// This participant's role.
+        role: Role,
+        /// Everyone else already in the room.
+        peers: Vec<PeerInfo>,
+        /// STUN/TURN servers to configure.
+        ice_servers: Vec<IceServer>,
+    },
+    /// Someone entered the room.
+    PeerJoined {
+        /// Who.
+        peer: PeerInfo,
+    },
+    /// Someone left the room.
+    PeerLeft {
+        /// Their id.
+        peer_id: String,
+    },
+    /// The server's offer (subscribe connection).
+    Offer {
+        /// Always `subscribe`.
+        pc: PcKind,
+        /// The SDP text.
+        sdp: String,
+    },
+    /// The server's answer (publish connection).
+    Answer {
+        /// Always `publish`.
+        pc: PcKind,
+        /// The SDP text.
+        sdp: String,
+    },
+    /// One of the server's ICE candidates; `null` ends them.
+    Candidate {
+        /// Which connection it belongs to.
+        pc: PcKind,
+        /// The candidate, or `None` at the end.
+        candidate: Option<CandidateInit>,
+    },
+    /// A request failed; the session carries on unless the code says otherwise.
+    Error {
+        /// Stable snake_case code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+/// Stable error codes sent in [`ServerMessage::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, an unknown type, a missing or wrongly typed field.
+    BadRequest,
+    /// A frame larger than [`MAX_FRAME_BYTES`].
+    TooLarge,
+    /// A message that needs a joined session before `join`.
+    NotJoined,
+    /// A second `join` on one socket.
+    AlreadyJoined,
+    /// A message that does not fit the negotiation state.
+    OutOfOrder,
+    /// An SDP that does not parse or has nothing usable.
+    BadSdp,
+    /// An ICE candidate that does not parse.
+    BadCandidate,
+    /// The room has `rooms.max_peers` participants.
+    RoomFull,
+    /// The server has `rooms.max_rooms` rooms.
+    TooManyRooms,
+    /// The room does not exist and may not be created.
+    UnknownRoom,
+    /// The action is not allowed for this participant.
+    NotAllowed,
+    /// A room or display name that is empty or too long.
+    BadName,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// The participant was removed by an operator.
+    Kicked,
+    /// The room was closed.
+    RoomClosed,
+    /// Something failed inside the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::NotJoined => "not_joined",
+            Self::AlreadyJoined => "already_joined",
+            Self::OutOfOrder => "out_of_order",
+            Self::BadSdp => "bad_sdp",
+            Self::BadCandidate => "bad_candidate",
+            Self::RoomFull => "room_full",
+            Self::TooManyRooms => "too_many_rooms",
+            Self::UnknownRoom => "unknown_room",
+            Self::NotAllowed => "not_allowed",
+            Self::BadName => "bad_name",
+            Self::ShuttingDown => "shutting_down",
+            Self::Kicked => "kicked",
+            Self::RoomClosed => "room_closed",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_defaults_role_and_token() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"join","room":"r","name":"n"}"#).expect("parses");
+        assert_eq!(
+            m,
+            ClientMessage::Join {
+                room: "r".into(),
+                name: "n".into(),
+                role: None,
+                token: None,
+                mode: None
+            }
+        );
+    }
+
+    #[test]
+    fn null_candidate_ends_gathering() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"candidate","pc":"publish","candidate":null}"#)
+                .expect("parses");
+        assert_eq!(
+            m,
+            ClientMessage::Candidate {
+                pc: PcKind::Publish,
+                candidate: None
+            }
+        );
+    }
+
+    #[test]
+    fn browser_candidate_fields_are_camel_case() {
+        let m: ClientMessage = serde_json::from_str(
+            r#"{"type":"candidate","pc":"subscribe","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"abcd"}}"#,
+        )
+        .expect("parses");
+        let ClientMessage::Candidate {
+            candidate: Some(c), ..
+        } = m
+        else {
+            panic!("not a candidate: {m:?}");
+        };
+        assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(c.sdp_m_line_index, Some(0));
+    }
+
+    #[test]
+    fn error_codes_serialize_as_their_wire_names() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::RoomFull,
+            ErrorCode::OutOfOrder,
+        ] {
+            let json = serde_json::to_string(&code).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}
