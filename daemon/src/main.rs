@@ -35,6 +35,7 @@ fn init_logging(config: &Config) {
     let _ = matches!(config.log.format, LogFormat::Auto);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }

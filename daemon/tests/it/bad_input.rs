@@ -1,0 +1,118 @@
+//! Bad input on the signaling socket: each gets an `error` with a stable
+//! code, and the socket, the room and the other participants carry on.
+
+use serde_json::json;
+use sfu_proto::signaling::ServerMessage;
+
+use crate::harness::{RawSocket, TestServer};
+
+/// A syntactically valid offer whose only codec is one the server lacks.
+const NO_USABLE_CODEC_OFFER: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+a=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 98\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\n\
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:sha-256 3A:1B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=sendonly\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:98 NOTACODEC/90000\r\n\
+a=ssrc:1111 cname:x\r\n";
+
+#[tokio::test]
+async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
+    let server = TestServer::start().await;
+    let mut other = RawSocket::connect(&server).await;
+    other.join("bad-input", "witness").await;
+
+    let mut ws = RawSocket::connect(&server).await;
+    // Before join.
+    ws.send_text("this is not json").await;
+    ws.expect_error("bad_request").await;
+    ws.send_json(json!({"type":"dance"})).await;
+    let msg = ws.expect_error("bad_request").await;
+    assert!(msg.contains("dance"), "message names the unknown type: {msg}");
+    ws.send_json(json!({"type":"join","name":"no room"})).await;
+    let msg = ws.expect_error("bad_request").await;
+    assert!(msg.contains("room"), "message names the missing field: {msg}");
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":"v=0"})).await;
+    ws.expect_error("not_joined").await;
+    ws.send_json(json!({"type":"answer","pc":"subscribe","sdp":"v=0"})).await;
+    ws.expect_error("not_joined").await;
+    ws.send_text(format!(
+        r#"{{"type":"join","room":"bad-input","name":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    ))
+    .await;
+    ws.expect_error("too_large").await;
+    ws.send_json(json!({"type":"join","room":"","name":"n"})).await;
+    ws.expect_error("bad_name").await;
+
+    // The session still works: join, then the joined-state errors.
+    let id = ws.join("bad-input", "tester").await;
+    assert!(!id.is_empty());
+    ws.send_json(json!({"type":"join","room":"bad-input","name":"again"})).await;
+    ws.expect_error("already_joined").await;
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":"this is not sdp"})).await;
+    ws.expect_error("bad_sdp").await;
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":NO_USABLE_CODEC_OFFER})).await;
+    let msg = ws.expect_error("bad_sdp").await;
+    assert!(msg.contains("codec"), "message says why: {msg}");
+    ws.send_json(json!({"type":"answer","pc":"subscribe","sdp":"v=0"})).await;
+    ws.expect_error("out_of_order").await;
+    ws.send_json(json!({"type":"candidate","pc":"subscribe","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}})).await;
+    ws.expect_error("out_of_order").await;
+    ws.send_json(json!({"type":"offer","pc":"subscribe","sdp":"v=0"})).await;
+    ws.expect_error("bad_request").await;
+
+    // The witness saw the tester join and nothing else went wrong for it.
+    let seen = other
+        .recv_until("peer_joined", |m| matches!(m, ServerMessage::PeerJoined { .. }))
+        .await;
+    let ServerMessage::PeerJoined { peer } = seen else {
+        unreachable!()
+    };
+    assert_eq!(peer.name, "tester");
+
+    // leave ends the session and the server closes the socket; the witness
+    // hears peer_left.
+    ws.send_json(json!({"type":"leave"})).await;
+    ws.expect_closed().await;
+    let left = other
+        .recv_until("peer_left", |m| matches!(m, ServerMessage::PeerLeft { .. }))
+        .await;
+    assert_eq!(left, ServerMessage::PeerLeft { peer_id: id });
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_room_refuses_and_an_abrupt_close_tells_the_others() {
+    let mut config = crate::harness::test_config();
+    config.rooms.max_peers = 2;
+    let server = TestServer::start_with(config).await;
+    let mut a = RawSocket::connect(&server).await;
+    a.join("small", "a").await;
+    let mut b = RawSocket::connect(&server).await;
+    let b_id = b.join("small", "b").await;
+    let mut c = RawSocket::connect(&server).await;
+    c.send_json(json!({"type":"join","room":"small","name":"c"})).await;
+    c.expect_error("room_full").await;
+    // Another room is fine on the same socket after the refusal.
+    c.join("elsewhere", "c").await;
+
+    drop(b);
+    let left = a
+        .recv_until("peer_left", |m| matches!(m, ServerMessage::PeerLeft { .. }))
+        .await;
+    assert_eq!(left, ServerMessage::PeerLeft { peer_id: b_id });
+    server.stop().await;
+}
