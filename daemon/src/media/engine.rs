@@ -439,7 +439,8 @@ impl MediaEngine {
                     self.emit(peer, MediaEvent::ConnectionLost { peer, pc: kind });
                 }
             }
-            RTCPeerConnectionState::Disconnected => conn.connected = false,
+            // Keep forwarding while disconnected: a consent check that is late
+            // is not a lost peer, and failure follows soon if it is.
             _ => {}
         }
     }

@@ -62,7 +62,7 @@ async fn websocket(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     State(state): State<Arc<AppState>>,
 ) -> impl IntoResponse {
-    debug_assert!(MAX_FRAME_BYTES < HARD_FRAME_LIMIT);
+    const { assert!(MAX_FRAME_BYTES < HARD_FRAME_LIMIT) };
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
         .on_upgrade(move |socket| session::run(socket, state, remote))

@@ -39,13 +39,21 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     ws.expect_error("bad_request").await;
     ws.send_json(json!({"type":"dance"})).await;
     let msg = ws.expect_error("bad_request").await;
-    assert!(msg.contains("dance"), "message names the unknown type: {msg}");
+    assert!(
+        msg.contains("dance"),
+        "message names the unknown type: {msg}"
+    );
     ws.send_json(json!({"type":"join","name":"no room"})).await;
     let msg = ws.expect_error("bad_request").await;
-    assert!(msg.contains("room"), "message names the missing field: {msg}");
-    ws.send_json(json!({"type":"offer","pc":"publish","sdp":"v=0"})).await;
+    assert!(
+        msg.contains("room"),
+        "message names the missing field: {msg}"
+    );
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":"v=0"}))
+        .await;
     ws.expect_error("not_joined").await;
-    ws.send_json(json!({"type":"answer","pc":"subscribe","sdp":"v=0"})).await;
+    ws.send_json(json!({"type":"answer","pc":"subscribe","sdp":"v=0"}))
+        .await;
     ws.expect_error("not_joined").await;
     ws.send_text(format!(
         r#"{{"type":"join","room":"bad-input","name":"{}"}}"#,
@@ -53,29 +61,37 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     ))
     .await;
     ws.expect_error("too_large").await;
-    ws.send_json(json!({"type":"join","room":"","name":"n"})).await;
+    ws.send_json(json!({"type":"join","room":"","name":"n"}))
+        .await;
     ws.expect_error("bad_name").await;
 
     // The session still works: join, then the joined-state errors.
     let id = ws.join("bad-input", "tester").await;
     assert!(!id.is_empty());
-    ws.send_json(json!({"type":"join","room":"bad-input","name":"again"})).await;
+    ws.send_json(json!({"type":"join","room":"bad-input","name":"again"}))
+        .await;
     ws.expect_error("already_joined").await;
-    ws.send_json(json!({"type":"offer","pc":"publish","sdp":"this is not sdp"})).await;
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":"this is not sdp"}))
+        .await;
     ws.expect_error("bad_sdp").await;
-    ws.send_json(json!({"type":"offer","pc":"publish","sdp":NO_USABLE_CODEC_OFFER})).await;
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":NO_USABLE_CODEC_OFFER}))
+        .await;
     let msg = ws.expect_error("bad_sdp").await;
     assert!(msg.contains("codec"), "message says why: {msg}");
-    ws.send_json(json!({"type":"answer","pc":"subscribe","sdp":"v=0"})).await;
+    ws.send_json(json!({"type":"answer","pc":"subscribe","sdp":"v=0"}))
+        .await;
     ws.expect_error("out_of_order").await;
     ws.send_json(json!({"type":"candidate","pc":"subscribe","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}})).await;
     ws.expect_error("out_of_order").await;
-    ws.send_json(json!({"type":"offer","pc":"subscribe","sdp":"v=0"})).await;
+    ws.send_json(json!({"type":"offer","pc":"subscribe","sdp":"v=0"}))
+        .await;
     ws.expect_error("bad_request").await;
 
     // The witness saw the tester join and nothing else went wrong for it.
     let seen = other
-        .recv_until("peer_joined", |m| matches!(m, ServerMessage::PeerJoined { .. }))
+        .recv_until("peer_joined", |m| {
+            matches!(m, ServerMessage::PeerJoined { .. })
+        })
         .await;
     let ServerMessage::PeerJoined { peer } = seen else {
         unreachable!()
@@ -104,7 +120,8 @@ async fn a_full_room_refuses_and_an_abrupt_close_tells_the_others() {
     let mut b = RawSocket::connect(&server).await;
     let b_id = b.join("small", "b").await;
     let mut c = RawSocket::connect(&server).await;
-    c.send_json(json!({"type":"join","room":"small","name":"c"})).await;
+    c.send_json(json!({"type":"join","room":"small","name":"c"}))
+        .await;
     c.expect_error("room_full").await;
     // Another room is fine on the same socket after the refusal.
     c.join("elsewhere", "c").await;

@@ -14,7 +14,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// A daemon serving on ephemeral loopback ports until dropped.
 pub struct TestServer {
     pub http: SocketAddr,
-    pub media: Vec<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), sfud::ServerError>>>,
 }
@@ -38,14 +37,12 @@ impl TestServer {
     pub async fn start_with(config: Config) -> TestServer {
         let server = sfud::Server::bind(&config).await.expect("daemon binds");
         let http = server.http_addr();
-        let media = server.media_addrs();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
         TestServer {
             http,
-            media,
             stop: Some(stop),
             task: Some(task),
         }
@@ -126,7 +123,11 @@ impl RawSocket {
     }
 
     /// Waits for the next message matching `pred`, skipping others.
-    pub async fn recv_until(&mut self, what: &str, pred: impl Fn(&ServerMessage) -> bool) -> ServerMessage {
+    pub async fn recv_until(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&ServerMessage) -> bool,
+    ) -> ServerMessage {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

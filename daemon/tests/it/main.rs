@@ -5,4 +5,5 @@
 //! network namespace (`unshare -n`, `ip link set lo up`), as `.ci/run` does.
 
 mod bad_input;
+mod forwarding;
 mod harness;

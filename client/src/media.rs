@@ -1,0 +1,292 @@
+//! The publisher's synthetic media: paced VP8-shaped frames and Opus-shaped
+//! packets carrying payload tags, and keyframes on request.
+
+use crate::peer::{self, is_keyframe_request};
+use crate::shared::Shared;
+use crate::tag::{self, FramePosition, MediaTag};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio::time::MissedTickBehavior;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+
+/// Video frames per second the sender aims for (packets are grouped into frames).
+const TARGET_FPS: u32 = 30;
+/// A keyframe at least this often, as encoders do.
+const KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
+/// How long to wait before polling an RTCP queue again while the track is not bound yet.
+const UNBOUND_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// What [`crate::Client::publish`] sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Publish one Opus track.
+    pub audio: bool,
+    /// Publish one VP8 track.
+    pub video: bool,
+    /// Video packets per second (grouped into about 30 frames per second).
+    pub video_packets_per_sec: u32,
+    /// Audio packets per second (50 = 20 ms frames).
+    pub audio_packets_per_sec: u32,
+    /// Video RTP payload size (headers and tag included).
+    pub video_payload_bytes: usize,
+    /// Audio RTP payload size (TOC byte and tag included).
+    pub audio_payload_bytes: usize,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            video_packets_per_sec: 150,
+            audio_packets_per_sec: 50,
+            video_payload_bytes: 1100,
+            audio_payload_bytes: 160,
+        }
+    }
+}
+
+/// A published track and its pacing.
+pub(crate) struct LocalMedia {
+    pub kind: RtpCodecKind,
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub ssrc: u32,
+}
+
+impl LocalMedia {
+    /// A track whose msid stream id is `stream_id` (the server replaces it
+    /// with the publisher's peer id anyway).
+    pub fn new(kind: RtpCodecKind, stream_id: &str) -> Self {
+        let ssrc = rand::random::<u32>();
+        let codec = match kind {
+            RtpCodecKind::Video => peer::vp8_codec(),
+            _ => peer::opus_codec(),
+        };
+        let track = MediaStreamTrack::new(
+            stream_id.to_owned(),
+            format!("{kind}-{ssrc:08x}"),
+            format!("synthetic {kind}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        );
+        Self {
+            kind,
+            track: Arc::new(TrackLocalStaticRTP::new(track)),
+            ssrc,
+        }
+    }
+}
+
+/// Pacing of one synthetic stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    pub packets_per_frame: u32,
+    pub frame_interval: Duration,
+    pub payload_bytes: usize,
+    pub clock_rate: u32,
+}
+
+impl Pacing {
+    pub fn video(opts: &PublishOptions) -> Self {
+        let pps = opts.video_packets_per_sec.max(1);
+        let packets_per_frame = pps.div_ceil(TARGET_FPS).max(1);
+        Self {
+            packets_per_frame,
+            frame_interval: Duration::from_secs_f64(f64::from(packets_per_frame) / f64::from(pps)),
+            payload_bytes: opts.video_payload_bytes,
+            clock_rate: 90_000,
+        }
+    }
+
+    pub fn audio(opts: &PublishOptions) -> Self {
+        let pps = opts.audio_packets_per_sec.max(1);
+        Self {
+            packets_per_frame: 1,
+            frame_interval: Duration::from_secs_f64(1.0 / f64::from(pps)),
+            payload_bytes: opts.audio_payload_bytes,
+            clock_rate: 48_000,
+        }
+    }
+}
+
+/// Sends synthetic RTP on `media` until shutdown, once the publish
+/// connection is connected.
+pub(crate) async fn run_sender(
+    shared: Arc<Shared>,
+    media: Arc<LocalMedia>,
+    payload_type: u8,
+    pacing: Pacing,
+    stream_hash: u32,
+    keyframe_wanted: Arc<Notify>,
+) {
+    if !shared.wait_publish_state(|s| s == "connected").await {
+        return;
+    }
+    let video = media.kind == RtpCodecKind::Video;
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut ticker = tokio::time::interval(pacing.frame_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let start = Instant::now();
+    let timestamp_base = rand::random::<u32>();
+    let mut rtp_seq = rand::random::<u16>();
+    let mut tag_seq: u32 = 0;
+    let mut last_keyframe: Option<Instant> = None;
+    let mut key_pending = false;
+    let mut last_timestamp_ticks: Option<u64> = None;
+    loop {
+        let requested = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = keyframe_wanted.notified(), if video => true,
+            _ = shutdown.changed() => return,
+        };
+        let now = Instant::now();
+        let since_key = last_keyframe.map(|t| now.duration_since(t));
+        if requested && since_key.is_some_and(|d| d < pacing.frame_interval) {
+            // At most one extra keyframe per frame interval; a request is
+            // still always answered, by the next regular frame.
+            key_pending = true;
+            continue;
+        }
+        let keyframe =
+            video && (requested || key_pending || since_key.is_none_or(|d| d >= KEYFRAME_INTERVAL));
+        if keyframe {
+            last_keyframe = Some(now);
+            key_pending = false;
+        }
+        let mut elapsed_ticks =
+            (now.duration_since(start).as_secs_f64() * f64::from(pacing.clock_rate)) as u64;
+        // A requested keyframe may follow a tick within one clock tick: frames
+        // still need distinct timestamps.
+        if let Some(last) = last_timestamp_ticks {
+            elapsed_ticks = elapsed_ticks.max(last + 1);
+        }
+        last_timestamp_ticks = Some(elapsed_ticks);
+        let timestamp = timestamp_base.wrapping_add(elapsed_ticks as u32);
+        for i in 0..pacing.packets_per_frame {
+            let media_tag = MediaTag {
+                seq: tag_seq,
+                sent_at_ns: tag::now_ns(),
+                stream_hash,
+            };
+            let payload = if video {
+                let position = FramePosition {
+                    first: i == 0,
+                    keyframe,
+                };
+                tag::vp8_payload(position, &media_tag, pacing.payload_bytes)
+            } else {
+                tag::opus_payload(&media_tag, pacing.payload_bytes)
+            };
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::Header {
+                    version: 2,
+                    marker: video && i + 1 == pacing.packets_per_frame,
+                    payload_type,
+                    sequence_number: rtp_seq,
+                    timestamp,
+                    ssrc: media.ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            tag_seq = tag_seq.wrapping_add(1);
+            rtp_seq = rtp_seq.wrapping_add(1);
+            let counters = &shared.counters;
+            match media.track.write_rtp(packet).await {
+                Ok(()) => {
+                    let counter = if video {
+                        &counters.video
+                    } else {
+                        &counters.audio
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if counters.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(error = %e, "write_rtp failed");
+                    }
+                }
+            }
+        }
+        if keyframe {
+            shared.counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads the RTCP the tap delivers for a published track and counts
+/// keyframe requests; each one asks the video sender for a keyframe.
+pub(crate) async fn run_rtcp_reader(
+    shared: Arc<Shared>,
+    media: Arc<LocalMedia>,
+    keyframe_wanted: Arc<Notify>,
+) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let event = tokio::select! {
+            event = media.track.poll() => event,
+            _ = shutdown.changed() => return,
+        };
+        match event {
+            Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
+                let requests = packets
+                    .iter()
+                    .filter(|p| is_keyframe_request(p.as_ref()))
+                    .count() as u64;
+                if requests > 0 {
+                    shared
+                        .counters
+                        .keyframe_requests
+                        .fetch_add(requests, Ordering::Relaxed);
+                    keyframe_wanted.notify_one();
+                    shared.notify();
+                }
+            }
+            Some(_) => {}
+            // Not bound to the connection yet (or no longer): look again shortly.
+            None => tokio::select! {
+                _ = tokio::time::sleep(UNBOUND_POLL_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_video_pacing_is_five_packets_per_frame_at_30_fps() {
+        let p = Pacing::video(&PublishOptions::default());
+        assert_eq!(p.packets_per_frame, 5);
+        assert_eq!(p.frame_interval, Duration::from_secs_f64(5.0 / 150.0));
+    }
+
+    #[test]
+    fn low_rates_send_one_packet_per_frame() {
+        let opts = PublishOptions {
+            video_packets_per_sec: 10,
+            ..PublishOptions::default()
+        };
+        let p = Pacing::video(&opts);
+        assert_eq!(p.packets_per_frame, 1);
+        assert_eq!(p.frame_interval, Duration::from_millis(100));
+        let a = Pacing::audio(&PublishOptions::default());
+        assert_eq!(a.frame_interval, Duration::from_millis(20));
+    }
+}
