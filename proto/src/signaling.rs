@@ -218,6 +218,10 @@ pub enum ErrorCode {
     Kicked,
     /// The room was closed.
     RoomClosed,
+    /// A room of that name already exists.
+    RoomExists,
+    /// No such participant in the room.
+    UnknownPeer,
     /// Something failed inside the server.
     Internal,
 }
@@ -241,6 +245,8 @@ impl ErrorCode {
             Self::ShuttingDown => "shutting_down",
             Self::Kicked => "kicked",
             Self::RoomClosed => "room_closed",
+            Self::RoomExists => "room_exists",
+            Self::UnknownPeer => "unknown_peer",
             Self::Internal => "internal",
         }
     }

@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use super::forward::{ExtensionMap, Leg};
 use super::peer::{self, Announced, IceTimeouts};
 use super::{
-    Codec, EventSink, MediaCommand, MediaError, MediaEvent, MediaHandle, MediaKind, Negotiated,
+    Codec, ConnectionReport, EventSink, PeerMediaReport, TrackReport, MediaCommand, MediaError, MediaEvent, MediaHandle, MediaKind, Negotiated,
     PeerId, TrackId, TrackInfo,
 };
 
@@ -118,6 +118,11 @@ struct Source {
     subscribers: Vec<ConnId>,
     last_pli: Option<Instant>,
     pli_pending: bool,
+    packets: u64,
+    bytes: u64,
+    /// Bytes and time at the start of the current bitrate window.
+    rate_mark: (Instant, u64),
+    bitrate_bps: u64,
 }
 
 #[derive(Default)]
@@ -381,6 +386,14 @@ impl MediaEngine {
     }
 
     fn on_housekeeping(&mut self, now: Instant) {
+        for s in self.sources.values_mut() {
+            let (since, bytes) = s.rate_mark;
+            let elapsed = now.duration_since(since);
+            if elapsed >= Duration::from_secs(1) {
+                s.bitrate_bps = ((s.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+                s.rate_mark = (now, s.bytes);
+            }
+        }
         let pending: Vec<TrackId> = self
             .sources
             .iter()
@@ -507,6 +520,10 @@ impl MediaEngine {
                 subscribers: Vec::new(),
                 last_pli: None,
                 pli_pending: false,
+                packets: 0,
+                bytes: 0,
+                rate_mark: (Instant::now(), 0),
+                bitrate_bps: 0,
             },
         );
         self.emit(peer, MediaEvent::TrackPublished(info));
@@ -570,9 +587,11 @@ impl MediaEngine {
         else {
             return;
         };
-        let Some(source) = self.sources.get(&track) else {
+        let Some(source) = self.sources.get_mut(&track) else {
             return;
         };
+        source.packets += 1;
+        source.bytes += packet.payload.len() as u64;
         for sub in &source.subscribers {
             let Some(conn) = self.conns.get_mut(sub) else {
                 continue;
@@ -682,12 +701,55 @@ impl MediaEngine {
                 let _ = reply.send(r);
             }
             MediaCommand::RemovePeer { peer } => self.remove_peer(peer),
+            MediaCommand::Reports { peers, reply } => {
+                let reports = peers.into_iter().map(|p| self.report(p)).collect();
+                let _ = reply.send(reports);
+            }
             MediaCommand::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.connections = self.conns.len();
                 stats.tracks = self.sources.len();
                 let _ = reply.send(stats);
             }
+        }
+    }
+
+    fn report(&self, peer: PeerId) -> PeerMediaReport {
+        let conn_report = |id: Option<ConnId>| {
+            let c = self.conns.get(&id?)?;
+            Some(ConnectionReport {
+                state: if c.lost {
+                    "failed"
+                } else if c.connected {
+                    "connected"
+                } else {
+                    "new"
+                },
+                remote: c.addrs.last().map(|(_, a)| *a),
+            })
+        };
+        let p = self.peers.get(&peer);
+        let publish = p.and_then(|p| p.publish);
+        let mut tracks: Vec<TrackReport> = self
+            .sources
+            .values()
+            .filter(|s| Some(s.conn) == publish)
+            .map(|s| TrackReport {
+                id: s.info.id.0,
+                kind: s.info.kind.as_str(),
+                codec: s.info.codec.mime_type.clone(),
+                packets: s.packets,
+                bytes: s.bytes,
+                bitrate_bps: s.bitrate_bps,
+                subscribers: s.subscribers.len(),
+            })
+            .collect();
+        tracks.sort_by_key(|t| t.id);
+        PeerMediaReport {
+            peer,
+            publish: conn_report(publish),
+            subscribe: conn_report(p.and_then(|p| p.subscribe)),
+            tracks,
         }
     }
 

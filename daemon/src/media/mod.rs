@@ -182,6 +182,53 @@ pub(crate) enum MediaCommand {
     RemovePeer { peer: PeerId },
     /// Snapshot of counters.
     Stats { reply: oneshot::Sender<MediaStats> },
+    /// What media knows about some peers.
+    Reports {
+        peers: Vec<PeerId>,
+        reply: oneshot::Sender<Vec<PeerMediaReport>>,
+    },
+}
+
+/// One peer connection as media sees it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConnectionReport {
+    /// `new`, `connected` or `failed`.
+    pub state: &'static str,
+    /// The client's address ICE selected, once known.
+    pub remote: Option<SocketAddr>,
+}
+
+/// One published track as media sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrackReport {
+    /// Daemon-wide track id.
+    pub id: u64,
+    /// `audio` or `video`.
+    pub kind: &'static str,
+    /// e.g. `video/VP8`.
+    pub codec: String,
+    /// RTP packets received from the publisher.
+    pub packets: u64,
+    /// RTP payload bytes received from the publisher.
+    pub bytes: u64,
+    /// Payload bitrate over the last second or so.
+    pub bitrate_bps: u64,
+    /// Subscriber legs it is forwarded to.
+    pub subscribers: usize,
+}
+
+/// What media knows about one peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerMediaReport {
+    /// Whose.
+    #[serde(skip)]
+    pub peer: PeerId,
+    /// The publish connection, if any.
+    pub publish: Option<ConnectionReport>,
+    /// The subscribe connection, if any.
+    pub subscribe: Option<ConnectionReport>,
+    /// Tracks the peer publishes.
+    pub tracks: Vec<TrackReport>,
 }
 
 /// A cheap, cloneable way to talk to the media engine.
@@ -271,6 +318,12 @@ impl MediaHandle {
     /// Counters.
     pub async fn stats(&self) -> Result<MediaStats, MediaError> {
         self.call(|reply| MediaCommand::Stats { reply }).await
+    }
+
+    /// Connection states and tracks of `peers`.
+    pub async fn reports(&self, peers: Vec<PeerId>) -> Result<Vec<PeerMediaReport>, MediaError> {
+        self.call(|reply| MediaCommand::Reports { peers, reply })
+            .await
     }
 }
 

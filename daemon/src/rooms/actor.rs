@@ -9,6 +9,7 @@ use sfu_proto::signaling::{ErrorCode, IceServer, PcKind, ServerMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::report::{PeerDetail, RoomDetail, RoomSummary};
 use super::state::Room;
 use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomMsg};
 use crate::media::{EventSink, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
@@ -21,6 +22,10 @@ pub(crate) struct RoomActor {
     ice_servers: Vec<IceServer>,
     registry: Weak<RegistryInner>,
     instance: u64,
+    /// Created by an operator: stays when empty until closed.
+    persistent: bool,
+    created: Instant,
+    closed: bool,
 }
 
 fn refusal(e: MediaError) -> Refusal {
@@ -42,6 +47,7 @@ impl RoomActor {
         ice_servers: Vec<IceServer>,
         registry: Weak<RegistryInner>,
         instance: u64,
+        persistent: bool,
     ) -> Self {
         let room_name = room.name.clone();
         let sink: EventSink = Arc::new(move |ev| {
@@ -57,13 +63,16 @@ impl RoomActor {
             ice_servers,
             registry,
             instance,
+            persistent,
+            created: Instant::now(),
+            closed: false,
         }
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
         while let Some(msg) = rx.recv().await {
             self.handle(msg).await;
-            if self.room.is_empty() {
+            if self.closed || (self.room.is_empty() && !self.persistent) {
                 // Close first so no join can slip in, then drain: pending
                 // joins see their reply dropped and retry on a fresh room.
                 forget(&self.registry, &self.room.name, self.instance);
@@ -113,6 +122,79 @@ impl RoomActor {
             }
             RoomMsg::Leave { peer } => self.remove(peer, None).await,
             RoomMsg::Media(ev) => self.on_media(ev).await,
+            RoomMsg::Report { reply } => {
+                let r = self.report().await;
+                let _ = reply.send(r);
+            }
+            RoomMsg::Close { reply } => {
+                let n = self.room.len();
+                let ids: Vec<PeerId> = self.room.members().map(|m| m.id).collect();
+                for peer in ids {
+                    self.room.leave(peer);
+                    self.media.remove_peer(peer).await;
+                    if let Some(out) = self.outs.remove(&peer) {
+                        let _ = out.try_send(Outbound::Close(Some((
+                            ErrorCode::RoomClosed,
+                            "the room was closed by an operator".into(),
+                        ))));
+                    }
+                }
+                self.closed = true;
+                info!(room = %self.room.name, peers = n, "room closed by an operator");
+                let _ = reply.send(n);
+            }
+            RoomMsg::Kick { peer, reply } => {
+                let found = self.room.members().map(|m| m.id).find(|id| id.to_string() == peer);
+                let r = match found {
+                    Some(id) => {
+                        self.remove(
+                            id,
+                            Some((ErrorCode::Kicked, "you were removed by an operator".into())),
+                        )
+                        .await;
+                        Ok(())
+                    }
+                    None => Err(Refusal::new(
+                        ErrorCode::UnknownPeer,
+                        format!("no participant `{peer}` in room `{}`", self.room.name),
+                    )),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn report(&self) -> RoomDetail {
+        let ids: Vec<PeerId> = self.room.members().map(|m| m.id).collect();
+        let media = self.media.reports(ids).await.unwrap_or_default();
+        let now = Instant::now();
+        let members = self
+            .room
+            .members()
+            .map(|m| {
+                let r = media.iter().find(|r| r.peer == m.id);
+                PeerDetail {
+                    id: m.id.to_string(),
+                    name: m.name.clone(),
+                    role: m.role,
+                    joined_secs: now.duration_since(m.joined_at).as_secs(),
+                    publish: r.and_then(|r| r.publish.clone()),
+                    subscribe: r.and_then(|r| r.subscribe.clone()),
+                    tracks: r.map(|r| r.tracks.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        RoomDetail {
+            summary: RoomSummary {
+                name: self.room.name.clone(),
+                mode: self.room.mode,
+                peers: self.room.len(),
+                tracks: self.room.tracks().count(),
+                max_peers: self.room.max_peers,
+                age_secs: now.duration_since(self.created).as_secs(),
+                persistent: self.persistent,
+            },
+            members,
         }
     }
 
@@ -134,7 +216,12 @@ impl RoomActor {
             mode: self.room.mode,
             role,
             peers: others,
-            ice_servers: self.ice_servers.clone(),
+            // Read at each join so a reload applies to existing rooms too.
+            ice_servers: self
+                .registry
+                .upgrade()
+                .map(|r| super::lock(&r.ice_servers).clone())
+                .unwrap_or_else(|| self.ice_servers.clone()),
         };
         self.outs.insert(peer, out);
         self.send(peer, joined);

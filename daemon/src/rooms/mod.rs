@@ -3,6 +3,7 @@
 //! [`state::Room`]; the [`RoomRegistry`] finds or creates rooms by name.
 
 mod actor;
+pub mod report;
 pub mod state;
 
 use std::collections::HashMap;
@@ -84,6 +85,16 @@ pub(crate) enum RoomMsg {
         peer: PeerId,
     },
     Media(crate::media::MediaEvent),
+    Report {
+        reply: oneshot::Sender<report::RoomDetail>,
+    },
+    Close {
+        reply: oneshot::Sender<usize>,
+    },
+    Kick {
+        peer: String,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
 }
 
 /// A running room's mailbox.
@@ -237,19 +248,50 @@ impl RoomRegistry {
 
     fn find_or_create(&self, room: &str, mode: Option<RoomMode>) -> Result<RoomHandle, Refusal> {
         let limits = lock(&self.inner.limits).clone();
-        let mut rooms = lock(&self.inner.rooms);
-        if let Some(h) = rooms.get(room) {
-            if !h.tx.is_closed() {
-                return Ok(h.clone());
-            }
-        }
-        rooms.retain(|_, h| !h.tx.is_closed());
         if !limits.auto_create {
+            if let Some(h) = self.handle(room) {
+                return Ok(h);
+            }
             return Err(Refusal::new(
                 ErrorCode::UnknownRoom,
                 format!("room `{room}` does not exist and rooms are not created on join"),
             ));
         }
+        self.spawn_room(room, mode, None, false, true)
+    }
+
+    /// The running room of that name.
+    fn handle(&self, room: &str) -> Option<RoomHandle> {
+        lock(&self.inner.rooms)
+            .get(room)
+            .filter(|h| !h.tx.is_closed())
+            .cloned()
+    }
+
+    /// Returns the running room, or starts one; with `reuse` false an
+    /// existing room is an error.
+    fn spawn_room(
+        &self,
+        room: &str,
+        mode: Option<RoomMode>,
+        max_peers: Option<usize>,
+        persistent: bool,
+        reuse: bool,
+    ) -> Result<RoomHandle, Refusal> {
+        let limits = lock(&self.inner.limits).clone();
+        let mut rooms = lock(&self.inner.rooms);
+        if let Some(h) = rooms.get(room) {
+            if !h.tx.is_closed() {
+                if reuse {
+                    return Ok(h.clone());
+                }
+                return Err(Refusal::new(
+                    ErrorCode::RoomExists,
+                    format!("room `{room}` already exists"),
+                ));
+            }
+        }
+        rooms.retain(|_, h| !h.tx.is_closed());
         if rooms.len() >= limits.max_rooms {
             return Err(Refusal::new(
                 ErrorCode::TooManyRooms,
@@ -262,8 +304,11 @@ impl RoomRegistry {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
         let handle = RoomHandle { tx, instance };
-        let room_state =
-            state::Room::new(room.to_owned(), mode.unwrap_or_default(), limits.max_peers);
+        let room_state = state::Room::new(
+            room.to_owned(),
+            mode.unwrap_or_default(),
+            max_peers.unwrap_or(limits.max_peers),
+        );
         let actor = actor::RoomActor::new(
             room_state,
             handle.tx.clone(),
@@ -271,12 +316,94 @@ impl RoomRegistry {
             lock(&self.inner.ice_servers).clone(),
             Arc::downgrade(&self.inner),
             instance,
+            persistent,
         );
         tokio::spawn(actor.run(rx));
         rooms.insert(room.to_owned(), handle.clone());
-        tracing::info!(room, "room created");
+        tracing::info!(room, persistent, "room created");
         Ok(handle)
     }
+
+    /// Every room, by name.
+    pub async fn list(&self) -> Vec<report::RoomSummary> {
+        let mut out = Vec::new();
+        for name in self.room_names() {
+            if let Ok(detail) = self.show(&name).await {
+                out.push(detail.summary);
+            }
+        }
+        out
+    }
+
+    /// One room in detail.
+    pub async fn show(&self, room: &str) -> Result<report::RoomDetail, Refusal> {
+        let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(RoomMsg::Report { reply })
+            .await
+            .map_err(|_| unknown_room(room))?;
+        rx.await.map_err(|_| unknown_room(room))
+    }
+
+    /// Creates an empty room that stays until closed.
+    pub async fn create(
+        &self,
+        room: &str,
+        max_peers: Option<usize>,
+        mode: Option<RoomMode>,
+    ) -> Result<(), Refusal> {
+        if !state::valid_name(room) {
+            return Err(Refusal::new(
+                ErrorCode::BadName,
+                format!(
+                    "room name must be 1 to {} printable characters",
+                    state::MAX_NAME_CHARS
+                ),
+            ));
+        }
+        if max_peers == Some(0) {
+            return Err(Refusal::new(ErrorCode::BadRequest, "max peers must be at least 1"));
+        }
+        self.spawn_room(room, mode, max_peers, true, false).map(|_| ())
+    }
+
+    /// Closes a room: every participant is told and disconnected. Returns
+    /// how many were in it.
+    pub async fn close(&self, room: &str) -> Result<usize, Refusal> {
+        let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(RoomMsg::Close { reply })
+            .await
+            .map_err(|_| unknown_room(room))?;
+        rx.await.map_err(|_| unknown_room(room))
+    }
+
+    /// Removes one participant, who is told why.
+    pub async fn kick(&self, room: &str, peer: &str) -> Result<(), Refusal> {
+        let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(RoomMsg::Kick {
+            peer: peer.to_owned(),
+            reply,
+        })
+        .await
+        .map_err(|_| unknown_room(room))?;
+        rx.await.map_err(|_| unknown_room(room))?
+    }
+
+    /// New limits for rooms created from now on (and the room count).
+    pub fn set_limits(&self, limits: RoomLimits) {
+        *lock(&self.inner.limits) = limits;
+    }
+
+    /// New ICE servers for joins from now on.
+    pub fn set_ice_servers(&self, servers: Vec<IceServer>) {
+        *lock(&self.inner.ice_servers) = servers;
+    }
+}
+
+fn unknown_room(room: &str) -> Refusal {
+    Refusal::new(ErrorCode::UnknownRoom, format!("no room named `{room}`"))
 }
 
 /// Called by a room actor that emptied: forget it unless already replaced.

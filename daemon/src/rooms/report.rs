@@ -1,0 +1,54 @@
+//! What the control plane sees of rooms: plain serializable snapshots.
+
+use serde::Serialize;
+use sfu_proto::signaling::{Role, RoomMode};
+
+use crate::media::{ConnectionReport, TrackReport};
+
+/// One room in a listing.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSummary {
+    /// Room name.
+    pub name: String,
+    /// SFU or mesh.
+    pub mode: RoomMode,
+    /// Participants now.
+    pub peers: usize,
+    /// Published tracks now.
+    pub tracks: usize,
+    /// Participant limit.
+    pub max_peers: usize,
+    /// Seconds since the room was created.
+    pub age_secs: u64,
+    /// Created by an operator: stays when empty until closed.
+    pub persistent: bool,
+}
+
+/// One participant in detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerDetail {
+    /// Peer id (the msid of its tracks).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Speaker or listener.
+    pub role: Role,
+    /// Seconds since joining.
+    pub joined_secs: u64,
+    /// The publish connection, if any.
+    pub publish: Option<ConnectionReport>,
+    /// The subscribe connection, if any.
+    pub subscribe: Option<ConnectionReport>,
+    /// Tracks the peer publishes.
+    pub tracks: Vec<TrackReport>,
+}
+
+/// A room in detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomDetail {
+    /// The summary line.
+    #[serde(flatten)]
+    pub summary: RoomSummary,
+    /// Every participant.
+    pub members: Vec<PeerDetail>,
+}
