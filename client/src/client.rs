@@ -42,6 +42,21 @@ pub struct Joined {
     pub ice_servers: Vec<IceServer>,
 }
 
+/// Per-packet counters of one client, cheap to take often (no server
+/// messages copied, no latency percentiles computed).
+#[derive(Debug, Clone, Default)]
+pub struct MediaCounters {
+    /// Video RTP packets handed to the publish connection.
+    pub sent_video_packets: u64,
+    /// Audio RTP packets handed to the publish connection.
+    pub sent_audio_packets: u64,
+    /// `write_rtp` calls that failed.
+    pub send_errors: u64,
+    /// Every subscribe-side track, as in [`Snapshot::remote_tracks`] but with
+    /// `latency` left empty.
+    pub tracks: Vec<crate::snapshot::RemoteTrack>,
+}
+
 /// One participant: a signaling WebSocket plus a publish and a subscribe
 /// peer connection. Dropping it stops everything (without `leave`).
 pub struct Client {
@@ -263,6 +278,11 @@ impl Client {
     /// This participant's id, once joined.
     pub fn peer_id(&self) -> Option<String> {
         self.snapshot().peer_id
+    }
+
+    /// Packet counters so far (see [`MediaCounters`]).
+    pub fn media_counters(&self) -> MediaCounters {
+        self.shared.media_counters()
     }
 
     /// Everything observed so far.

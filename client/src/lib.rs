@@ -38,6 +38,7 @@
 mod accounting;
 mod client;
 mod error;
+pub mod histogram;
 mod media;
 mod peer;
 mod receiver;
@@ -48,8 +49,9 @@ mod snapshot;
 pub mod tag;
 
 pub use accounting::LatencySummary;
-pub use client::{Client, Joined};
+pub use client::{Client, Joined, MediaCounters};
 pub use error::ClientError;
+pub use histogram::Histogram;
 pub use media::PublishOptions;
 pub use snapshot::{OfferedTrack, RemoteTrack, Snapshot};
 
@@ -63,6 +65,9 @@ pub struct ClientOptions {
     pub bind_ip: IpAddr,
     /// Deadline of the waits inside `connect`, `join` and `publish`.
     pub timeout: Duration,
+    /// Where every received tagged packet's one-way latency is also counted
+    /// (shared by many clients in a load generator).
+    pub latency_histogram: Option<std::sync::Arc<Histogram>>,
 }
 
 impl Default for ClientOptions {
@@ -70,6 +75,7 @@ impl Default for ClientOptions {
         Self {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             timeout: Duration::from_secs(10),
+            latency_histogram: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `Client::wait_for` re-evaluates its predicate on events instead of polling.
 
 use crate::accounting::{LatencyReservoir, SequenceTracker};
+use crate::histogram::Histogram;
 use crate::sdp;
 use crate::snapshot::{OfferedTrack, RemoteTrack, Snapshot};
 use crate::tag::{self, MediaTag};
@@ -101,12 +102,16 @@ pub(crate) struct TrackState {
     expected_hash: u32,
     seq: SequenceTracker,
     latency: LatencyReservoir,
+    histogram: Option<Arc<Histogram>>,
 }
 
 impl TrackState {
     /// Accounts one RTP packet.
     pub fn record(&mut self, packet: &rtc::rtp::Packet, received_at_ns: u64) {
         let t = &mut self.info;
+        if t.packets == 0 {
+            t.first_packet_ns = received_at_ns;
+        }
         t.packets += 1;
         t.bytes += packet.payload.len() as u64;
         if packet.header.marker {
@@ -128,14 +133,23 @@ impl TrackState {
         self.seq.record(media_tag.seq);
         let latency_ns = received_at_ns.saturating_sub(media_tag.sent_at_ns);
         self.latency.record(latency_ns / 1_000);
+        if let Some(h) = &self.histogram {
+            h.record(latency_ns / 1_000);
+        }
     }
 
     fn snapshot(&self) -> RemoteTrack {
+        let mut t = self.counters();
+        t.latency = self.latency.summary();
+        t
+    }
+
+    /// As `snapshot` without the latency percentiles (no sort).
+    fn counters(&self) -> RemoteTrack {
         let mut t = self.info.clone();
         t.lost = self.seq.lost();
         t.duplicates = self.seq.duplicates();
         t.out_of_order = self.seq.out_of_order();
-        t.latency = self.latency.summary();
         t
     }
 }
@@ -372,6 +386,7 @@ impl Shared {
             expected_hash,
             seq: SequenceTracker::default(),
             latency: LatencyReservoir::default(),
+            histogram: self.options.latency_histogram.clone(),
         }));
         lock(&self.state).tracks.push(Arc::clone(&track));
         self.notify();
@@ -380,6 +395,21 @@ impl Shared {
 
     pub fn remote_tracks(&self) -> Vec<Arc<Mutex<TrackState>>> {
         lock(&self.state).tracks.clone()
+    }
+
+    /// Per-packet counters only: what a load generator polls often.
+    pub fn media_counters(&self) -> crate::client::MediaCounters {
+        let tracks: Vec<RemoteTrack> = {
+            let st = lock(&self.state);
+            st.tracks.iter().map(|t| lock(t).counters()).collect()
+        };
+        let c = &self.counters;
+        crate::client::MediaCounters {
+            sent_video_packets: c.video.load(Ordering::Relaxed),
+            sent_audio_packets: c.audio.load(Ordering::Relaxed),
+            send_errors: c.errors.load(Ordering::Relaxed),
+            tracks,
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -73,6 +73,8 @@ pub struct RemoteTrack {
     pub ssrc: u32,
     /// RTP packets received.
     pub packets: u64,
+    /// When the first packet arrived, in nanoseconds since the UNIX epoch (0: none yet).
+    pub first_packet_ns: u64,
     /// RTP payload bytes received.
     pub bytes: u64,
     /// Packets carrying a payload tag.
@@ -218,5 +220,7 @@ fn message_label(m: &ServerMessage) -> String {
             )
         }
         ServerMessage::Error { code, .. } => format!("error({code})"),
+        ServerMessage::RoleChanged { peer_id, role } => format!("role_changed({peer_id},{role:?})"),
+        ServerMessage::Signal { from, .. } => format!("signal({from})"),
     }
 }
