@@ -4,4 +4,5 @@
 //! CLI, the test client and the load generator can share one definition of
 //! every message with the daemon.
 
+pub mod control;
 pub mod signaling;
