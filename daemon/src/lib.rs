@@ -15,9 +15,12 @@
 //! until the shutdown future resolves.
 
 pub mod config;
+pub mod logging;
 pub mod media;
+pub mod metrics;
 pub mod rooms;
 pub mod signaling;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -136,6 +139,7 @@ impl Server {
         let app = signaling::router(signaling::AppState {
             rooms: self.rooms.clone(),
             shutdown: stop_rx.clone(),
+            metrics: metrics::MetricsSource::new(self.rooms.clone(), self.media.clone()),
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");
         let mut http_stop = stop_rx.clone();

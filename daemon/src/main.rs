@@ -1,12 +1,19 @@
-//! The `sfud` binary: parse arguments, set up logging, run the server until
-//! SIGTERM or SIGINT.
+//! The `sfud` binary: parse arguments, set up logging, bind every socket,
+//! tell systemd it is ready, and serve until SIGTERM or SIGINT; SIGHUP
+//! reloads the configuration file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use sfud::config::{Config, LogFormat};
-use tracing_subscriber::EnvFilter;
+use sfud::config::Config;
+use sfud::media::MediaHandle;
+use sfud::reload::Reloader;
+use sfud::rooms::RoomRegistry;
+use sfud::systemd;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::{error, info, warn};
 
 /// WebRTC SFU daemon: WebSocket signaling and selective forwarding.
 #[derive(Debug, Parser)]
@@ -20,24 +27,14 @@ struct Args {
     check_config: bool,
 }
 
+/// How long tasks still running after the server stopped may hold the exit.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
 fn load(args: &Args) -> Result<Config, sfud::config::ConfigError> {
     match &args.config {
         Some(path) => Config::load(path),
         None => Ok(Config::default()),
     }
-}
-
-fn init_logging(config: &Config) {
-    // RUST_LOG wins over the config file's level.
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = matches!(config.log.format, LogFormat::Auto);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn main() -> ExitCode {
@@ -58,7 +55,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
+    let log = sfud::logging::init(&config.log);
+    if let Some(why) = &log.fallback {
+        warn!("{why}; logging to stderr instead");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sfud")
@@ -70,38 +70,103 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
-        let server = sfud::Server::bind(&config).await?;
-        println!(
-            "sfud: demo page at http://{}/ (media on {:?})",
-            server.http_addr(),
-            server.media_addrs()
-        );
-        server.run(shutdown_signal()).await
-    });
+    let result = runtime.block_on(serve(args.config.clone(), config));
+    // A task that ignores the shutdown (a stuck client write) must not hold
+    // the process: systemd would wait for TimeoutStopSec and then SIGKILL.
+    runtime.shutdown_timeout(EXIT_GRACE);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("sfud: {}", error_chain(&e));
+            error!("{}", error_chain(e.as_ref()));
+            eprintln!("sfud: {}", error_chain(e.as_ref()));
             ExitCode::from(1)
         }
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (exit) still applies.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// Binds, notifies systemd, and serves until a stop signal.
+async fn serve(path: Option<PathBuf>, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Registered before binding so that a SIGHUP or SIGTERM during startup
+    // is handled rather than killing the process half-started.
+    let signals = Signals::new()?;
+    let server = sfud::Server::bind(&config).await?;
+    println!(
+        "sfud: demo page at http://{}/ (media on {:?})",
+        server.http_addr(),
+        server.media_addrs()
+    );
+    let (media, rooms) = (server.media(), server.rooms());
+    // The server's reloader: SIGHUP and `sfuctl reload` share one view of
+    // the configuration in effect.
+    let server = server.with_config_path(path);
+    let reloader = server.reloader();
+    // Every socket is bound: connections queue in the kernel until `run`
+    // serves them.
+    systemd::ready(&systemd::status_now(&media, &rooms).await);
+    tokio::spawn(systemd::Liveness::from_env(media.clone(), rooms.clone()).run());
+    server
+        .run(until_stopped(signals, reloader, media, rooms))
+        .await?;
+    Ok(())
+}
+
+/// The signals the daemon handles, registered once.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
+}
+
+/// Reloads on SIGHUP; resolves on the first SIGTERM or SIGINT.
+async fn until_stopped(
+    mut signals: Signals,
+    reloader: Reloader,
+    media: MediaHandle,
+    rooms: RoomRegistry,
+) {
+    loop {
+        let name = tokio::select! {
+            _ = signals.term.recv() => "SIGTERM",
+            _ = signals.int.recv() => "SIGINT",
+            _ = signals.hup.recv() => {
+                reload(&reloader, &media, &rooms).await;
+                continue;
+            }
+        };
+        info!(signal = name, "shutting down: telling peers");
+        systemd::stopping();
+        return;
+    }
+}
+
+/// Re-reads the configuration file and applies what can change live.
+async fn reload(reloader: &Reloader, media: &MediaHandle, rooms: &RoomRegistry) {
+    systemd::reloading();
+    match reloader.reload() {
+        Ok(done) if !done.plan.needs_restart.is_empty() => warn!(
+            keys = ?done.plan.needs_restart,
+            "changed settings take effect only after a restart"
+        ),
+        Ok(_) => {}
+        Err(e) => error!(
+            error = %error_chain(&e),
+            "reload failed: the running configuration is unchanged"
+        ),
+    }
+    systemd::ready(&systemd::status_now(media, rooms).await);
 }
 
 /// An error and its causes, `: `-separated.

@@ -72,6 +72,8 @@ pub struct MediaStats {
     pub rtp_in: u64,
     /// RTP packets written to subscriber legs.
     pub rtp_forwarded: u64,
+    /// RTP payload bytes written to subscriber legs.
+    pub bytes_forwarded: u64,
     /// Datagrams from nobody we know.
     pub dropped_unroutable: u64,
     /// Datagrams the socket would not take (buffer full) or refused.
@@ -615,6 +617,7 @@ impl MediaEngine {
                     leg.packets += 1;
                     leg.bytes += bytes;
                     self.stats.rtp_forwarded += 1;
+                    self.stats.bytes_forwarded += bytes;
                 }
                 _ => {
                     leg.dropped += 1;

@@ -31,6 +31,8 @@ pub struct AppState {
     pub rooms: RoomRegistry,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// What `/metrics` samples.
+    pub metrics: crate::metrics::MetricsSource,
 }
 
 /// The HTTP routes.
@@ -39,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(demo_page))
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::handler))
         .with_state(Arc::new(state))
 }
 

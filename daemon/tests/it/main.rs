@@ -7,3 +7,5 @@
 mod bad_input;
 mod forwarding;
 mod harness;
+mod metrics;
+mod systemd;

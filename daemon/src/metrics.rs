@@ -1,0 +1,341 @@
+//! `GET /metrics`: Prometheus text exposition format (version 0.0.4).
+//!
+//! Nothing is counted here: each scrape takes a snapshot of the media
+//! engine's counters and the rooms, and reads the process's CPU time and
+//! memory from `/proc/self`. The format is written by hand (a few dozen
+//! lines) rather than through a metrics registry, because every value
+//! already lives in its owner and is only sampled at scrape time.
+
+use std::fmt::{Display, Write};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{FromRef, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::media::{MediaHandle, MediaStats};
+use crate::rooms::RoomRegistry;
+use crate::signaling::AppState;
+
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a scrape waits for the media loop and the rooms.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a scrape reads from.
+#[derive(Clone)]
+pub struct MetricsSource {
+    rooms: RoomRegistry,
+    media: MediaHandle,
+    started: SystemTime,
+}
+
+impl MetricsSource {
+    /// Samples `rooms` and `media`; the process start time is now.
+    pub fn new(rooms: RoomRegistry, media: MediaHandle) -> Self {
+        MetricsSource {
+            rooms,
+            media,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// The whole exposition, or why a snapshot could not be taken.
+    pub async fn render(&self) -> Result<String, &'static str> {
+        let stats = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.media.stats())
+            .await
+            .map_err(|_| "the media engine did not answer")?
+            .map_err(|_| "the media engine stopped")?;
+        let rooms = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.rooms.list())
+            .await
+            .map_err(|_| "the rooms did not answer")?;
+        let peers: usize = rooms.iter().map(|r| r.peers).sum();
+        let mut out = Exposition::default();
+        write_daemon(&mut out, rooms.len(), peers, &stats);
+        write_process(&mut out, self.started, &ProcessSample::read());
+        Ok(out.text)
+    }
+}
+
+impl FromRef<Arc<AppState>> for MetricsSource {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.metrics.clone()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn handler(State(source): State<MetricsSource>) -> Response {
+    match source.render().await {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+fn write_daemon(out: &mut Exposition, rooms: usize, peers: usize, s: &MediaStats) {
+    out.family("sfud_build_info", "gauge", "Version of the running daemon.");
+    out.sample(
+        "sfud_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    out.gauge("sfud_rooms", "Rooms open.", rooms);
+    out.gauge("sfud_peers", "Participants in all rooms.", peers);
+    out.gauge("sfud_tracks", "Tracks being published.", s.tracks);
+    out.gauge(
+        "sfud_peer_connections",
+        "WebRTC peer connections alive (up to two per participant).",
+        s.connections,
+    );
+    out.gauge("sfud_recording_sessions", "Recordings being written.", 0);
+    out.counter(
+        "sfud_rtp_packets_received_total",
+        "RTP packets received from publishers.",
+        s.rtp_in,
+    );
+    out.counter(
+        "sfud_rtp_packets_forwarded_total",
+        "RTP packets forwarded to subscribers.",
+        s.rtp_forwarded,
+    );
+    out.counter(
+        "sfud_rtp_bytes_forwarded_total",
+        "RTP payload bytes forwarded to subscribers.",
+        s.bytes_forwarded,
+    );
+    out.counter(
+        "sfud_udp_datagrams_received_total",
+        "UDP datagrams received on the media ports.",
+        s.datagrams_in,
+    );
+    out.counter(
+        "sfud_udp_bytes_received_total",
+        "UDP payload bytes received on the media ports.",
+        s.bytes_in,
+    );
+    out.counter(
+        "sfud_udp_datagrams_sent_total",
+        "UDP datagrams sent from the media ports.",
+        s.datagrams_out,
+    );
+    out.counter(
+        "sfud_udp_bytes_sent_total",
+        "UDP payload bytes sent from the media ports.",
+        s.bytes_out,
+    );
+    out.family(
+        "sfud_dropped_packets_total",
+        "counter",
+        "Packets dropped, by cause: unroutable (from no known peer), send \
+         (the socket refused it), subscriber (a subscriber leg not ready for it).",
+    );
+    for (cause, n) in [
+        ("unroutable", s.dropped_unroutable),
+        ("send", s.dropped_send),
+        ("subscriber", s.dropped_leg),
+    ] {
+        out.sample("sfud_dropped_packets_total", &[("cause", cause)], n);
+    }
+    out.counter(
+        "sfud_keyframe_requests_total",
+        "Keyframe requests (PLI) sent to publishers.",
+        s.plis_sent,
+    );
+}
+
+fn write_process(out: &mut Exposition, started: SystemTime, p: &ProcessSample) {
+    let start = started
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    out.gauge(
+        "process_start_time_seconds",
+        "Start time of the daemon since the UNIX epoch, in seconds.",
+        start,
+    );
+    if let Some(cpu) = p.cpu_seconds {
+        out.counter(
+            "process_cpu_seconds_total",
+            "User and system CPU time spent, in seconds.",
+            cpu,
+        );
+    }
+    if let Some(rss) = p.resident_bytes {
+        out.gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size, in bytes.",
+            rss,
+        );
+    }
+    if let Some(vm) = p.virtual_bytes {
+        out.gauge(
+            "process_virtual_memory_bytes",
+            "Virtual memory size, in bytes.",
+            vm,
+        );
+    }
+    if let Some(threads) = p.threads {
+        out.gauge("process_threads", "OS threads.", threads);
+    }
+    if let Some(fds) = p.open_fds {
+        out.gauge("process_open_fds", "Open file descriptors.", fds);
+    }
+}
+
+/// The process's resource use, from `/proc/self`; `None` where unreadable.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProcessSample {
+    /// utime + stime.
+    pub cpu_seconds: Option<f64>,
+    /// `VmRSS`.
+    pub resident_bytes: Option<u64>,
+    /// `VmSize`.
+    pub virtual_bytes: Option<u64>,
+    /// `Threads`.
+    pub threads: Option<u64>,
+    /// Entries of `/proc/self/fd`.
+    pub open_fds: Option<usize>,
+}
+
+impl ProcessSample {
+    /// Reads this process.
+    pub fn read() -> Self {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mut sample = Self::parse(&stat, &status, clock_ticks_per_second());
+        sample.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count().saturating_sub(1)); // the directory's own fd
+        sample
+    }
+
+    /// Parses `/proc/self/stat` (CPU time) and `/proc/self/status` (memory).
+    pub fn parse(stat: &str, status: &str, ticks_per_second: u64) -> Self {
+        // The command name, field 2, is in parentheses and may contain
+        // spaces and parentheses: fields are counted after the last `)`.
+        let cpu_seconds = stat.rsplit_once(')').and_then(|(_, rest)| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 (utime, stime); `rest` starts at field 3.
+            let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+            let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+            Some((utime + stime) as f64 / ticks_per_second.max(1) as f64)
+        });
+        let kib = |key: &str| {
+            status.lines().find_map(|l| {
+                let v = l.strip_prefix(key)?.strip_prefix(':')?.trim();
+                let n: u64 = v.strip_suffix("kB").unwrap_or(v).trim().parse().ok()?;
+                Some(n * 1024)
+            })
+        };
+        let threads = status.lines().find_map(|l| {
+            l.strip_prefix("Threads:")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        ProcessSample {
+            cpu_seconds,
+            resident_bytes: kib("VmRSS"),
+            virtual_bytes: kib("VmSize"),
+            threads,
+            open_fds: None,
+        }
+    }
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of the CPU times in `/proc/self/stat`.
+fn clock_ticks_per_second() -> u64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(n)) if n > 0 => n as u64,
+        // USER_HZ, fixed at 100 in the kernel ABI of common architectures.
+        _ => 100,
+    }
+}
+
+/// Text being written in the exposition format.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", escape_label(v));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
+        self.family(name, "gauge", help);
+        self.sample(name, &[], value);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: impl Display) {
+        self.family(name, "counter", help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_parse() {
+        // A command name with spaces and a parenthesis must not shift fields.
+        let stat = "1234 (sfud (x) y) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0 100 12345 678";
+        let status = "Name:\tsfud\nVmSize:\t  204800 kB\nVmRSS:\t   10240 kB\nThreads:\t9\n";
+        let p = ProcessSample::parse(stat, status, 100);
+        assert_eq!(p.cpu_seconds, Some(3.0));
+        assert_eq!(p.resident_bytes, Some(10240 * 1024));
+        assert_eq!(p.virtual_bytes, Some(204800 * 1024));
+        assert_eq!(p.threads, Some(9));
+        assert_eq!(ProcessSample::parse("", "", 100), ProcessSample::default());
+    }
+
+    #[test]
+    fn the_running_process_is_readable() {
+        let p = ProcessSample::read();
+        assert!(p.cpu_seconds.is_some());
+        assert!(p.resident_bytes.is_some_and(|b| b > 0));
+        assert!(p.open_fds.is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn samples_and_labels_are_escaped() {
+        let mut out = Exposition::default();
+        out.family("x_total", "counter", "a \\ b\nc");
+        out.sample("x_total", &[("cause", "q\"\\\n"), ("k", "v")], 3);
+        out.gauge("y", "y.", 1.5);
+        assert_eq!(
+            out.text,
+            "# HELP x_total a \\\\ b\\nc\n# TYPE x_total counter\n\
+             x_total{cause=\"q\\\"\\\\\\n\",k=\"v\"} 3\n\
+             # HELP y y.\n# TYPE y gauge\ny 1.5\n"
+        );
+    }
+}
