@@ -206,6 +206,12 @@ impl Client {
             })
             .await?;
         if !snap.publish_answered {
+            // Refused: forget this connection so a later publish (e.g. after
+            // a promotion) starts afresh.
+            let refused = std::mem::take(&mut *lock(&self.shared.publish)).pc;
+            if let Some(pc) = refused {
+                close_peer_connections(vec![pc]).await;
+            }
             if let Some((code, message)) = snap.errors.get(errors) {
                 return Err(ClientError::Server {
                     code: *code,

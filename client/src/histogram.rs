@@ -91,10 +91,7 @@ impl HistogramCounts {
 
     /// The largest sample's bucket edge; 0 without samples.
     pub fn max_us(&self) -> u64 {
-        self.0
-            .iter()
-            .rposition(|n| *n > 0)
-            .map_or(0, upper_edge)
+        self.0.iter().rposition(|n| *n > 0).map_or(0, upper_edge)
     }
 }
 

@@ -84,6 +84,8 @@ pub(crate) struct PcSlot {
     pub remote_set: bool,
     /// The local description sent, once it is: candidates wait for it.
     described: Option<Described>,
+    /// A publish offer sent but not answered yet.
+    offered: Option<Described>,
     pending_local: Vec<String>,
     gathering_complete: bool,
     end_sent: bool,
@@ -221,20 +223,40 @@ impl Shared {
         let text = serde_json::to_string(msg)?;
         let mut slot = lock(self.slot(kind));
         self.send_text(text)?;
-        if slot.described.is_none() {
-            slot.described = Some(Described {
-                sdp: sdp.to_owned(),
-                mid: sdp::first_mid(sdp),
-                ufrag: sdp::ice_ufrag(sdp),
-            });
-            for candidate in std::mem::take(&mut slot.pending_local) {
-                self.send_local_candidate(kind, &slot, &candidate);
-            }
-            if slot.gathering_complete {
-                self.send_end_of_candidates(kind, &mut slot);
-            }
+        let described = Described {
+            sdp: sdp.to_owned(),
+            mid: sdp::first_mid(sdp),
+            ufrag: sdp::ice_ufrag(sdp),
+        };
+        match kind {
+            // Publish candidates wait for the server's answer: an offer the
+            // server refuses (e.g. from a listener) then leaves no candidates
+            // behind for a connection that does not exist.
+            PcKind::Publish => slot.offered = Some(described),
+            PcKind::Subscribe => self.release_candidates(kind, &mut slot, described),
         }
         Ok(())
+    }
+
+    /// The server answered our publish offer: its candidates may go now.
+    pub fn publish_accepted(&self) {
+        let mut slot = lock(self.slot(PcKind::Publish));
+        if let Some(described) = slot.offered.take() {
+            self.release_candidates(PcKind::Publish, &mut slot, described);
+        }
+    }
+
+    fn release_candidates(&self, kind: PcKind, slot: &mut PcSlot, described: Described) {
+        if slot.described.is_some() {
+            return;
+        }
+        slot.described = Some(described);
+        for candidate in std::mem::take(&mut slot.pending_local) {
+            self.send_local_candidate(kind, slot, &candidate);
+        }
+        if slot.gathering_complete {
+            self.send_end_of_candidates(kind, slot);
+        }
     }
 
     /// A candidate gathered by the local ICE agent.

@@ -130,6 +130,7 @@ async fn apply_publish_answer(shared: &Arc<Shared>, sdp: String) -> Result<(), C
         .map_err(ClientError::webrtc("applying the publish answer"))?;
     flush_remote_candidates(shared, PcKind::Publish, pc.as_ref()).await;
     shared.set_publish_answered();
+    shared.publish_accepted();
     Ok(())
 }
 

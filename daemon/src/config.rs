@@ -29,6 +29,70 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// `[log]`: log filter and output format.
     pub log: LogConfig,
+    /// `[auth]`: who may join.
+    pub auth: AuthConfig,
+    /// `[limits]`: rate limits on signaling.
+    pub limits: LimitsConfig,
+}
+
+/// `[auth]`: join tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `open` (anyone may join any room; only on a loopback `http.listen`)
+    /// or `token` (a signed join token is required).
+    pub mode: AuthMode,
+    /// HS256 signing keys; a token names its key with the `kid` header.
+    pub keys: Vec<AuthKey>,
+}
+
+/// Whether joins need a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No token needed (development on loopback).
+    #[default]
+    Open,
+    /// A valid join token is required.
+    Token,
+}
+
+/// One token signing key.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKey {
+    /// Key id, carried in the token's `kid` header.
+    pub id: String,
+    /// The shared secret (at least 32 bytes).
+    pub secret: String,
+}
+
+impl fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthKey")
+            .field("id", &self.id)
+            .field("secret", &"<hidden>")
+            .finish()
+    }
+}
+
+/// `[limits]`: signaling rate limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Joins per second from one source address (bursts of twice that).
+    pub joins_per_second: u32,
+    /// WebSocket messages per second on one connection (bursts of twice that).
+    pub messages_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            joins_per_second: 5,
+            messages_per_second: 100,
+        }
+    }
 }
 
 /// `[http]`: the HTTP listener serving the demo page and `/ws`.
@@ -37,12 +101,16 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address and port to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Web origins whose pages may open `/ws` (e.g. `https://meet.example.org`);
+    /// empty allows every origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -136,6 +204,10 @@ pub struct RoomsConfig {
     pub max_rooms: usize,
     /// Whether a `join` to an unknown room creates it.
     pub auto_create: bool,
+    /// Most participants in one mesh room (mesh cost grows as N squared).
+    pub mesh_max_peers: usize,
+    /// Rooms that exist from start-up and stay while empty.
+    pub preset: Vec<RoomPreset>,
 }
 
 impl Default for RoomsConfig {
@@ -144,8 +216,24 @@ impl Default for RoomsConfig {
             max_peers: 50,
             max_rooms: 100,
             auto_create: true,
+            mesh_max_peers: 6,
+            preset: Vec::new(),
         }
     }
+}
+
+/// `[[rooms.preset]]`: a room created at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomPreset {
+    /// Room name.
+    pub name: String,
+    /// `sfu` or `mesh`.
+    #[serde(default)]
+    pub mode: sfu_proto::signaling::RoomMode,
+    /// Participant limit (default: the mode's).
+    #[serde(default)]
+    pub max_peers: Option<usize>,
 }
 
 /// `[control]`: the Unix socket `sfuctl` talks to.
@@ -316,6 +404,45 @@ impl Config {
         self.rtc.validate()?;
         at_least_one("rooms.max_peers", self.rooms.max_peers as u64)?;
         at_least_one("rooms.max_rooms", self.rooms.max_rooms as u64)?;
+        at_least_one("rooms.mesh_max_peers", self.rooms.mesh_max_peers as u64)?;
+        for (i, p) in self.rooms.preset.iter().enumerate() {
+            let n = p.name.chars().count();
+            if n == 0 || n > 64 || p.name.chars().any(char::is_control) {
+                return Err(invalid(
+                    format!("rooms.preset[{i}].name"),
+                    "must be 1 to 64 printable characters",
+                ));
+            }
+            if p.max_peers == Some(0) {
+                return Err(invalid(
+                    format!("rooms.preset[{i}].max_peers"),
+                    "must be at least 1",
+                ));
+            }
+            if self.rooms.preset[..i].iter().any(|q| q.name == p.name) {
+                return Err(invalid(
+                    format!("rooms.preset[{i}].name"),
+                    format!("\"{}\" is listed twice", p.name),
+                ));
+            }
+        }
+        self.auth.validate(&self.http)?;
+        at_least_one(
+            "limits.joins_per_second",
+            u64::from(self.limits.joins_per_second),
+        )?;
+        at_least_one(
+            "limits.messages_per_second",
+            u64::from(self.limits.messages_per_second),
+        )?;
+        for (i, o) in self.http.allowed_origins.iter().enumerate() {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(invalid(
+                    format!("http.allowed_origins[{i}]"),
+                    format!("\"{o}\" is not an origin; write scheme://host[:port] with no path, e.g. \"https://meet.example.org\""),
+                ));
+            }
+        }
         self.control.validate()?;
         if self.recording.dir.as_os_str().is_empty() {
             return Err(invalid(
@@ -429,6 +556,48 @@ impl IceServerConfig {
                         "is missing; a turn: or turns: server needs both username and credential",
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AuthConfig {
+    /// Shortest secret accepted: HS256 wants a key as long as its hash.
+    const MIN_SECRET: usize = 32;
+
+    fn validate(&self, http: &HttpConfig) -> Result<(), ConfigError> {
+        if self.mode == AuthMode::Open && !http.listen.ip().is_loopback() {
+            return Err(invalid("auth.mode", format!(
+                "is \"open\" but http.listen ({}) is not a loopback address: anyone who reaches it could join any room; set auth.mode = \"token\" with auth.keys, or listen on 127.0.0.1",
+                http.listen
+            )));
+        }
+        if self.mode == AuthMode::Token && self.keys.is_empty() {
+            return Err(invalid(
+                "auth.keys",
+                "is empty but auth.mode is \"token\"; add a key: [[auth.keys]] id = \"k1\" secret = \"(32+ random characters)\"",
+            ));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.id.is_empty() {
+                return Err(invalid(
+                    format!("auth.keys[{i}].id"),
+                    "is empty; give the key a name",
+                ));
+            }
+            if k.secret.len() < Self::MIN_SECRET {
+                return Err(invalid(format!("auth.keys[{i}].secret"), format!(
+                    "is {} bytes; use at least {} random characters (e.g. `openssl rand -base64 33`)",
+                    k.secret.len(),
+                    Self::MIN_SECRET
+                )));
+            }
+            if self.keys[..i].iter().any(|o| o.id == k.id) {
+                return Err(invalid(
+                    format!("auth.keys[{i}].id"),
+                    format!("\"{}\" is listed twice", k.id),
+                ));
             }
         }
         Ok(())
@@ -856,9 +1025,24 @@ dir = "/srv/recordings"
 [log]
 level = "info,sfud=debug"
 format = "journald"
+
+[auth]
+mode = "token"
+
+[[auth.keys]]
+id = "k1"
+secret = "0123456789abcdef0123456789abcdef"
+
+[limits]
+joins_per_second = 2
+messages_per_second = 20
 "#,
         );
         assert_eq!(config.http.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
+        assert_eq!(config.auth.mode, AuthMode::Token);
+        assert_eq!(config.auth.keys[0].id, "k1");
+        assert_eq!(config.limits.joins_per_second, 2);
+        assert_eq!(config.limits.messages_per_second, 20);
         let rtc = &config.rtc;
         assert_eq!(rtc.udp_port, 0);
         assert_eq!(rtc.bind_ips.len(), 2);
@@ -877,7 +1061,8 @@ format = "journald"
             RoomsConfig {
                 max_peers: 4,
                 max_rooms: 2,
-                auto_create: false
+                auto_create: false,
+                ..RoomsConfig::default()
             }
         );
         assert_eq!(config.control.socket, PathBuf::from("/tmp/sfud.sock"));
@@ -1171,5 +1356,34 @@ format = "journald"
             shown.contains("user") && !shown.contains("hunter2"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn open_auth_needs_a_loopback_listener_and_token_auth_needs_keys() {
+        let e = parse("[http]\nlisten = \"0.0.0.0:8080\"\n").expect_err("refused");
+        assert!(e.to_string().contains("auth.mode"), "{e}");
+        let e = parse("[auth]\nmode = \"token\"\n").expect_err("refused");
+        assert!(e.to_string().contains("auth.keys"), "{e}");
+        let e = parse("[auth]\nmode = \"token\"\n[[auth.keys]]\nid = \"k\"\nsecret = \"short\"\n")
+            .expect_err("refused");
+        assert!(e.to_string().contains("auth.keys[0].secret"), "{e}");
+        assert!(
+            parse("[http]\nlisten = \"[::1]:8080\"\n").is_ok(),
+            "IPv6 loopback is loopback"
+        );
+    }
+
+    #[test]
+    fn origins_presets_and_limits_are_checked() {
+        let e = parse("[http]\nallowed_origins = [\"meet.example.org\"]\n").expect_err("refused");
+        assert!(e.to_string().contains("http.allowed_origins[0]"), "{e}");
+        let e = parse("[[rooms.preset]]\nname = \"a\"\n[[rooms.preset]]\nname = \"a\"\n")
+            .expect_err("refused");
+        assert!(e.to_string().contains("rooms.preset[1].name"), "{e}");
+        let e = parse("[limits]\njoins_per_second = 0\n").expect_err("refused");
+        assert!(e.to_string().contains("limits.joins_per_second"), "{e}");
+        let c = parsed("[[rooms.preset]]\nname = \"lobby\"\nmode = \"mesh\"\nmax_peers = 4\n");
+        assert_eq!(c.rooms.preset[0].mode, sfu_proto::signaling::RoomMode::Mesh);
+        assert_eq!(c.rooms.preset[0].max_peers, Some(4));
     }
 }

@@ -14,16 +14,21 @@
 //! run the real daemon in-process on ephemeral ports; [`Server::run`] serves
 //! until the shutdown future resolves.
 
+pub mod auth;
 pub mod config;
+pub mod control;
 pub mod logging;
 pub mod media;
 pub mod metrics;
+pub mod reload;
 pub mod rooms;
 pub mod signaling;
 pub mod systemd;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sfu_proto::signaling::IceServer;
 use tokio::sync::watch;
@@ -55,6 +60,20 @@ pub enum ServerError {
     /// The HTTP server failed.
     #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
+    /// The control socket could not be set up.
+    #[error("cannot set up the control socket")]
+    Control(#[source] control::BindError),
+    /// The configuration is not valid.
+    #[error("invalid configuration")]
+    Config(#[source] config::ConfigError),
+    /// A preset room could not be created.
+    #[error("cannot create preset room `{room}`: {refusal}")]
+    Preset {
+        /// Which room.
+        room: String,
+        /// Why.
+        refusal: rooms::Refusal,
+    },
 }
 
 /// A daemon with its sockets bound, ready to [`run`](Server::run).
@@ -64,11 +83,21 @@ pub struct Server {
     engine: MediaEngine,
     media: MediaHandle,
     rooms: RoomRegistry,
+    gate: Arc<signaling::gate::Gatekeeper>,
+    control: control::ControlSocket,
+    reloader: reload::Reloader,
+    started: std::time::Instant,
 }
 
 impl Server {
     /// Binds the HTTP listener and the media sockets.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        let started = std::time::Instant::now();
+        // First, so that a second daemon on the same configuration says the
+        // socket is taken rather than that a port is.
+        let control =
+            control::ControlSocket::bind(&config.control).map_err(ServerError::Control)?;
         let http = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| ServerError::HttpBind {
@@ -102,16 +131,50 @@ impl Server {
                 max_peers: config.rooms.max_peers,
                 max_rooms: config.rooms.max_rooms,
                 auto_create: config.rooms.auto_create,
+                mesh_max_peers: config.rooms.mesh_max_peers,
             },
             ice_servers,
         );
+        for p in &config.rooms.preset {
+            rooms
+                .create(&p.name, p.max_peers, Some(p.mode))
+                .await
+                .map_err(|refusal| ServerError::Preset {
+                    room: p.name.clone(),
+                    refusal,
+                })?;
+        }
+        let gate = Arc::new(signaling::gate::Gatekeeper::new(config));
+        let reloader = reload::Reloader::new(config.clone(), None, rooms.clone(), gate.clone());
         Ok(Server {
             http,
             http_addr,
             engine,
             media,
             rooms,
+            gate,
+            control,
+            reloader,
+            started,
         })
+    }
+
+    /// Remembers the file the configuration came from, for `sfuctl config
+    /// check` and reloads.
+    pub fn with_config_path(self, path: Option<PathBuf>) -> Self {
+        self.reloader.set_path(path);
+        self
+    }
+
+    /// The control socket's path (the configured one or the development fallback).
+    pub fn control_socket(&self) -> &Path {
+        self.control.path()
+    }
+
+    /// Re-reads the configuration file and applies what can change at run
+    /// time (for SIGHUP; `sfuctl reload` uses the same).
+    pub fn reloader(&self) -> reload::Reloader {
+        self.reloader.clone()
     }
 
     /// The address HTTP and WebSocket signaling are served on.
@@ -129,6 +192,16 @@ impl Server {
         self.rooms.clone()
     }
 
+    /// The media engine's handle (counters, reports).
+    pub fn media(&self) -> MediaHandle {
+        self.media.clone()
+    }
+
+    /// Join tokens, origins and rate limits (for the control plane and reload).
+    pub fn gate(&self) -> Arc<signaling::gate::Gatekeeper> {
+        self.gate.clone()
+    }
+
     /// Serves until `shutdown` resolves, then tells every peer and stops.
     pub async fn run(
         self,
@@ -138,6 +211,7 @@ impl Server {
         let media_task = tokio::spawn(self.engine.run(stop_rx.clone()));
         let app = signaling::router(signaling::AppState {
             rooms: self.rooms.clone(),
+            gate: self.gate.clone(),
             shutdown: stop_rx.clone(),
             metrics: metrics::MetricsSource::new(self.rooms.clone(), self.media.clone()),
         });
@@ -151,9 +225,19 @@ impl Server {
             let _ = http_stop.wait_for(|s| *s).await;
         });
         let http_task = tokio::spawn(async move { http.await });
+        let control_task = tokio::spawn(self.control.serve(
+            control::Services {
+                rooms: self.rooms.clone(),
+                media: self.media.clone(),
+                reloader: self.reloader.clone(),
+                started: self.started,
+            },
+            stop_rx.clone(),
+        ));
         shutdown.await;
         info!("shutting down");
         let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control_task).await;
         let http_result = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), media_task).await;
         match http_result {

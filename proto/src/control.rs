@@ -10,6 +10,8 @@
 pub mod frame;
 pub mod path;
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::signaling::{Role, RoomMode};
@@ -198,27 +200,25 @@ pub struct RoomSummary {
     pub mode: RoomMode,
     /// Participants in the room.
     pub peers: usize,
-    /// Participant limit.
-    pub max_peers: usize,
     /// Published tracks.
     pub tracks: usize,
+    /// Participant limit.
+    pub max_peers: usize,
     /// Seconds since the room was created.
     pub age_secs: u64,
+    /// Created by an operator: stays while empty until closed.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 /// One room in detail, for [`Response::Room`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomDetail {
-    /// Room name.
-    pub name: String,
-    /// Media mode.
-    pub mode: RoomMode,
-    /// Participant limit.
-    pub max_peers: usize,
-    /// Seconds since the room was created.
-    pub age_secs: u64,
-    /// Participants, in the order they joined.
-    pub peers: Vec<PeerDetail>,
+    /// The room's line in [`Response::Rooms`].
+    #[serde(flatten)]
+    pub summary: RoomSummary,
+    /// Participants.
+    pub members: Vec<PeerDetail>,
 }
 
 /// A participant of a room.
@@ -230,28 +230,45 @@ pub struct PeerDetail {
     pub name: String,
     /// Current role.
     pub role: Role,
-    /// Where their media comes from, once ICE has picked a path.
-    #[serde(default)]
-    pub remote_addr: Option<String>,
-    /// Connection state, e.g. `new`, `connected`, `disconnected`.
-    pub state: String,
     /// Seconds since they joined.
     pub joined_secs: u64,
+    /// The connection carrying their media up, once negotiated.
+    #[serde(default)]
+    pub publish: Option<ConnectionReport>,
+    /// The connection carrying everyone else's media down, once negotiated.
+    #[serde(default)]
+    pub subscribe: Option<ConnectionReport>,
     /// Tracks they publish.
     pub tracks: Vec<TrackDetail>,
+}
+
+/// One of a participant's peer connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionReport {
+    /// Connection state, e.g. `new`, `connected`, `failed`.
+    pub state: String,
+    /// The client's address ICE selected, once known.
+    #[serde(default)]
+    pub remote: Option<SocketAddr>,
 }
 
 /// A published track.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackDetail {
-    /// Track id.
-    pub id: String,
+    /// Daemon-wide track id.
+    pub id: u64,
     /// `audio` or `video`.
     pub kind: String,
-    /// Codec name, e.g. `opus`, `VP8`.
+    /// Codec, e.g. `audio/opus`, `video/VP8`.
     pub codec: String,
-    /// Bits per second received from the publisher, recently.
+    /// RTP packets received from the publisher.
+    pub packets: u64,
+    /// RTP payload bytes received from the publisher.
+    pub bytes: u64,
+    /// Payload bits per second over the last second or so.
     pub bitrate_bps: u64,
+    /// Participants it is forwarded to.
+    pub subscribers: usize,
 }
 
 /// What [`Request::Reload`] did.
@@ -492,28 +509,40 @@ mod tests {
                     name: "demo".into(),
                     mode: RoomMode::Sfu,
                     peers: 2,
-                    max_peers: 50,
                     tracks: 4,
+                    max_peers: 50,
                     age_secs: 12,
+                    persistent: false,
                 }],
             },
             Response::Room(RoomDetail {
-                name: "demo".into(),
-                mode: RoomMode::Sfu,
-                max_peers: 50,
-                age_secs: 3,
-                peers: vec![PeerDetail {
+                summary: RoomSummary {
+                    name: "demo".into(),
+                    mode: RoomMode::Sfu,
+                    peers: 1,
+                    tracks: 1,
+                    max_peers: 50,
+                    age_secs: 3,
+                    persistent: true,
+                },
+                members: vec![PeerDetail {
                     id: "00ab".into(),
                     name: "alice".into(),
                     role: Role::Speaker,
-                    remote_addr: Some("127.0.0.1:5000".into()),
-                    state: "connected".into(),
                     joined_secs: 3,
+                    publish: Some(ConnectionReport {
+                        state: "connected".into(),
+                        remote: Some(SocketAddr::from(([127, 0, 0, 1], 5000))),
+                    }),
+                    subscribe: None,
                     tracks: vec![TrackDetail {
-                        id: "t1".into(),
+                        id: 7,
                         kind: "audio".into(),
-                        codec: "opus".into(),
+                        codec: "audio/opus".into(),
+                        packets: 100,
+                        bytes: 8000,
                         bitrate_bps: 32_000,
+                        subscribers: 0,
                     }],
                 }],
             }),

@@ -97,6 +97,13 @@ pub enum ClientMessage {
         /// The candidate, or `None` at the end of gathering.
         candidate: Option<CandidateInit>,
     },
+    /// Relay `data` to another participant of a mesh room.
+    Signal {
+        /// The receiving participant's id.
+        to: String,
+        /// Anything the clients agree on (offers, answers, candidates).
+        data: serde_json::Value,
+    },
     /// Leave the room; the server closes the socket.
     Leave,
 }
@@ -153,6 +160,20 @@ pub enum ServerMessage {
     PeerLeft {
         /// Their id.
         peer_id: String,
+    },
+    /// A participant's role changed (sent to everyone, the subject included).
+    RoleChanged {
+        /// Whose role.
+        peer_id: String,
+        /// The new role.
+        role: Role,
+    },
+    /// Signaling relayed from another participant of a mesh room.
+    Signal {
+        /// The sending participant's id.
+        from: String,
+        /// What they sent.
+        data: serde_json::Value,
     },
     /// The server's offer (subscribe connection).
     Offer {
@@ -220,6 +241,20 @@ pub enum ErrorCode {
     RoomClosed,
     /// A room of that name already exists.
     RoomExists,
+    /// The request does not fit the room's mode (sfu or mesh).
+    WrongMode,
+    /// The join token does not parse or its signature is wrong.
+    BadToken,
+    /// The join token has expired.
+    TokenExpired,
+    /// The join token is for another room.
+    WrongRoom,
+    /// Someone in the room already has that display name.
+    NameTaken,
+    /// A join token is required.
+    TokenRequired,
+    /// Too many joins or messages in too short a time.
+    RateLimited,
     /// No such participant in the room.
     UnknownPeer,
     /// Something failed inside the server.
@@ -246,6 +281,13 @@ impl ErrorCode {
             Self::Kicked => "kicked",
             Self::RoomClosed => "room_closed",
             Self::RoomExists => "room_exists",
+            Self::WrongMode => "wrong_mode",
+            Self::BadToken => "bad_token",
+            Self::TokenExpired => "token_expired",
+            Self::WrongRoom => "wrong_room",
+            Self::NameTaken => "name_taken",
+            Self::TokenRequired => "token_required",
+            Self::RateLimited => "rate_limited",
             Self::UnknownPeer => "unknown_peer",
             Self::Internal => "internal",
         }

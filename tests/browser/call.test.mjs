@@ -1,10 +1,14 @@
-// Three headless Chromium pages hold a call through the real sfud daemon and its demo page.
+// Headless Chromium pages hold calls through the real sfud daemon and its demo page:
+// three speakers in an SFU room, three speakers in a mesh room, and one speaker with two
+// listeners in an SFU room. One daemon and one browser serve all of them; every participant
+// has its own browser context.
 //
 // Run it with ./run.sh (a fresh network namespace where only `lo` exists), or
 // `node --test` here with SFUD_BIN pointing at the daemon and CHROMIUM at the browser.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -24,8 +28,17 @@ const CHROMIUM_ARGS = [
   '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
 ];
-const NAMES = ['alice', 'bob', 'carol'];
 const MIN_FRAMES = 30;
+// The daemon accepts join tokens signed with this key (auth stays open: tokens are optional).
+const TOKEN_KEY = { id: 'browser-test', secret: 'browser-test-secret-of-at-least-32-bytes' };
+
+/** A join token (HS256 JWT) for `claims`, valid for `ttl` seconds (negative: expired). */
+function joinToken(claims, { ttl = 3600, secret = TOKEN_KEY.secret } = {}) {
+  const now = Math.floor(Date.now() / 1000);
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${part({ alg: 'HS256', typ: 'JWT', kid: TOKEN_KEY.id })}.${part({ ...claims, iat: now, exp: now + ttl })}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
 
 /** A free TCP port on 127.0.0.1 (listen on 0, read it, close). */
 function freePort() {
@@ -41,7 +54,7 @@ function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Calls `probe` until it returns a truthy value or `ms` pass; `describe()` explains a timeout. */
+/** Calls `probe` until it returns a truthy value or `ms` pass; `describeFailure()` explains a timeout. */
 async function waitFor(ms, probe, describeFailure) {
   const deadline = Date.now() + ms;
   for (;;) {
@@ -62,6 +75,11 @@ class Daemon {
     await writeFile(config, [
       '[http]', `listen = "127.0.0.1:${this.port}"`, '',
       '[rtc]', 'udp_port = 0', 'bind_ips = ["127.0.0.1"]', '',
+      // Its own control socket, so that it runs beside any other sfud.
+      '[control]', `socket = "${path.join(this.dir, 'sfud.sock')}"`, '',
+      // Every page joins from 127.0.0.1.
+      '[limits]', 'joins_per_second = 100', '',
+      '[auth]', 'mode = "open"', '[[auth.keys]]', `id = "${TOKEN_KEY.id}"`, `secret = "${TOKEN_KEY.secret}"`, '',
     ].join('\n'));
     this.log = [];
     this.exited = null;
@@ -100,34 +118,55 @@ class Daemon {
   }
 }
 
-/** One participant: its own browser profile and one page on the demo page. */
+const daemon = new Daemon();
+let browser = null;
+let failed = false;
+const everyone = [];   // every participant opened, for the failure report
+
+/** One participant: its own browser context and one page on the demo page. */
 class Participant {
-  constructor(name) {
+  /** `params` are extra URL parameters of the demo page (`role`, `mode`, `token`). */
+  constructor(name, params = {}) {
     this.name = name;
+    this.params = params;
     this.console = [];
+    everyone.push(this);
   }
 
-  async open(baseUrl, room) {
-    this.dir = await mkdtemp(path.join(os.tmpdir(), `sfud-chromium-${this.name}-`));
-    this.context = await chromium.launchPersistentContext(this.dir, {
-      executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS,
-    });
-    this.page = this.context.pages()[0] ?? await this.context.newPage();
+  async open(room) {
+    this.context = await browser.newContext();
+    this.page = await this.context.newPage();
     this.page.on('console', (m) => this.console.push(`[${m.type()}] ${m.text()}`));
     this.page.on('pageerror', (e) => this.console.push(`[pageerror] ${e.message}`));
-    await this.page.goto(`${baseUrl}/?room=${encodeURIComponent(room)}&name=${this.name}`);
+    // A token names the room and the participant itself.
+    const query = new URLSearchParams({ ...(this.params.token ? {} : { room, name: this.name }), ...this.params });
+    await this.page.goto(`${daemon.url}/?${query}`);
   }
 
-  /** What the page knows: its id, its peers, connection states and per-peer inbound stats. */
+  /** What the page knows: its id, role, peers, connections and per-peer inbound stats. */
   snapshot() {
     return this.page.evaluate(async () => {
       const s = window.sfud;
+      // Bytes received on the subscribe connection whoever they are from (null: no such connection).
+      let subscribeBytes = null;
+      if (s.pcs.subscribe) {
+        subscribeBytes = 0;
+        (await s.pcs.subscribe.getStats()).forEach((r) => {
+          if (r.type === 'inbound-rtp') subscribeBytes += r.bytesReceived ?? 0;
+        });
+      }
       return {
         state: s.state,
         peerId: s.peerId,
+        room: s.room,
+        mode: s.mode,
+        role: s.role,
         peers: s.peers,
         pcs: { publish: s.pcs.publish?.connectionState, subscribe: s.pcs.subscribe?.connectionState },
-        tiles: [...document.querySelectorAll('.tile')].map((t) => t.dataset.peerId),
+        mesh: Object.fromEntries(Object.entries(s.mesh).map(([id, pc]) => [id, pc.connectionState])),
+        subscribeBytes,
+        tiles: Object.fromEntries([...document.querySelectorAll('.tile')]
+          .map((t) => [t.dataset.peerId, t.querySelector('.role').textContent])),
         error: document.getElementById('error').textContent,
         inbound: await s.inboundByPeer(),
       };
@@ -136,52 +175,72 @@ class Participant {
 
   async close() {
     await this.context?.close().catch(() => {});
-    if (this.dir) await rm(this.dir, { recursive: true, force: true });
   }
 }
 
 /** Peer id of `name` as `snap`'s page knows it. */
-const idOf = (snap, name) => Object.keys(snap.peers).find((id) => snap.peers[id].name === name);
+const idOf = (snap, name) => Object.keys(snap.peers ?? {}).find((id) => snap.peers[id].name === name);
 
-describe('three Chromium pages in one room', () => {
-  const daemon = new Daemon();
-  const people = NAMES.map((n) => new Participant(n));
-  const room = `room-${process.pid}`;
-  let failed = false;
-  const track = (fn) => async () => {
-    try {
-      await fn();
-    } catch (err) {
-      failed = true;
-      throw err;
-    }
+/** Whether `snap`'s page decoded MIN_FRAMES video frames and got audio from `name`. */
+function receivesFrom(snap, name) {
+  const got = snap.inbound?.[idOf(snap, name)];
+  return Boolean(got && got.videoFramesDecoded >= MIN_FRAMES && (got.audioBytes > 0 || got.audioSamples > 0));
+}
+
+/** Marks the run failed when `fn` throws, so that the consoles and the daemon's log get printed. */
+const track = (fn) => async () => {
+  try {
+    await fn();
+  } catch (err) {
+    failed = true;
+    throw err;
+  }
+};
+
+/** Opens `people` in `room` (all at once) before the suite's tests, closes them after. */
+function inRoom(room, people) {
+  before(track(() => Promise.all(people.map((p) => p.open(room)))));
+  after(() => Promise.all(people.map((p) => p.close())));
+  return {
+    snapshots: () => Promise.all(people.map((p) => p.snapshot().catch((e) => ({ error: e.message })))),
+    report: (snaps) => snaps.map((s, i) => `${people[i].name}: ${JSON.stringify(s)}`).join('\n'),
   };
-  const snapshots = () => Promise.all(people.map((p) => p.snapshot().catch((e) => ({ error: e.message }))));
-  const report = (snaps) => snaps.map((s, i) => `${NAMES[i]}: ${JSON.stringify(s)}`).join('\n');
+}
 
-  before(track(async () => {
+before(async () => {
+  try {
     await daemon.start();
-    for (const p of people) await p.open(daemon.url, room);
-  }));
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  } catch (err) {
+    failed = true;
+    throw err;
+  }
+});
 
-  after(async () => {
-    if (failed) {
-      for (const p of people) console.error(`--- ${p.name}'s console ---\n${p.console.join('\n')}`);
-      console.error(`--- sfud output (last 300 lines) ---\n${daemon.output()}`);
-    }
-    await Promise.all(people.map((p) => p.close()));
-    await daemon.stop();
-  });
+after(async () => {
+  if (failed) {
+    for (const p of everyone) console.error(`--- ${p.name}'s console ---\n${p.console.join('\n')}`);
+    console.error(`--- sfud output (last 300 lines) ---\n${daemon.output()}`);
+  }
+  await browser?.close();
+  await daemon.stop();
+});
+
+describe('SFU room: three speakers', () => {
+  const names = ['alice', 'bob', 'carol'];
+  const people = names.map((n) => new Participant(n));
+  const room = inRoom(`sfu-${process.pid}`, people);
 
   it(`each page decodes ${MIN_FRAMES} video frames and receives audio from each other page`, { timeout: 60_000 }, track(async () => {
     let last = [];
     await waitFor(30_000, async () => {
-      last = await snapshots();
-      return last.every((snap, i) => NAMES.filter((n) => n !== NAMES[i]).every((other) => {
-        const got = snap.inbound?.[idOf(snap, other)];
-        return got && got.videoFramesDecoded >= MIN_FRAMES && (got.audioBytes > 0 || got.audioSamples > 0);
-      }));
-    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s:\n${report(last)}`);
+      last = await room.snapshots();
+      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s:\n${room.report(last)}`);
+    for (const snap of last) {
+      assert.equal(snap.mode, 'sfu');
+      assert.equal(snap.role, 'speaker');
+    }
   }));
 
   it('a participant who clicks Leave disappears from the other pages within 5 s', { timeout: 30_000 }, track(async () => {
@@ -192,7 +251,7 @@ describe('three Chromium pages in one room', () => {
     let last = [];
     await waitFor(5_000, async () => {
       last = await Promise.all([alice.snapshot(), bob.snapshot()]);
-      return last.every((s) => !s.tiles.includes(carolId) && !(carolId in s.peers));
+      return last.every((s) => !(carolId in s.tiles) && !(carolId in s.peers) && !(carolId in s.inbound));
     }, () => `carol (${carolId}) is still shown 5 s after Leave:\n${last.map((s) => JSON.stringify(s)).join('\n')}`);
     assert.equal((await carol.snapshot()).state, 'left');
 
@@ -202,5 +261,131 @@ describe('three Chromium pages in one room', () => {
       last = await Promise.all([alice.snapshot(), bob.snapshot()]);
       return last.every((s, i) => (s.inbound[idOf(s, [bob, alice][i].name)]?.videoFramesDecoded ?? 0) >= before[i] + MIN_FRAMES);
     }, () => `alice and bob stopped decoding each other's video after carol left:\n${last.map((s) => JSON.stringify(s)).join('\n')}`);
+  }));
+});
+
+describe('mesh room: three speakers, media peer to peer', () => {
+  const names = ['dave', 'erin', 'frank'];
+  const people = names.map((n) => new Participant(n, { mode: 'mesh' }));
+  const roomName = `mesh-${process.pid}`;
+  const room = inRoom(roomName, people);
+
+  it(`each page decodes ${MIN_FRAMES} video frames and receives audio from each other page`, { timeout: 60_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await room.snapshots();
+      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s:\n${room.report(last)}`);
+    for (const snap of last) {
+      assert.equal(snap.mode, 'mesh');
+      assert.deepEqual(snap.pcs, { publish: undefined, subscribe: undefined }, 'no connection with the server');
+      assert.deepEqual(Object.values(snap.mesh), ['connected', 'connected'], 'one connection per other page');
+    }
+  }));
+
+  it('a join asking for SFU mode is refused with wrong_mode and shown', { timeout: 30_000 }, track(async () => {
+    const gina = new Participant('gina', { mode: 'sfu' });
+    try {
+      await gina.open(roomName);
+      let last;
+      await waitFor(5_000, async () => {
+        last = await gina.snapshot();
+        return last.error.includes('wrong_mode');
+      }, () => `gina's page does not show wrong_mode within 5 s: ${JSON.stringify(last)}`);
+      assert.equal(last.peerId, null);
+      assert.equal(await gina.page.isDisabled('#join'), false, 'the form can be used again');
+    } finally {
+      await gina.close();
+    }
+  }));
+
+  it('a participant who clicks Leave disappears and their connections close', { timeout: 30_000 }, track(async () => {
+    const [dave, erin, frank] = people;
+    const frankId = (await frank.snapshot()).peerId;
+    await frank.page.click('#leave');
+    let last = [];
+    await waitFor(5_000, async () => {
+      last = await Promise.all([dave.snapshot(), erin.snapshot()]);
+      return last.every((s) => !(frankId in s.tiles) && !(frankId in s.peers) && !(frankId in s.mesh)
+        && !(frankId in s.inbound) && Object.keys(s.mesh).length === 1);
+    }, () => `frank (${frankId}) is still shown 5 s after Leave:\n${last.map((s) => JSON.stringify(s)).join('\n')}`);
+  }));
+});
+
+describe('SFU room: one speaker, two listeners', () => {
+  const speaker = new Participant('sam');
+  const listeners = ['lee', 'liz'].map((n) => new Participant(n, { role: 'listener' }));
+  const people = [speaker, ...listeners];
+  const room = inRoom(`roles-${process.pid}`, people);
+
+  it(`each listener decodes ${MIN_FRAMES} frames and receives audio from the speaker, and publishes nothing`, { timeout: 60_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await room.snapshots();
+      return last.slice(1).every((snap) => receivesFrom(snap, 'sam'));
+    }, () => `not every listener got ${MIN_FRAMES} decoded frames and audio from sam within 30 s:\n${room.report(last)}`);
+    // By now the listeners have been in the room as long as it took sam's video to reach them.
+    last = await room.snapshots();
+    const [sam, ...rest] = last;
+    assert.equal(sam.role, 'speaker');
+    assert.ok(sam.subscribeBytes === null || sam.subscribeBytes === 0,
+      `sam, the only speaker, receives something:\n${room.report(last)}`);
+    assert.deepEqual(sam.inbound, {});
+    for (const [i, snap] of rest.entries()) {
+      assert.equal(snap.role, 'listener');
+      assert.equal(snap.pcs.publish, undefined, `${listeners[i].name} has a publish connection`);
+      assert.deepEqual(Object.keys(snap.inbound), [idOf(snap, 'sam')], `${listeners[i].name} receives only sam`);
+      assert.equal(snap.tiles[snap.peerId], 'listener', 'the page shows its own role');
+      assert.equal(snap.tiles[idOf(snap, 'sam')], 'speaker');
+    }
+    for (const l of listeners) assert.equal(sam.tiles[idOf(sam, l.name)], 'listener');
+  }));
+});
+
+describe('join tokens', () => {
+  const roomName = `token-${process.pid}`;
+  const host = new Participant('hal');
+  const room = inRoom(roomName, [host]);
+
+  it('a link with only a token joins the token\'s room under its name and role', { timeout: 30_000 }, track(async () => {
+    const tina = new Participant('tina', { token: joinToken({ room: roomName, name: 'tina', role: 'listener' }) });
+    try {
+      await tina.open();
+      let last;
+      await waitFor(10_000, async () => {
+        last = await tina.snapshot();
+        return last.state === 'joined';
+      }, () => `tina's page did not join within 10 s: ${JSON.stringify(last)}`);
+      assert.equal(last.room, roomName);
+      assert.equal(last.role, 'listener');
+      assert.equal(last.pcs.publish, undefined, 'a listener does not publish');
+      const [hal] = await room.snapshots();
+      assert.equal(hal.peers[last.peerId]?.name, 'tina');
+      assert.equal(hal.peers[last.peerId]?.role, 'listener');
+    } finally {
+      await tina.close();
+    }
+  }));
+
+  it('an expired token and a forged one are refused readably', { timeout: 30_000 }, track(async () => {
+    const claims = { room: roomName, name: 'mallory', role: 'speaker' };
+    const cases = [
+      [new Participant('expired', { token: joinToken(claims, { ttl: -3600 }) }), 'token_expired', 'expired'],
+      [new Participant('forged', { token: joinToken(claims, { secret: 'another-secret-that-is-32-bytes-long' }) }), 'bad_token', 'not valid'],
+    ];
+    try {
+      await Promise.all(cases.map(([p]) => p.open()));
+      for (const [p, code, words] of cases) {
+        let last;
+        await waitFor(10_000, async () => {
+          last = await p.snapshot();
+          return last.error.includes(code);
+        }, () => `${p.name}'s page does not show ${code} within 10 s: ${JSON.stringify(last)}`);
+        assert.ok(last.error.includes(words), `${p.name}'s error explains itself: ${last.error}`);
+        assert.equal(last.peerId, null);
+      }
+    } finally {
+      await Promise.all(cases.map(([p]) => p.close()));
+    }
   }));
 });

@@ -423,6 +423,8 @@ async fn session(
                 candidate: None, ..
             } => {}
             ClientMessage::Leave => break,
+            // This fake server is an SFU: mesh relaying is not its business.
+            ClientMessage::Signal { .. } => {}
         }
     }
     for spc in [publish, subscribe].into_iter().flatten() {

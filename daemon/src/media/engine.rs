@@ -25,6 +25,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -32,6 +33,7 @@ use rtc::rtp_transceiver::{
     RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
 };
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::io::ReadBuf;
@@ -42,8 +44,8 @@ use tracing::{debug, info, warn};
 use super::forward::{ExtensionMap, Leg};
 use super::peer::{self, Announced, IceTimeouts};
 use super::{
-    Codec, ConnectionReport, EventSink, PeerMediaReport, TrackReport, MediaCommand, MediaError, MediaEvent, MediaHandle, MediaKind, Negotiated,
-    PeerId, TrackId, TrackInfo,
+    Codec, ConnectionReport, EventSink, MediaCommand, MediaError, MediaEvent, MediaHandle,
+    MediaKind, Negotiated, PeerId, PeerMediaReport, Tap, TapEvent, TrackId, TrackInfo, TrackReport,
 };
 
 /// Least time between two keyframe requests sent to one publisher track.
@@ -125,6 +127,8 @@ struct Source {
     /// Bytes and time at the start of the current bitrate window.
     rate_mark: (Instant, u64),
     bitrate_bps: u64,
+    payload_type: u8,
+    tap: Option<Tap>,
 }
 
 #[derive(Default)]
@@ -132,6 +136,8 @@ struct PeerConns {
     publish: Option<ConnId>,
     subscribe: Option<ConnId>,
     events: Option<EventSink>,
+    /// A recorder's copy of everything this peer publishes.
+    tap: Option<Tap>,
 }
 
 /// The media task's state; see the module docs.
@@ -487,6 +493,13 @@ impl MediaEngine {
             warn!(peer = %conn.peer, "track without a codec ignored");
             return;
         };
+        let payload_type = receiver
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
+            .map_or(0, |c| c.payload_type);
         let extensions = receiver
             .get_parameters()
             .rtp_parameters
@@ -526,9 +539,57 @@ impl MediaEngine {
                 bytes: 0,
                 rate_mark: (Instant::now(), 0),
                 bitrate_bps: 0,
+                payload_type,
+                tap: None,
             },
         );
+        let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
+        if let Some(tap) = tap {
+            self.attach_tap(track, tap);
+        }
         self.emit(peer, MediaEvent::TrackPublished(info));
+    }
+
+    /// Starts copying one track into a tap; tells the tap what it carries.
+    fn attach_tap(&mut self, track: TrackId, tap: Tap) {
+        if let Some(s) = self.sources.get_mut(&track) {
+            tap.send(TapEvent::Track {
+                track,
+                kind: s.info.kind,
+                codec: s.info.codec.clone(),
+                payload_type: s.payload_type,
+                ssrc: s.media_ssrc,
+            });
+            s.tap = Some(tap);
+        }
+    }
+
+    fn set_tap(&mut self, peer: PeerId, tap: Option<Tap>, now: Instant) {
+        let publish = {
+            let p = self.peers.entry(peer).or_default();
+            p.tap.clone_from(&tap);
+            p.publish
+        };
+        let tracks: Vec<TrackId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| Some(s.conn) == publish)
+            .map(|(id, _)| *id)
+            .collect();
+        for track in tracks {
+            match &tap {
+                Some(tap) => {
+                    self.attach_tap(track, tap.clone());
+                    // A recording starts on a keyframe.
+                    self.request_keyframe(track, now);
+                }
+                None => {
+                    if let Some(s) = self.sources.get_mut(&track) {
+                        s.tap = None;
+                    }
+                }
+            }
+        }
     }
 
     fn on_track_close(&mut self, id: ConnId, core_track: &str) {
@@ -539,7 +600,9 @@ impl MediaEngine {
             return;
         };
         let peer = conn.peer;
-        self.sources.remove(&track);
+        if let Some(tap) = self.sources.remove(&track).and_then(|s| s.tap) {
+            tap.send(TapEvent::TrackEnded { track });
+        }
         info!(%peer, track = track.0, "track unpublished");
         self.emit(
             peer,
@@ -558,6 +621,10 @@ impl MediaEngine {
                     return;
                 };
                 let mut wanted = Vec::new();
+                if conn.kind == PcKind::Publish {
+                    self.tap_sender_reports(&packets);
+                    return;
+                }
                 for p in &packets {
                     let any = p.as_any();
                     let ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
@@ -578,6 +645,28 @@ impl MediaEngine {
         }
     }
 
+    /// Hands publishers' sender reports to the taps of the tracks they describe.
+    fn tap_sender_reports(&self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        for p in packets {
+            let Some(sr) = p.as_any().downcast_ref::<SenderReport>() else {
+                continue;
+            };
+            let Some((track, tap)) = self
+                .sources
+                .iter()
+                .find_map(|(id, s)| (s.media_ssrc == sr.ssrc).then_some((*id, s.tap.as_ref()?)))
+            else {
+                continue;
+            };
+            if let Ok(data) = sr.marshal() {
+                tap.send(TapEvent::SenderReport {
+                    track,
+                    data: data.freeze(),
+                });
+            }
+        }
+    }
+
     /// The hot path: one publisher packet to every subscriber leg.
     fn forward(&mut self, id: ConnId, core_track: &str, packet: rtc::rtp::Packet, now: Instant) {
         self.stats.rtp_in += 1;
@@ -594,6 +683,16 @@ impl MediaEngine {
         };
         source.packets += 1;
         source.bytes += packet.payload.len() as u64;
+        if let Some(tap) = &source.tap {
+            if tap.is_closed() {
+                source.tap = None;
+            } else if let Ok(data) = packet.marshal() {
+                tap.send(TapEvent::Rtp {
+                    track,
+                    data: data.freeze(),
+                });
+            }
+        }
         for sub in &source.subscribers {
             let Some(conn) = self.conns.get_mut(sub) else {
                 continue;
@@ -704,6 +803,13 @@ impl MediaEngine {
                 let _ = reply.send(r);
             }
             MediaCommand::RemovePeer { peer } => self.remove_peer(peer),
+            MediaCommand::SetTap { peer, tap } => self.set_tap(peer, tap, now),
+            MediaCommand::RequestKeyframe { track } => self.request_keyframe(track, now),
+            MediaCommand::ClosePublish { peer } => {
+                if let Some(id) = self.conn_of(peer, PcKind::Publish) {
+                    self.drop_conn(id);
+                }
+            }
             MediaCommand::Reports { peers, reply } => {
                 let reports = peers.into_iter().map(|p| self.report(p)).collect();
                 let _ = reply.send(reports);

@@ -10,7 +10,7 @@
 
 mod engine;
 mod forward;
-mod peer;
+pub(crate) mod peer;
 mod rtcp;
 
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::sync::{mpsc, oneshot};
 
 pub use engine::{MediaEngine, MediaStats};
+pub use peer::sends_media;
 
 /// Identifies a participant across the daemon (unique for its lifetime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,6 +111,82 @@ pub enum MediaEvent {
     },
 }
 
+/// What a tap on a publisher delivers (to a recorder).
+#[derive(Debug, Clone)]
+pub enum TapEvent {
+    /// A track of the tapped peer is (or became) available.
+    Track {
+        /// Which track.
+        track: TrackId,
+        /// Audio or video.
+        kind: MediaKind,
+        /// Its codec.
+        codec: Codec,
+        /// The payload type the publisher uses for it.
+        payload_type: u8,
+        /// The publisher's SSRC for it.
+        ssrc: u32,
+    },
+    /// One RTP packet as the publisher sent it (decrypted).
+    Rtp {
+        /// Which track.
+        track: TrackId,
+        /// The packet.
+        data: bytes::Bytes,
+    },
+    /// An RTCP sender report about one of the tracks.
+    SenderReport {
+        /// Which track.
+        track: TrackId,
+        /// The compound RTCP packet holding the report.
+        data: bytes::Bytes,
+    },
+    /// The track ended.
+    TrackEnded {
+        /// Which track.
+        track: TrackId,
+    },
+}
+
+/// A bounded copy of a publisher's media for a recorder: when the consumer
+/// falls behind, packets are dropped and counted, forwarding never waits.
+#[derive(Clone, Debug)]
+pub struct Tap {
+    tx: mpsc::Sender<TapEvent>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Tap {
+    /// A tap holding at most `capacity` events.
+    pub fn new(capacity: usize) -> (Tap, mpsc::Receiver<TapEvent>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (
+            Tap {
+                tx,
+                dropped: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Events dropped because the consumer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn send(&self, ev: TapEvent) {
+        if self.tx.try_send(ev).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the consumer went away.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 /// Where a peer's media events go: its room's inbox.
 pub type EventSink = Arc<dyn Fn(MediaEvent) + Send + Sync>;
 
@@ -180,6 +257,13 @@ pub(crate) enum MediaCommand {
     },
     /// Close both connections of a peer and forget it.
     RemovePeer { peer: PeerId },
+    /// Close a peer's publish connection (it may publish again with a new offer).
+    ClosePublish { peer: PeerId },
+    /// Copy a peer's published media (now and later tracks) into `tap`,
+    /// or stop with `None`.
+    SetTap { peer: PeerId, tap: Option<Tap> },
+    /// Ask the publisher of `track` for a keyframe (rate-limited).
+    RequestKeyframe { track: TrackId },
     /// Snapshot of counters.
     Stats { reply: oneshot::Sender<MediaStats> },
     /// What media knows about some peers.
@@ -313,6 +397,22 @@ impl MediaHandle {
     /// Forget a peer; does not wait.
     pub async fn remove_peer(&self, peer: PeerId) {
         let _ = self.tx.send(MediaCommand::RemovePeer { peer }).await;
+    }
+
+    /// Close a peer's publish connection and drop its tracks; does not wait.
+    pub async fn close_publish(&self, peer: PeerId) {
+        let _ = self.tx.send(MediaCommand::ClosePublish { peer }).await;
+    }
+
+    /// Starts (or with `None` stops) copying `peer`'s published media into `tap`.
+    pub async fn set_tap(&self, peer: PeerId, tap: Option<Tap>) {
+        let _ = self.tx.send(MediaCommand::SetTap { peer, tap }).await;
+    }
+
+    /// Asks the publisher of `track` for a keyframe (at most one request per
+    /// track every 500 ms; does not wait).
+    pub async fn request_keyframe(&self, track: TrackId) {
+        let _ = self.tx.send(MediaCommand::RequestKeyframe { track }).await;
     }
 
     /// Counters.

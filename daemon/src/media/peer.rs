@@ -173,6 +173,25 @@ pub(crate) fn media_sections(sdp: &str) -> (usize, usize) {
     (total, usable)
 }
 
+/// Whether an offer sends audio or video: an accepted m-section whose
+/// direction is `sendrecv` (the default) or `sendonly`.
+pub fn sends_media(sdp: &str) -> bool {
+    let mut current: Option<bool> = None;
+    let mut any = false;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(rest) = line.strip_prefix("m=") {
+            any |= current == Some(true);
+            let mut parts = rest.split_whitespace();
+            let kind = parts.next().unwrap_or_default();
+            let port = parts.next().unwrap_or("0");
+            current = ((kind == "audio" || kind == "video") && port != "0").then_some(true);
+        } else if matches!(line, "a=recvonly" | "a=inactive") && current.is_some() {
+            current = Some(false);
+        }
+    }
+    any || current == Some(true)
+}
+
 /// A fresh ICE username fragment, unique enough to route by.
 pub(crate) fn new_ufrag() -> String {
     rtc::ice::rand::generate_ufrag()
@@ -192,6 +211,20 @@ mod tests {
     fn first_mid_is_the_first_m_sections() {
         assert_eq!(first_mid(SDP).as_deref(), Some("a0"));
         assert_eq!(first_mid("v=0\r\n"), None);
+    }
+
+    #[test]
+    fn only_sending_sections_count_as_media() {
+        assert!(sends_media(SDP), "the sendonly audio section sends");
+        let recv_only = "v=0\r\nm=audio 9 X 111\r\na=recvonly\r\nm=video 9 X 96\r\na=inactive\r\n";
+        assert!(!sends_media(recv_only));
+        assert!(
+            sends_media("v=0\r\nm=video 9 X 96\r\na=mid:0\r\n"),
+            "sendrecv by default"
+        );
+        assert!(!sends_media(
+            "v=0\r\nm=application 9 X webrtc-datachannel\r\n"
+        ));
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Lets a subscriber's keyframe requests reach the forwarding loop.
+//! Lets the RTCP the forwarding loop acts on reach it.
 //!
 //! The `rtc` interceptor chain consumes inbound RTCP unless something marks it
-//! for the application. The SFU needs exactly one kind: a subscriber's PLI or
-//! FIR about a forwarded stream, which it relays (rate-limited) to the
-//! publisher. Receiver reports and NACKs stay with the per-leg interceptors.
+//! for the application. The SFU needs two kinds: a subscriber's PLI or FIR
+//! about a forwarded stream, which it relays (rate-limited) to the publisher,
+//! and a publisher's sender reports, which recordings use to keep audio and
+//! video in sync. Receiver reports and NACKs stay with the per-leg
+//! interceptors.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -11,20 +13,26 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-/// Marks inbound RTCP that carries a keyframe request for delivery to the application.
+/// Marks inbound RTCP that carries a keyframe request or a sender report for
+/// delivery to the application.
 #[derive(Default)]
 pub(crate) struct DeliverKeyframeRequests {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
-fn is_keyframe_request(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
+/// Keyframe requests (from subscribers) and sender reports (from
+/// publishers, for recording sync) are what the application acts on.
+fn wanted_by_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
     packets.iter().any(|p| {
         let any = p.as_any();
-        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+        any.is::<PictureLossIndication>()
+            || any.is::<FullIntraRequest>()
+            || any.is::<SenderReport>()
     })
 }
 
@@ -37,7 +45,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverKeyframeRequests {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            if is_keyframe_request(packets) {
+            if wanted_by_application(packets) {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }

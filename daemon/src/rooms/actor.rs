@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use sfu_proto::signaling::{ErrorCode, IceServer, PcKind, ServerMessage};
+use sfu_proto::signaling::{ErrorCode, IceServer, PcKind, Role, RoomMode, ServerMessage};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -90,10 +90,41 @@ impl RoomActor {
                 peer,
                 name,
                 role,
+                mode,
+                allow_duplicate_name,
                 out,
                 reply,
             } => {
-                let r = self.join(peer, &name, role, out).await;
+                let r = if mode.is_some_and(|m| m != self.room.mode) {
+                    Err(Refusal::new(
+                        ErrorCode::WrongMode,
+                        format!("room `{}` is a {:?} room", self.room.name, self.room.mode)
+                            .to_lowercase(),
+                    ))
+                } else if !allow_duplicate_name && self.room.members().any(|m| m.name == name) {
+                    Err(Refusal::new(
+                        ErrorCode::NameTaken,
+                        format!(
+                            "someone in room `{}` is already called `{name}`",
+                            self.room.name
+                        ),
+                    ))
+                } else {
+                    self.join(peer, &name, role, out).await
+                };
+                let _ = reply.send(r);
+            }
+            RoomMsg::Signal {
+                peer,
+                to,
+                data,
+                reply,
+            } => {
+                let r = self.signal(peer, &to, data);
+                let _ = reply.send(r);
+            }
+            RoomMsg::SetRole { peer, role, reply } => {
+                let r = self.set_role(&peer, role).await;
                 let _ = reply.send(r);
             }
             RoomMsg::Offer { peer, sdp, reply } => {
@@ -144,7 +175,11 @@ impl RoomActor {
                 let _ = reply.send(n);
             }
             RoomMsg::Kick { peer, reply } => {
-                let found = self.room.members().map(|m| m.id).find(|id| id.to_string() == peer);
+                let found = self
+                    .room
+                    .members()
+                    .map(|m| m.id)
+                    .find(|id| id.to_string() == peer);
                 let r = match found {
                     Some(id) => {
                         self.remove(
@@ -233,9 +268,27 @@ impl RoomActor {
         Ok(())
     }
 
+    fn wrong_mode(&self, what: &str) -> Refusal {
+        Refusal::new(
+            ErrorCode::WrongMode,
+            format!("{what} in a {:?} room", self.room.mode).to_lowercase(),
+        )
+    }
+
     async fn offer(&mut self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
-        if self.room.member(peer).is_none() {
+        let Some(member) = self.room.member(peer) else {
             return Err(super::gone());
+        };
+        if self.room.mode == RoomMode::Mesh {
+            return Err(self.wrong_mode(
+                "the server holds no media connections: use `signal` to reach other participants",
+            ));
+        }
+        if member.role == Role::Listener && crate::media::sends_media(&sdp) {
+            return Err(Refusal::new(
+                ErrorCode::NotAllowed,
+                "listeners may not publish: offer only recvonly or inactive media",
+            ));
         }
         let negotiated = self
             .media
@@ -247,6 +300,11 @@ impl RoomActor {
     }
 
     async fn answer(&mut self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
+        if self.room.mode == RoomMode::Mesh {
+            return Err(self.wrong_mode(
+                "the server holds no media connections: use `signal` to reach other participants",
+            ));
+        }
         if !self.room.offer_in_flight(peer) {
             return Err(Refusal::new(
                 ErrorCode::OutOfOrder,
@@ -263,9 +321,71 @@ impl RoomActor {
         Ok(())
     }
 
+    /// Relays mesh signaling from `peer` to `to`.
+    fn signal(&mut self, peer: PeerId, to: &str, data: serde_json::Value) -> Result<(), Refusal> {
+        if self.room.mode != RoomMode::Mesh {
+            return Err(self.wrong_mode("`signal` is for mesh rooms; this server forwards media"));
+        }
+        let target = self
+            .room
+            .members()
+            .map(|m| m.id)
+            .find(|id| id.to_string() == to && *id != peer)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownPeer,
+                    format!("no other participant `{to}` in room `{}`", self.room.name),
+                )
+            })?;
+        self.send(
+            target,
+            ServerMessage::Signal {
+                from: peer.to_string(),
+                data,
+            },
+        );
+        Ok(())
+    }
+
+    /// Changes a role live: a demoted speaker stops being forwarded and its
+    /// publish connection closes; everyone is renegotiated and told.
+    async fn set_role(&mut self, peer: &str, role: Role) -> Result<(), Refusal> {
+        let id = self
+            .room
+            .members()
+            .map(|m| m.id)
+            .find(|id| id.to_string() == peer)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownPeer,
+                    format!("no participant `{peer}` in room `{}`", self.room.name),
+                )
+            })?;
+        if !self.room.set_role(id, role) {
+            return Ok(());
+        }
+        info!(room = %self.room.name, %peer, ?role, "role changed");
+        if role == Role::Listener && self.room.mode == RoomMode::Sfu {
+            self.media.close_publish(id).await;
+        }
+        let msg = ServerMessage::RoleChanged {
+            peer_id: peer.to_owned(),
+            role,
+        };
+        let all: Vec<PeerId> = self.outs.keys().copied().collect();
+        for p in all {
+            self.send(p, msg.clone());
+        }
+        if self.room.mode == RoomMode::Sfu {
+            self.renegotiate_all().await;
+        }
+        self.drop_slow().await;
+        Ok(())
+    }
+
     /// Offers `peer` its current set of tracks if that changed.
     async fn negotiate(&mut self, peer: PeerId) {
-        if self.room.offer_in_flight(peer) {
+        if self.room.mode == RoomMode::Mesh || self.room.offer_in_flight(peer) {
             return;
         }
         let wanted = self.room.wanted_tracks(peer);

@@ -55,6 +55,17 @@ pub struct RoomLimits {
     pub max_rooms: usize,
     /// Whether a join may create a room.
     pub auto_create: bool,
+    /// Participants per mesh room.
+    pub mesh_max_peers: usize,
+}
+
+impl RoomLimits {
+    fn max_peers_for(&self, mode: RoomMode) -> usize {
+        match mode {
+            RoomMode::Sfu => self.max_peers,
+            RoomMode::Mesh => self.mesh_max_peers,
+        }
+    }
 }
 
 pub(crate) enum RoomMsg {
@@ -62,6 +73,8 @@ pub(crate) enum RoomMsg {
         peer: PeerId,
         name: String,
         role: Role,
+        mode: Option<RoomMode>,
+        allow_duplicate_name: bool,
         out: OutboundTx,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
@@ -83,6 +96,17 @@ pub(crate) enum RoomMsg {
     },
     Leave {
         peer: PeerId,
+    },
+    Signal {
+        peer: PeerId,
+        to: String,
+        data: serde_json::Value,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    SetRole {
+        peer: String,
+        role: Role,
+        reply: oneshot::Sender<Result<(), Refusal>>,
     },
     Media(crate::media::MediaEvent),
     Report {
@@ -140,6 +164,22 @@ impl RoomHandle {
             peer,
             pc,
             candidate,
+            reply,
+        })
+        .await
+    }
+
+    /// Relay `data` to another participant of a mesh room.
+    pub async fn signal(
+        &self,
+        peer: PeerId,
+        to: String,
+        data: serde_json::Value,
+    ) -> Result<(), Refusal> {
+        self.call(|reply| RoomMsg::Signal {
+            peer,
+            to,
+            data,
             reply,
         })
         .await
@@ -203,12 +243,11 @@ impl RoomRegistry {
     /// everything after it arrive in `out`.
     pub async fn join(
         &self,
-        room: &str,
-        name: &str,
-        role: Role,
+        admission: &crate::auth::Admission,
         mode: Option<RoomMode>,
         out: OutboundTx,
     ) -> Result<Membership, Refusal> {
+        let room = admission.room.as_str();
         if !state::valid_name(room) {
             return Err(Refusal::new(
                 ErrorCode::BadName,
@@ -226,8 +265,10 @@ impl RoomRegistry {
             let (reply, rx) = oneshot::channel();
             let msg = RoomMsg::Join {
                 peer,
-                name: name.to_owned(),
-                role,
+                name: admission.name.clone(),
+                role: admission.role,
+                mode,
+                allow_duplicate_name: admission.allow_duplicate_name,
                 out: out.clone(),
                 reply,
             };
@@ -304,10 +345,11 @@ impl RoomRegistry {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
         let handle = RoomHandle { tx, instance };
+        let mode = mode.unwrap_or_default();
         let room_state = state::Room::new(
             room.to_owned(),
-            mode.unwrap_or_default(),
-            max_peers.unwrap_or(limits.max_peers),
+            mode,
+            max_peers.unwrap_or(limits.max_peers_for(mode)),
         );
         let actor = actor::RoomActor::new(
             room_state,
@@ -362,9 +404,13 @@ impl RoomRegistry {
             ));
         }
         if max_peers == Some(0) {
-            return Err(Refusal::new(ErrorCode::BadRequest, "max peers must be at least 1"));
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "max peers must be at least 1",
+            ));
         }
-        self.spawn_room(room, mode, max_peers, true, false).map(|_| ())
+        self.spawn_room(room, mode, max_peers, true, false)
+            .map(|_| ())
     }
 
     /// Closes a room: every participant is told and disconnected. Returns
@@ -384,6 +430,20 @@ impl RoomRegistry {
         let (reply, rx) = oneshot::channel();
         h.tx.send(RoomMsg::Kick {
             peer: peer.to_owned(),
+            reply,
+        })
+        .await
+        .map_err(|_| unknown_room(room))?;
+        rx.await.map_err(|_| unknown_room(room))?
+    }
+
+    /// Changes a participant's role live.
+    pub async fn set_role(&self, room: &str, peer: &str, role: Role) -> Result<(), Refusal> {
+        let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(RoomMsg::SetRole {
+            peer: peer.to_owned(),
+            role,
             reply,
         })
         .await

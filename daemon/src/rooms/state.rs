@@ -173,6 +173,22 @@ impl Room {
         }
     }
 
+    /// Changes a member's role; a demoted speaker's tracks stop being
+    /// forwarded. Returns whether anything changed.
+    pub fn set_role(&mut self, id: PeerId, role: Role) -> bool {
+        let Some(m) = self.members.get_mut(&id) else {
+            return false;
+        };
+        if m.role == role {
+            return false;
+        }
+        m.role = role;
+        if role == Role::Listener {
+            self.tracks.retain(|_, t| t.publisher != id);
+        }
+        true
+    }
+
     /// Forgets a track.
     pub fn remove_track(&mut self, id: TrackId) -> bool {
         self.tracks.remove(&id).is_some()
@@ -312,6 +328,21 @@ mod tests {
         assert_eq!(ids(1), vec![20]);
         assert_eq!(ids(2), vec![10]);
         assert_eq!(ids(3), vec![10, 20]);
+    }
+
+    #[test]
+    fn demoting_a_speaker_stops_forwarding_its_tracks() {
+        let mut room = room_with(&[(1, Role::Speaker), (2, Role::Listener)]);
+        room.add_track(track(10, 1));
+        assert!(room.set_role(PeerId(1), Role::Listener));
+        assert!(!room.set_role(PeerId(1), Role::Listener), "no change");
+        assert!(room.wanted_tracks(PeerId(2)).is_empty());
+        assert!(room.set_role(PeerId(2), Role::Speaker));
+        assert!(
+            room.add_track(track(20, 2)),
+            "a promoted listener may publish"
+        );
+        assert_eq!(room.wanted_tracks(PeerId(1)).len(), 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! One task per socket ([`session`]) turns client messages into room
 //! requests, strictly in order.
 
+pub mod gate;
 mod session;
 
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 pub struct AppState {
     /// The rooms.
     pub rooms: RoomRegistry,
+    /// Tokens, origins and rate limits.
+    pub gate: Arc<gate::Gatekeeper>,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// What `/metrics` samples.
@@ -64,9 +67,23 @@ async fn websocket(
     ws: WebSocketUpgrade,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     State(state): State<Arc<AppState>>,
-) -> impl IntoResponse {
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !state.gate.origin_allowed(origin) {
+        state
+            .gate
+            .count_refusal(sfu_proto::signaling::ErrorCode::NotAllowed);
+        tracing::warn!(%remote, origin, "WebSocket refused: origin not in http.allowed_origins");
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "origin not allowed: add it to http.allowed_origins\n",
+        )
+            .into_response();
+    }
     const { assert!(MAX_FRAME_BYTES < HARD_FRAME_LIMIT) };
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
         .on_upgrade(move |socket| session::run(socket, state, remote))
+        .into_response()
 }

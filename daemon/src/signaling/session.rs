@@ -10,7 +10,7 @@ use sfu_proto::signaling::{ClientMessage, ErrorCode, PcKind, ServerMessage, MAX_
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
-use super::AppState;
+use super::{gate, AppState};
 use crate::rooms::{Membership, Outbound, Refusal};
 
 /// Messages a room may queue for one session before it counts as stuck.
@@ -24,9 +24,12 @@ enum Flow {
 
 pub(super) async fn run(socket: WebSocket, state: Arc<AppState>, remote: SocketAddr) {
     let span = info_span!("session", %remote, peer = tracing::field::Empty);
+    let limit = gate::RateLimit::new(std::time::Instant::now(), state.gate.messages_per_second());
     Session {
         state,
+        remote,
         joined: None,
+        limit,
     }
     .serve(socket)
     .instrument(span)
@@ -35,7 +38,9 @@ pub(super) async fn run(socket: WebSocket, state: Arc<AppState>, remote: SocketA
 
 struct Session {
     state: Arc<AppState>,
+    remote: SocketAddr,
     joined: Option<Membership>,
+    limit: gate::RateLimit,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
@@ -90,6 +95,7 @@ impl Session {
                             break;
                         }
                         Err(r) => {
+                            self.state.gate.count_refusal(r.code);
                             debug!(code = %r.code, message = %r.message, "request refused");
                             if send(&mut sink, &error(r.code, r.message)).await.is_err() {
                                 break;
@@ -124,6 +130,15 @@ impl Session {
         text: &str,
         out_tx: &mpsc::Sender<Outbound>,
     ) -> Result<Flow, Refusal> {
+        if !self.limit.allow(
+            std::time::Instant::now(),
+            self.state.gate.messages_per_second(),
+        ) {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                "too many messages: this one was dropped",
+            ));
+        }
         if text.len() > MAX_FRAME_BYTES {
             return Err(Refusal::new(
                 ErrorCode::TooLarge,
@@ -143,7 +158,7 @@ impl Session {
                 room,
                 name,
                 role,
-                token: _,
+                token,
                 mode,
             } => {
                 if self.joined.is_some() {
@@ -152,10 +167,24 @@ impl Session {
                         "this socket already joined a room",
                     ));
                 }
+                if !self.state.gate.join_allowed(self.remote.ip()) {
+                    return Err(Refusal::new(
+                        ErrorCode::RateLimited,
+                        "too many joins from your address: wait a moment",
+                    ));
+                }
+                let admission = self
+                    .state
+                    .gate
+                    .admit(&room, &name, role.unwrap_or_default(), token.as_deref())
+                    .inspect_err(|r| {
+                        // Logged without the token.
+                        tracing::info!(%room, code = %r.code, "join refused");
+                    })?;
                 let m = self
                     .state
                     .rooms
-                    .join(&room, &name, role.unwrap_or_default(), mode, out_tx.clone())
+                    .join(&admission, mode, out_tx.clone())
                     .await?;
                 tracing::Span::current().record("peer", tracing::field::display(m.peer));
                 self.joined = Some(m);
@@ -186,6 +215,11 @@ impl Session {
             ClientMessage::Candidate { pc, candidate } => {
                 let m = self.joined.as_ref().ok_or_else(not_joined)?;
                 m.room.candidate(m.peer, pc, candidate).await?;
+                Ok(Flow::Continue)
+            }
+            ClientMessage::Signal { to, data } => {
+                let m = self.joined.as_ref().ok_or_else(not_joined)?;
+                m.room.signal(m.peer, to, data).await?;
                 Ok(Flow::Continue)
             }
             ClientMessage::Leave => {

@@ -14,6 +14,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// A daemon serving on ephemeral loopback ports until dropped.
 pub struct TestServer {
     pub http: SocketAddr,
+    pub rooms: sfud::rooms::RoomRegistry,
+    pub gate: std::sync::Arc<sfud::signaling::gate::Gatekeeper>,
+    pub media: sfud::media::MediaHandle,
+    /// The control socket's path.
+    pub socket: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), sfud::ServerError>>>,
 }
@@ -24,6 +29,13 @@ pub fn test_config() -> Config {
     config.http.listen = "127.0.0.1:0".parse().expect("literal address");
     config.rtc.udp_port = 0;
     config.rtc.bind_ips = vec!["127.0.0.1".parse().expect("literal address")];
+    // Tests join many times from 127.0.0.1.
+    config.limits.joins_per_second = 1000;
+    // Every test daemon gets its own control socket.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    config.control.socket =
+        std::env::temp_dir().join(format!("sfud-it-{}-{n}.sock", std::process::id()));
     config
 }
 
@@ -35,14 +47,28 @@ impl TestServer {
 
     /// Starts the daemon with `config`.
     pub async fn start_with(config: Config) -> TestServer {
-        let server = sfud::Server::bind(&config).await.expect("daemon binds");
+        Self::start_from(config, None).await
+    }
+
+    /// Starts the daemon with `config`, read from the file `path`.
+    pub async fn start_from(config: Config, path: Option<std::path::PathBuf>) -> TestServer {
+        let server = sfud::Server::bind(&config)
+            .await
+            .expect("daemon binds")
+            .with_config_path(path);
         let http = server.http_addr();
+        let (rooms, gate, media) = (server.rooms(), server.gate(), server.media());
+        let socket = server.control_socket().to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
         TestServer {
             http,
+            rooms,
+            gate,
+            media,
+            socket,
             stop: Some(stop),
             task: Some(task),
         }
@@ -162,6 +188,16 @@ impl RawSocket {
                 Ok(Some(Ok(_))) => continue,
             }
         }
+    }
+
+    /// Sends a join with extra fields (token, role, mode) and returns the reply.
+    pub async fn try_join(&mut self, join: serde_json::Value) -> ServerMessage {
+        let mut msg = serde_json::json!({"type":"join"});
+        if let (Some(m), Some(extra)) = (msg.as_object_mut(), join.as_object()) {
+            m.extend(extra.clone());
+        }
+        self.send_json(msg).await;
+        self.recv().await
     }
 
     /// Joins `room` as `name`; returns the peer id.

@@ -5,7 +5,9 @@
 //! network namespace (`unshare -n`, `ip link set lo up`), as `.ci/run` does.
 
 mod bad_input;
+mod control;
 mod forwarding;
 mod harness;
 mod metrics;
+mod rooms;
 mod systemd;

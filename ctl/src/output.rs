@@ -1,0 +1,340 @@
+//! Human output: aligned tables and short sentences, one function per answer.
+
+use std::fmt::Write as _;
+
+use sfu_proto::control::{
+    ConnectionReport, PeerDetail, ReloadReport, Response, RoomDetail, RoomSummary, Status,
+};
+use sfu_proto::signaling::{Role, RoomMode};
+
+/// A table whose columns are padded to their widest cell.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with a header row.
+    pub fn new(header: &[&str]) -> Self {
+        Table {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    /// Appends a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The table as text, two spaces between columns, no trailing blanks.
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[c] - cell.chars().count() + 2;
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `3723` → `1h 02m 03s`.
+pub fn duration(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s:02}s"),
+        _ => format!("{h}h {m:02}m {s:02}s"),
+    }
+}
+
+/// `1_234_567` → `1.2 Mbit/s`.
+pub fn bitrate(bps: u64) -> String {
+    match bps {
+        0..1_000 => format!("{bps} bit/s"),
+        1_000..1_000_000 => format!("{:.1} kbit/s", bps as f64 / 1e3),
+        _ => format!("{:.1} Mbit/s", bps as f64 / 1e6),
+    }
+}
+
+/// `1_234_567` → `1.2 MB`.
+pub fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        _ => format!("{:.1} GB", n as f64 / 1e9),
+    }
+}
+
+fn mode(m: RoomMode) -> &'static str {
+    match m {
+        RoomMode::Sfu => "sfu",
+        RoomMode::Mesh => "mesh",
+    }
+}
+
+fn role(r: Role) -> &'static str {
+    match r {
+        Role::Speaker => "speaker",
+        Role::Listener => "listener",
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+/// `sfuctl status`.
+pub fn status(s: &Status) -> String {
+    let mut t = Table::new(&["version", &s.version]);
+    let lines = [
+        ("pid", s.pid.to_string()),
+        ("uptime", duration(s.uptime_secs)),
+        ("socket", s.socket.clone()),
+        (
+            "config",
+            s.config
+                .clone()
+                .unwrap_or_else(|| "(built-in defaults)".to_owned()),
+        ),
+        ("rooms", s.rooms.to_string()),
+        ("peers", s.peers.to_string()),
+        ("connections", s.connections.to_string()),
+        ("tracks", s.tracks.to_string()),
+        (
+            "rtp packets",
+            format!("{} in, {} forwarded", s.rtp_in, s.rtp_forwarded),
+        ),
+        (
+            "media bytes",
+            format!("{} in, {} out", bytes(s.bytes_in), bytes(s.bytes_out)),
+        ),
+        (
+            "bitrate",
+            format!(
+                "{} in, {} out",
+                bitrate(s.bitrate_in_bps),
+                bitrate(s.bitrate_out_bps)
+            ),
+        ),
+        (
+            "recordings",
+            s.recordings
+                .map_or_else(|| "not available".to_owned(), |n| n.to_string()),
+        ),
+    ];
+    for (key, value) in lines {
+        t.row(vec![key.to_owned(), value]);
+    }
+    t.render()
+}
+
+fn occupancy(s: &RoomSummary) -> String {
+    format!("{}/{}", s.peers, s.max_peers)
+}
+
+/// `sfuctl rooms list`.
+pub fn rooms(rooms: &[RoomSummary]) -> String {
+    if rooms.is_empty() {
+        return "no rooms\n".to_owned();
+    }
+    let mut t = Table::new(&["ROOM", "MODE", "PEERS", "TRACKS", "AGE", "PERSISTENT"]);
+    for r in rooms {
+        t.row(vec![
+            r.name.clone(),
+            mode(r.mode).to_owned(),
+            occupancy(r),
+            r.tracks.to_string(),
+            duration(r.age_secs),
+            yes_no(r.persistent),
+        ]);
+    }
+    t.render()
+}
+
+fn state(c: &Option<ConnectionReport>) -> &str {
+    c.as_ref().map_or("-", |c| c.state.as_str())
+}
+
+fn remote(p: &PeerDetail) -> String {
+    [&p.publish, &p.subscribe]
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.remote)
+        .map_or_else(|| "-".to_owned(), |a| a.to_string())
+}
+
+/// `sfuctl rooms show ROOM`.
+pub fn room(r: &RoomDetail) -> String {
+    let s = &r.summary;
+    let mut out = format!(
+        "room {} ({}, {} peers, {} tracks, open for {}{})\n",
+        s.name,
+        mode(s.mode),
+        occupancy(s),
+        s.tracks,
+        duration(s.age_secs),
+        if s.persistent { ", persistent" } else { "" }
+    );
+    if r.members.is_empty() {
+        out.push_str("\nno participants\n");
+        return out;
+    }
+    let mut peers = Table::new(&[
+        "PEER",
+        "NAME",
+        "ROLE",
+        "PUBLISH",
+        "SUBSCRIBE",
+        "REMOTE",
+        "JOINED",
+    ]);
+    let mut tracks = Table::new(&[
+        "TRACK",
+        "PEER",
+        "KIND",
+        "CODEC",
+        "BITRATE",
+        "PACKETS",
+        "SUBSCRIBERS",
+    ]);
+    for p in &r.members {
+        peers.row(vec![
+            p.id.clone(),
+            p.name.clone(),
+            role(p.role).to_owned(),
+            state(&p.publish).to_owned(),
+            state(&p.subscribe).to_owned(),
+            remote(p),
+            format!("{} ago", duration(p.joined_secs)),
+        ]);
+        for t in &p.tracks {
+            tracks.row(vec![
+                t.id.to_string(),
+                p.name.clone(),
+                t.kind.clone(),
+                t.codec.clone(),
+                bitrate(t.bitrate_bps),
+                t.packets.to_string(),
+                t.subscribers.to_string(),
+            ]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&peers.render());
+    if tracks.rows.len() > 1 {
+        out.push('\n');
+        out.push_str(&tracks.render());
+    }
+    out
+}
+
+/// `sfuctl reload`.
+pub fn reloaded(r: &ReloadReport) -> String {
+    let mut out = match &r.path {
+        Some(path) => format!("reloaded {path}\n"),
+        None => "reloaded the built-in defaults (sfud was started without --config)\n".to_owned(),
+    };
+    if r.changed_live.is_empty() && r.needs_restart.is_empty() {
+        out.push_str("nothing changed\n");
+    }
+    if !r.changed_live.is_empty() {
+        let _ = writeln!(out, "applied: {}", r.changed_live.join(", "));
+    }
+    if !r.needs_restart.is_empty() {
+        let _ = writeln!(
+            out,
+            "changed but not applied until sfud restarts: {}",
+            r.needs_restart.join(", ")
+        );
+    }
+    out
+}
+
+/// Any successful answer, for people.
+pub fn human(response: &Response) -> String {
+    match response {
+        Response::Hello { daemon, .. } => format!("{daemon}\n"),
+        Response::Status(s) => status(s),
+        Response::Rooms { rooms: list } => rooms(list),
+        Response::Room(detail) => room(detail),
+        Response::RoomCreated { room } => format!("created room {room}\n"),
+        Response::RoomClosed { room, peers } => format!(
+            "closed room {room}: {peers} participant{} disconnected\n",
+            if *peers == 1 { "" } else { "s" }
+        ),
+        Response::PeerKicked { room, peer } => format!("removed {peer} from room {room}\n"),
+        Response::ConfigValid { path: Some(path) } => format!("{path}: configuration is valid\n"),
+        Response::ConfigValid { path: None } => {
+            "sfud runs on its built-in defaults (started without --config): nothing to check\n"
+                .to_owned()
+        }
+        Response::Reloaded(report) => reloaded(report),
+        Response::Error(e) => format!("{}\n", e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up() {
+        let mut t = Table::new(&["ROOM", "PEERS"]);
+        t.row(vec!["a-long-name".into(), "1/50".into()]);
+        t.row(vec!["é".into(), "10/50".into()]);
+        assert_eq!(
+            t.render(),
+            "ROOM         PEERS\na-long-name  1/50\né            10/50\n"
+        );
+    }
+
+    #[test]
+    fn units_read_naturally() {
+        assert_eq!(duration(5), "5s");
+        assert_eq!(duration(65), "1m 05s");
+        assert_eq!(duration(3723), "1h 02m 03s");
+        assert_eq!(bitrate(999), "999 bit/s");
+        assert_eq!(bitrate(32_000), "32.0 kbit/s");
+        assert_eq!(bitrate(2_500_000), "2.5 Mbit/s");
+        assert_eq!(bytes(1_500_000), "1.5 MB");
+    }
+
+    #[test]
+    fn an_empty_listing_says_so() {
+        assert_eq!(rooms(&[]), "no rooms\n");
+    }
+
+    #[test]
+    fn reload_says_what_waits_for_a_restart() {
+        let text = reloaded(&ReloadReport {
+            path: Some("/etc/sfud/sfud.toml".into()),
+            changed_live: vec!["rooms.max_peers".into()],
+            needs_restart: vec!["http.listen".into()],
+        });
+        assert_eq!(
+            text,
+            "reloaded /etc/sfud/sfud.toml\napplied: rooms.max_peers\nchanged but not applied until sfud restarts: http.listen\n"
+        );
+    }
+}

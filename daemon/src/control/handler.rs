@@ -1,0 +1,222 @@
+//! One control request in, one response out: the requests become room
+//! operations, media counter reads or reloads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sfu_proto::control::{
+    ConnectionReport, ControlError, ErrorCode, PeerDetail, Request, Response, RoomDetail,
+    RoomSummary, Status, TrackDetail,
+};
+use sfu_proto::signaling::ErrorCode as RoomErrorCode;
+
+use super::rate::MediaRates;
+use crate::media::MediaHandle;
+use crate::reload::Reloader;
+use crate::rooms::{report, Refusal, RoomRegistry};
+
+/// What the control socket's requests act on.
+pub struct Context {
+    /// The rooms.
+    pub rooms: RoomRegistry,
+    /// The media engine, for counters.
+    pub media: MediaHandle,
+    /// Configuration check and reload.
+    pub reloader: Reloader,
+    /// Recent media bitrates.
+    pub rates: Arc<MediaRates>,
+    /// When the daemon started.
+    pub started: Instant,
+    /// The socket's path, for `status`.
+    pub socket: PathBuf,
+}
+
+/// The daemon's name and version as the handshake reports it.
+pub fn daemon_name() -> String {
+    format!("sfud {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn not_available(what: &str) -> ControlError {
+    ControlError::new(
+        ErrorCode::NotAvailable,
+        format!("{what} is not available: this sfud cannot record yet"),
+    )
+}
+
+/// Answers one request (the handshake is done by the connection).
+pub async fn handle(ctx: &Context, request: Request) -> Response {
+    match respond(ctx, request).await {
+        Ok(response) => response,
+        Err(error) => Response::Error(error),
+    }
+}
+
+async fn respond(ctx: &Context, request: Request) -> Result<Response, ControlError> {
+    match request {
+        Request::Hello { .. } => Err(ControlError::new(
+            ErrorCode::BadRequest,
+            "`hello` is only the first request of a connection",
+        )),
+        Request::Status => Ok(Response::Status(status(ctx).await)),
+        Request::RoomsList => Ok(Response::Rooms {
+            rooms: ctx.rooms.list().await.into_iter().map(summary).collect(),
+        }),
+        Request::RoomsShow { room } => {
+            let detail = ctx.rooms.show(&room).await.map_err(refused)?;
+            Ok(Response::Room(RoomDetail {
+                summary: summary(detail.summary),
+                members: detail.members.into_iter().map(peer).collect(),
+            }))
+        }
+        Request::RoomsCreate {
+            room,
+            max_peers,
+            mode,
+        } => {
+            ctx.rooms
+                .create(&room, max_peers, mode)
+                .await
+                .map_err(refused)?;
+            Ok(Response::RoomCreated { room })
+        }
+        Request::RoomsClose { room } => {
+            let peers = ctx.rooms.close(&room).await.map_err(refused)?;
+            Ok(Response::RoomClosed { room, peers })
+        }
+        Request::PeersKick { room, peer } => {
+            ctx.rooms.kick(&room, &peer).await.map_err(refused)?;
+            Ok(Response::PeerKicked { room, peer })
+        }
+        Request::RecordStart { .. } => Err(not_available("recording")),
+        Request::RecordStop { .. } => Err(not_available("recording")),
+        Request::RecordList => Err(not_available("listing recordings")),
+        Request::ConfigCheck => match ctx.reloader.check() {
+            Ok(path) => Ok(Response::ConfigValid {
+                path: path.map(|p| p.display().to_string()),
+            }),
+            Err(e) => Err(invalid_config(&e)),
+        },
+        Request::Reload => match ctx.reloader.reload() {
+            Ok(done) => Ok(Response::Reloaded(sfu_proto::control::ReloadReport {
+                path: done.path.map(|p| p.display().to_string()),
+                changed_live: done.plan.changed_live,
+                needs_restart: done.plan.needs_restart,
+            })),
+            Err(e) => Err(invalid_config(&e)),
+        },
+    }
+}
+
+fn invalid_config(error: &crate::config::ConfigError) -> ControlError {
+    let mut message = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    ControlError::new(ErrorCode::InvalidConfig, message)
+}
+
+async fn status(ctx: &Context) -> Status {
+    let rooms = ctx.rooms.list().await;
+    let media = ctx.media.stats().await.unwrap_or_default();
+    let rates = ctx.rates.latest();
+    let reloader_path = ctx.reloader.path();
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_secs: ctx.started.elapsed().as_secs(),
+        socket: ctx.socket.display().to_string(),
+        config: reloader_path.map(|p| p.display().to_string()),
+        rooms: rooms.len(),
+        peers: rooms.iter().map(|r| r.peers).sum(),
+        connections: media.connections,
+        tracks: media.tracks,
+        rtp_in: media.rtp_in,
+        rtp_forwarded: media.rtp_forwarded,
+        bytes_in: media.bytes_in,
+        bytes_out: media.bytes_out,
+        bitrate_in_bps: rates.in_bps,
+        bitrate_out_bps: rates.out_bps,
+        recordings: None,
+    }
+}
+
+/// A room refusal as a control error with the matching code.
+fn refused(refusal: Refusal) -> ControlError {
+    let code = match refusal.code {
+        RoomErrorCode::UnknownRoom => ErrorCode::UnknownRoom,
+        RoomErrorCode::UnknownPeer => ErrorCode::UnknownPeer,
+        RoomErrorCode::RoomExists => ErrorCode::RoomExists,
+        RoomErrorCode::TooManyRooms => ErrorCode::TooManyRooms,
+        RoomErrorCode::BadName => ErrorCode::BadName,
+        RoomErrorCode::ShuttingDown => ErrorCode::ShuttingDown,
+        RoomErrorCode::Internal => ErrorCode::Internal,
+        _ => ErrorCode::Refused,
+    };
+    ControlError::new(code, refusal.message)
+}
+
+fn summary(s: report::RoomSummary) -> RoomSummary {
+    RoomSummary {
+        name: s.name,
+        mode: s.mode,
+        peers: s.peers,
+        tracks: s.tracks,
+        max_peers: s.max_peers,
+        age_secs: s.age_secs,
+        persistent: s.persistent,
+    }
+}
+
+fn connection(c: crate::media::ConnectionReport) -> ConnectionReport {
+    ConnectionReport {
+        state: c.state.to_owned(),
+        remote: c.remote,
+    }
+}
+
+fn peer(p: report::PeerDetail) -> PeerDetail {
+    PeerDetail {
+        id: p.id,
+        name: p.name,
+        role: p.role,
+        joined_secs: p.joined_secs,
+        publish: p.publish.map(connection),
+        subscribe: p.subscribe.map(connection),
+        tracks: p
+            .tracks
+            .into_iter()
+            .map(|t| TrackDetail {
+                id: t.id,
+                kind: t.kind.to_owned(),
+                codec: t.codec,
+                packets: t.packets,
+                bytes: t.bytes,
+                bitrate_bps: t.bitrate_bps,
+                subscribers: t.subscribers,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_refusals_keep_their_meaning() {
+        let cases = [
+            (RoomErrorCode::UnknownRoom, ErrorCode::UnknownRoom),
+            (RoomErrorCode::UnknownPeer, ErrorCode::UnknownPeer),
+            (RoomErrorCode::RoomExists, ErrorCode::RoomExists),
+            (RoomErrorCode::BadRequest, ErrorCode::Refused),
+        ];
+        for (room, control) in cases {
+            let error = refused(Refusal::new(room, "why"));
+            assert_eq!((error.code, error.message.as_str()), (control, "why"));
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The control plane: the Unix socket `sfuctl` talks to.
+//!
+//! [`ControlSocket::bind`] picks the path ([`socket::choose_path`]), refuses
+//! to steal a live socket, replaces a stale one and sets its mode and group;
+//! [`ControlSocket::serve`] accepts connections until shutdown, checks each
+//! peer's credentials ([`access`]) and answers length-prefixed JSON requests
+//! ([`sfu_proto::control`]) by turning them into room operations, media
+//! counter reads and configuration reloads ([`handler`]). The socket file is
+//! removed when serving ends.
+
+mod access;
+mod connection;
+mod handler;
+mod rate;
+pub mod socket;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UnixListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::config::ControlConfig;
+use crate::media::MediaHandle;
+use crate::reload::Reloader;
+use crate::rooms::RoomRegistry;
+
+pub use access::Peer;
+
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Neither the configured path's directory nor a fallback's is usable.
+    #[error("no directory to create the control socket in (tried {}); create the directory or set control.socket", list(tried))]
+    NoDirectory {
+        /// Every path considered.
+        tried: Vec<PathBuf>,
+    },
+    /// Another daemon serves the socket.
+    #[error("another sfud is already serving {}; stop it first or set control.socket to another path", path.display())]
+    InUse {
+        /// The socket.
+        path: PathBuf,
+    },
+    /// Something that is not a socket is in the way.
+    #[error("{} exists and is not a socket; remove it or set control.socket to another path", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An existing socket file could not be examined.
+    #[error("cannot tell whether {} is in use", path.display())]
+    Probe {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stale socket could not be removed.
+    #[error("cannot remove the stale socket {}", path.display())]
+    RemoveStale {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding failed.
+    #[error("cannot create the control socket {}", path.display())]
+    Bind {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket's mode could not be set.
+    #[error("cannot set the mode of {}", path.display())]
+    Permissions {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `control.group` names no group.
+    #[error("control.group: no group named `{group}`; create it or change control.group")]
+    UnknownGroup {
+        /// The configured name.
+        group: String,
+    },
+    /// The group database could not be read.
+    #[error("cannot look up group `{group}`")]
+    GroupLookup {
+        /// The configured name.
+        group: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket's group could not be set.
+    #[error("cannot give {} to group `{group}`", path.display())]
+    Chown {
+        /// The socket.
+        path: PathBuf,
+        /// The configured group.
+        group: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A bound control socket, ready to [`serve`](ControlSocket::serve).
+pub struct ControlSocket {
+    listener: UnixListener,
+    file: socket::SocketFile,
+    access: access::AccessPolicy,
+}
+
+/// What the control requests act on.
+pub struct Services {
+    /// The rooms.
+    pub rooms: RoomRegistry,
+    /// The media engine.
+    pub media: MediaHandle,
+    /// Configuration check and reload.
+    pub reloader: Reloader,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl ControlSocket {
+    /// Creates the socket `config` asks for (or the development fallback).
+    pub fn bind(config: &ControlConfig) -> Result<ControlSocket, BindError> {
+        let path = socket::choose_path(&config.socket)?;
+        let access = access::AccessPolicy::new(config.group.as_deref())?;
+        let (listener, file) = socket::bind(&path, config.group.as_deref())?;
+        let bind_error = |source| BindError::Bind {
+            path: path.clone(),
+            source,
+        };
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let listener = UnixListener::from_std(listener).map_err(bind_error)?;
+        Ok(ControlSocket {
+            listener,
+            file,
+            access,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Serves until `stop` turns true, then removes the socket file.
+    pub async fn serve(self, services: Services, mut stop: watch::Receiver<bool>) {
+        let ControlSocket {
+            listener,
+            file,
+            access,
+        } = self;
+        let rates = Arc::new(rate::MediaRates::default());
+        let sampler = tokio::spawn({
+            let rates = rates.clone();
+            let media = services.media.clone();
+            let stop = stop.clone();
+            async move { rates.sample(media, stop).await }
+        });
+        let ctx = Arc::new(handler::Context {
+            rooms: services.rooms,
+            media: services.media,
+            reloader: services.reloader,
+            rates,
+            started: services.started,
+            socket: file.path().to_owned(),
+        });
+        let access = Arc::new(access);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        info!(socket = %file.path().display(), "control socket ready");
+        loop {
+            let permit = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "control socket accept failed");
+                        continue;
+                    }
+                },
+            };
+            let peer = match access::peer_of(&stream) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    warn!(error = %e, "cannot read a control client's credentials; dropping it");
+                    continue;
+                }
+            };
+            let (ctx, access, mut stop) = (ctx.clone(), access.clone(), stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = connection::serve(stream, peer, &access, &ctx) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                drop(permit);
+            });
+        }
+        drop(listener);
+        drop(file);
+        let _ = sampler.await;
+    }
+}

@@ -1,0 +1,258 @@
+//! The generator's participants: many `sfu-client`s in one process, joined
+//! with bounded concurrency, and the totals of what they sent and received.
+
+use crate::scenario::Seat;
+use crate::LoadError;
+use sfu_client::{Client, ClientOptions, Histogram, PublishOptions};
+use sfu_proto::signaling::Role;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// One joined participant.
+struct Participant {
+    client: Client,
+    /// When its `join` was sent, in nanoseconds since the UNIX epoch.
+    joined_ns: u64,
+    receives: bool,
+}
+
+/// Every participant of a run, sharing one latency histogram.
+pub struct Fleet {
+    participants: Vec<Participant>,
+    histogram: Arc<Histogram>,
+    ws_url: String,
+    room_prefix: String,
+    bind_ip: IpAddr,
+    publish: PublishOptions,
+    join_timeout: Duration,
+    /// Participants ever started (names them uniquely).
+    started: usize,
+}
+
+/// Cumulative counters over the whole fleet.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// RTP packets handed to publish connections.
+    pub sent_packets: u64,
+    /// RTP payload bytes of those (from the configured payload sizes).
+    pub sent_bytes: u64,
+    /// RTP packets received on subscribe-side tracks.
+    pub received_packets: u64,
+    /// RTP payload bytes received.
+    pub received_bytes: u64,
+    /// Tag sequence numbers that never arrived (between the first and last seen).
+    pub lost: u64,
+    /// Extra copies received.
+    pub duplicates: u64,
+    /// Packets that arrived after a later one.
+    pub out_of_order: u64,
+    /// Packets on a track of another publisher or kind.
+    pub misrouted: u64,
+    /// Subscribe-side tracks that received anything.
+    pub tracks: usize,
+    /// Publish `write_rtp` failures.
+    pub send_errors: u64,
+    /// Per receiving participant that got media: milliseconds from `join` to
+    /// its first packet.
+    pub join_to_first_media_ms: Vec<f64>,
+    /// Receiving participants that got no media yet.
+    pub receivers_without_media: usize,
+}
+
+impl Totals {
+    /// What happened between `earlier` and `self` (first-media times are kept
+    /// as they are: they belong to the participants, not to a window).
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            sent_packets: self.sent_packets.saturating_sub(earlier.sent_packets),
+            sent_bytes: self.sent_bytes.saturating_sub(earlier.sent_bytes),
+            received_packets: self
+                .received_packets
+                .saturating_sub(earlier.received_packets),
+            received_bytes: self.received_bytes.saturating_sub(earlier.received_bytes),
+            lost: self.lost.saturating_sub(earlier.lost),
+            duplicates: self.duplicates.saturating_sub(earlier.duplicates),
+            out_of_order: self.out_of_order.saturating_sub(earlier.out_of_order),
+            misrouted: self.misrouted.saturating_sub(earlier.misrouted),
+            tracks: self.tracks,
+            send_errors: self.send_errors.saturating_sub(earlier.send_errors),
+            join_to_first_media_ms: self.join_to_first_media_ms.clone(),
+            receivers_without_media: self.receivers_without_media,
+        }
+    }
+}
+
+impl Fleet {
+    /// An empty fleet that will join rooms `{room_prefix}-{n}` at `ws_url`.
+    pub fn new(
+        ws_url: String,
+        room_prefix: String,
+        bind_ip: IpAddr,
+        publish: PublishOptions,
+        join_timeout: Duration,
+    ) -> Fleet {
+        Fleet {
+            participants: Vec::new(),
+            histogram: Arc::new(Histogram::default()),
+            ws_url,
+            room_prefix,
+            bind_ip,
+            publish,
+            join_timeout,
+            started: 0,
+        }
+    }
+
+    /// The latency histogram every receiver records into.
+    pub fn histogram(&self) -> &Histogram {
+        &self.histogram
+    }
+
+    /// Participants joined so far.
+    pub fn len(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// Whether nobody joined yet.
+    pub fn is_empty(&self) -> bool {
+        self.participants.is_empty()
+    }
+
+    /// Joins `seats` (in order, at most `concurrency` joining at once;
+    /// publishers finish before receivers start, so receivers of a webinar get
+    /// one subscribe offer each).
+    pub async fn join(&mut self, seats: &[Seat], concurrency: usize) -> Result<(), LoadError> {
+        let (publishers, receivers): (Vec<Seat>, Vec<Seat>) =
+            seats.iter().copied().partition(|s| s.publishes);
+        for group in [publishers, receivers] {
+            let mut set = JoinSet::new();
+            let mut joined = Vec::new();
+            for seat in group {
+                if set.len() >= concurrency.max(1) {
+                    if let Some(done) = set.join_next().await {
+                        joined.push(flatten(done)?);
+                    }
+                }
+                set.spawn(join_one(
+                    self.ws_url.clone(),
+                    format!("{}-{}", self.room_prefix, seat.room),
+                    format!("load-{}", self.started),
+                    seat,
+                    ClientOptions {
+                        bind_ip: self.bind_ip,
+                        timeout: self.join_timeout,
+                        latency_histogram: Some(Arc::clone(&self.histogram)),
+                    },
+                    self.publish.clone(),
+                ));
+                self.started += 1;
+            }
+            while let Some(done) = set.join_next().await {
+                joined.push(flatten(done)?);
+            }
+            self.participants.extend(joined);
+        }
+        Ok(())
+    }
+
+    /// Current totals over every participant.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        let video_bytes = self.publish.video_payload_bytes as u64;
+        let audio_bytes = self.publish.audio_payload_bytes as u64;
+        for p in &self.participants {
+            let c = p.client.media_counters();
+            t.sent_packets += c.sent_video_packets + c.sent_audio_packets;
+            t.sent_bytes += c.sent_video_packets * video_bytes + c.sent_audio_packets * audio_bytes;
+            t.send_errors += c.send_errors;
+            let mut first_ns: Option<u64> = None;
+            for track in c.tracks.iter().filter(|t| t.packets > 0) {
+                t.tracks += 1;
+                t.received_packets += track.packets;
+                t.received_bytes += track.bytes;
+                t.lost += track.lost;
+                t.duplicates += track.duplicates;
+                t.out_of_order += track.out_of_order;
+                t.misrouted += track.misrouted;
+                first_ns = Some(
+                    first_ns.map_or(track.first_packet_ns, |f: u64| f.min(track.first_packet_ns)),
+                );
+            }
+            if p.receives {
+                match first_ns {
+                    Some(ns) => t
+                        .join_to_first_media_ms
+                        .push(ns.saturating_sub(p.joined_ns) as f64 / 1e6),
+                    None => t.receivers_without_media += 1,
+                }
+            }
+        }
+        t
+    }
+
+    /// Closes every participant (leave, then close), a few at a time.
+    pub async fn close(self) {
+        let mut set = JoinSet::new();
+        for p in self.participants {
+            if set.len() >= 32 {
+                let _ = set.join_next().await;
+            }
+            set.spawn(async move {
+                let _ = p.client.leave().await;
+                p.client.close().await;
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+fn flatten(
+    r: Result<Result<Participant, LoadError>, tokio::task::JoinError>,
+) -> Result<Participant, LoadError> {
+    r.map_err(|e| LoadError::Join(format!("a joining task failed: {e}")))?
+}
+
+async fn join_one(
+    ws_url: String,
+    room: String,
+    name: String,
+    seat: Seat,
+    options: ClientOptions,
+    publish: PublishOptions,
+) -> Result<Participant, LoadError> {
+    let describe = |e: sfu_client::ClientError| {
+        LoadError::Join(format!("{name} in {room}: {}", error_chain(&e)))
+    };
+    let client = Client::connect_with(&ws_url, options)
+        .await
+        .map_err(describe)?;
+    let role = if seat.publishes {
+        Role::Speaker
+    } else {
+        Role::Listener
+    };
+    let joined_ns = sfu_client::tag::now_ns();
+    client.join(&room, &name, role).await.map_err(describe)?;
+    if seat.publishes {
+        client.publish(publish).await.map_err(describe)?;
+    }
+    Ok(Participant {
+        client,
+        joined_ns,
+        receives: seat.receives,
+    })
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,99 @@
+//! What `/proc` says about a process: CPU time and peak resident memory.
+
+use std::path::Path;
+
+/// Clock ticks per second of `/proc/PID/stat` times (USER_HZ, 100 on Linux).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// One reading of a process's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcSample {
+    /// User plus system CPU time of every thread, in seconds.
+    pub cpu_s: f64,
+    /// Peak resident set size (VmHWM), in KiB.
+    pub peak_rss_kib: u64,
+}
+
+/// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`; `None` if the process is gone.
+pub fn sample(pid: u32) -> Option<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some(ProcSample {
+        cpu_s: cpu_seconds(&stat)?,
+        peak_rss_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
+    })
+}
+
+/// utime + stime from a `stat` line (fields 14 and 15, counted after the
+/// parenthesised command name, which may itself hold spaces).
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) is index 11.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SEC)
+}
+
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The pid of the only running process whose name (`comm`) is `name`.
+pub fn find_pid(name: &str) -> Result<u32, String> {
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir("/proc").map_err(|e| format!("cannot list /proc: {e}"))?;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("comm"))
+            .unwrap_or_default();
+        if comm.trim_end() == name {
+            found.push(pid);
+        }
+    }
+    match found.as_slice() {
+        [pid] => Ok(*pid),
+        [] => Err(format!("no running process named {name}: pass --sfu-pid")),
+        many => Err(format!(
+            "several processes named {name} ({many:?}): pass --sfu-pid"
+        )),
+    }
+}
+
+/// Logical CPUs this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0";
+        assert_eq!(cpu_seconds(stat), Some(3.0));
+        assert_eq!(
+            status_kib("Name:\tx\nVmHWM:\t  2048 kB\n", "VmHWM:"),
+            Some(2048)
+        );
+    }
+
+    #[test]
+    fn samples_this_process() {
+        let s = sample(std::process::id()).expect("own /proc entry");
+        assert!(s.peak_rss_kib > 0);
+    }
+}

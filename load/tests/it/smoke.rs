@@ -1,0 +1,138 @@
+//! A few seconds of each scenario against sfud: packets flow, nothing is
+//! lost on loopback, and the report is complete. Never asserts on a time.
+
+use std::time::Duration;
+
+use sfu_load::report::Report;
+use sfu_load::scenario::Scenario;
+use sfu_load::{LoadConfig, Ramp, Target};
+use sfud::config::Config;
+use tokio::sync::oneshot;
+
+/// The daemon on ephemeral loopback ports, serving until `stop` is dropped.
+async fn start_sfud() -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut config = Config::default();
+    config.http.listen = "127.0.0.1:0".parse().expect("literal address");
+    config.rtc.udp_port = 0;
+    config.rtc.bind_ips = vec!["127.0.0.1".parse().expect("literal address")];
+    // Every participant joins from 127.0.0.1: lift the per-address join rate.
+    config.limits.joins_per_second = 1000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    config.control.socket =
+        std::env::temp_dir().join(format!("sfu-load-it-{}-{n}.sock", std::process::id()));
+    let server = sfud::Server::bind(&config).await.expect("sfud binds");
+    let url = format!("ws://{}/ws", server.http_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = server
+            .run(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (url, stop, task)
+}
+
+async fn smoke(scenario: Scenario, ramp: Option<Ramp>) -> Report {
+    let (url, stop, task) = start_sfud().await;
+    let mut config = LoadConfig::new(Target::Sfud { url }, scenario);
+    // The daemon runs in this process: its CPU is ours.
+    config.sfu_pid = Some(std::process::id());
+    config.warmup = Duration::from_secs(1);
+    config.duration = Duration::from_secs(2);
+    config.ramp = ramp;
+    let report = sfu_load::run(&config).await.expect("the run completes");
+    drop(stop);
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    report
+}
+
+fn assert_clean(report: &Report) {
+    let windows = std::iter::once(&report.window).chain(report.ramp.iter());
+    for w in windows {
+        let what = w.scenario.describe();
+        let streams = w.scenario.streams();
+        assert!(w.packets_in_per_s > 0.0, "{what}: nothing published");
+        assert!(w.packets_out_per_s > 0.0, "{what}: nothing forwarded");
+        assert!(w.bits_out_per_s > 0.0, "{what}");
+        assert_eq!(
+            w.tracks,
+            streams * 2,
+            "{what}: one audio and one video track per stream"
+        );
+        assert_eq!(w.lost, 0, "{what}: loss on loopback");
+        assert_eq!(w.duplicates, 0, "{what}: duplicates");
+        assert_eq!(w.misrouted, 0, "{what}: packets on the wrong track");
+        assert_eq!(w.receivers_without_media, 0, "{what}");
+        assert!(w.latency_samples > 0, "{what}: no latency samples");
+        assert!(w.latency_p50_us <= w.latency_p99_us && w.latency_p99_us <= w.latency_max_us);
+        assert!(
+            w.sfu_cpu_s.is_some() && w.sfu_peak_rss_mib.is_some(),
+            "{what}"
+        );
+        assert!(w.generator_cpu_s.is_some(), "{what}");
+    }
+    let json = serde_json::to_value(report).expect("report serializes");
+    for key in [
+        "packets_in_per_s",
+        "bits_out_per_s",
+        "sfu_cpu_s_per_1000_packets",
+        "sfu_peak_rss_mib",
+        "latency_p99_us",
+        "join_to_first_media_p50_ms",
+        "generator_cpu_percent_of_machine",
+    ] {
+        assert!(
+            json["window"].get(key).is_some(),
+            "report lacks {key}: {json}"
+        );
+    }
+    let summary = report.summary();
+    assert!(summary.contains("latency p50"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conference_smoke() {
+    let report = smoke(Scenario::Conference { participants: 3 }, None).await;
+    assert_clean(&report);
+    assert_eq!(report.window.participants, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webinar_smoke_with_a_ramp_step() {
+    let scenario = Scenario::Webinar {
+        publishers: 1,
+        subscribers: 2,
+    };
+    let report = smoke(
+        scenario,
+        Some(Ramp {
+            step: 2,
+            max_steps: 1,
+        }),
+    )
+    .await;
+    assert_clean(&report);
+    assert_eq!(report.ramp.len(), 2, "{}", report.summary());
+    assert_eq!(report.ramp[1].participants, 5);
+    assert_eq!(
+        report.max_held,
+        Some(scenario.grown(2)),
+        "{}",
+        report.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_smoke() {
+    let report = smoke(
+        Scenario::Rooms {
+            rooms: 2,
+            per_room: 2,
+        },
+        None,
+    )
+    .await;
+    assert_clean(&report);
+}
