@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::report::{PeerDetail, RoomDetail, RoomSummary};
 use super::state::Room;
-use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomMsg};
+use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomEvent, RoomMsg};
 use crate::media::{EventSink, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
 
 pub(crate) struct RoomActor {
@@ -26,6 +26,8 @@ pub(crate) struct RoomActor {
     persistent: bool,
     created: Instant,
     closed: bool,
+    /// Told of joins and leaves (the recorder); dropped when the room ends.
+    watchers: Vec<mpsc::UnboundedSender<RoomEvent>>,
 }
 
 fn refusal(e: MediaError) -> Refusal {
@@ -66,6 +68,7 @@ impl RoomActor {
             persistent,
             created: Instant::now(),
             closed: false,
+            watchers: Vec::new(),
         }
     }
 
@@ -196,7 +199,17 @@ impl RoomActor {
                 };
                 let _ = reply.send(r);
             }
+            RoomMsg::Watch { events, reply } => {
+                let members = self.room.members().map(|m| (m.id, m.name.clone())).collect();
+                if reply.send(members).is_ok() {
+                    self.watchers.push(events);
+                }
+            }
         }
+    }
+
+    fn tell_watchers(&mut self, event: RoomEvent) {
+        self.watchers.retain(|w| w.send(event.clone()).is_ok());
     }
 
     async fn report(&self) -> RoomDetail {
@@ -245,6 +258,10 @@ impl RoomActor {
             .join(peer, name, role, Instant::now())
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         info!(room = %self.room.name, %peer, name, ?role, "joined");
+        self.tell_watchers(RoomEvent::Joined {
+            peer,
+            name: name.to_owned(),
+        });
         let joined = ServerMessage::Joined {
             room: self.room.name.clone(),
             peer_id: peer.to_string(),
@@ -465,6 +482,7 @@ impl RoomActor {
             return;
         }
         info!(room = %self.room.name, %peer, "left");
+        self.tell_watchers(RoomEvent::Left { peer });
         self.media.remove_peer(peer).await;
         if let Some(out) = self.outs.remove(&peer) {
             let _ = out.try_send(Outbound::Close(why));

@@ -119,6 +119,28 @@ pub(crate) enum RoomMsg {
         peer: String,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
+    Watch {
+        events: mpsc::UnboundedSender<RoomEvent>,
+        reply: oneshot::Sender<Vec<(PeerId, String)>>,
+    },
+}
+
+/// A change of membership, told to a room's watchers (the recorder). The
+/// channel closes when the room ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// Someone joined.
+    Joined {
+        /// Their id.
+        peer: PeerId,
+        /// Their display name.
+        name: String,
+    },
+    /// Someone left or was removed.
+    Left {
+        /// Their id.
+        peer: PeerId,
+    },
 }
 
 /// A running room's mailbox.
@@ -449,6 +471,23 @@ impl RoomRegistry {
         .await
         .map_err(|_| unknown_room(room))?;
         rx.await.map_err(|_| unknown_room(room))?
+    }
+
+    /// The members of `room` now (id and name), and from then on every join
+    /// and leave; the channel closes when the room ends. Membership events
+    /// are rare, so the channel is unbounded and the room never waits on it.
+    pub async fn watch(
+        &self,
+        room: &str,
+    ) -> Result<(Vec<(PeerId, String)>, mpsc::UnboundedReceiver<RoomEvent>), Refusal> {
+        let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
+        let (events, rx) = mpsc::unbounded_channel();
+        let (reply, members) = oneshot::channel();
+        h.tx.send(RoomMsg::Watch { events, reply })
+            .await
+            .map_err(|_| unknown_room(room))?;
+        let members = members.await.map_err(|_| unknown_room(room))?;
+        Ok((members, rx))
     }
 
     /// New limits for rooms created from now on (and the room count).
