@@ -497,11 +497,19 @@ impl RoomActor {
     }
 
     fn send(&mut self, peer: PeerId, msg: ServerMessage) {
-        if let Some(out) = self.outs.get(&peer) {
-            if out.try_send(Outbound::Message(msg)).is_err() {
-                // Marked for removal by drop_slow: the session is gone or
-                // does not read its socket.
-                debug!(%peer, "session mailbox full or closed");
+        let Some(out) = self.outs.get(&peer) else {
+            return;
+        };
+        match out.try_send(Outbound::Message(msg)) {
+            Ok(()) => {}
+            // Removed by drop_slow: the session is not reading its socket.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(room = %self.room.name, %peer, "session mailbox full: the client does not keep up");
+                self.outs.remove(&peer);
+            }
+            // The session ended; its leave is on the way.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(room = %self.room.name, %peer, "session already closed");
                 self.outs.remove(&peer);
             }
         }
@@ -514,7 +522,7 @@ impl RoomActor {
         }
     }
 
-    /// Removes members whose session stopped taking messages.
+    /// Removes members whose session ended or stopped taking messages.
     async fn drop_slow(&mut self) {
         loop {
             let slow: Vec<PeerId> = self
@@ -527,8 +535,10 @@ impl RoomActor {
                 return;
             }
             for peer in slow {
-                warn!(room = %self.room.name, %peer, "dropping a participant whose session does not keep up");
-                Box::pin(self.remove(peer, None)).await;
+                // An earlier removal's renegotiation may have removed it already.
+                if self.room.member(peer).is_some() {
+                    Box::pin(self.remove(peer, None)).await;
+                }
             }
         }
     }
