@@ -34,6 +34,14 @@ pub enum CtlError {
         #[source]
         source: FrameError,
     },
+    /// The daemon accepted the handshake with another protocol version.
+    #[error("sfud at {} speaks control protocol {daemon}, this sfuctl speaks {PROTOCOL_VERSION}; use the sfuctl installed with that sfud", path.display())]
+    Version {
+        /// The socket.
+        path: PathBuf,
+        /// The daemon's version.
+        daemon: u32,
+    },
     /// The daemon answered something that does not fit the request.
     #[error("sfud at {} answered `{answer}` to a `{request}` request", path.display())]
     Unexpected {
@@ -73,7 +81,10 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Unreachable { .. } => 3,
-            Self::Daemon(_) | Self::Protocol { .. } | Self::Unexpected { .. } => 1,
+            Self::Daemon(_)
+            | Self::Protocol { .. }
+            | Self::Version { .. }
+            | Self::Unexpected { .. } => 1,
         }
     }
 }
@@ -124,6 +135,10 @@ impl Connection {
         };
         match connection.call(&hello)? {
             Response::Hello { protocol, .. } if protocol == PROTOCOL_VERSION => Ok(connection),
+            Response::Hello { protocol, .. } => Err(CtlError::Version {
+                path: connection.path,
+                daemon: protocol,
+            }),
             other => Err(connection.unexpected(&hello, &other)),
         }
     }
@@ -168,5 +183,86 @@ impl Connection {
         } else {
             Err(self.unexpected(request, &response))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A one-connection daemon that answers the hello with `answer`.
+    fn fake_daemon(name: &str, answer: Response) -> (PathBuf, std::thread::JoinHandle<()>) {
+        let path = std::env::temp_dir().join(format!("sfuctl-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        let thread = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let hello: Request = frame::read_frame(&mut stream).expect("hello");
+            assert!(
+                matches!(hello, Request::Hello { protocol, .. } if protocol == PROTOCOL_VERSION)
+            );
+            frame::write_frame(&mut stream, &answer).expect("answer");
+        });
+        (path, thread)
+    }
+
+    #[test]
+    fn a_daemon_on_another_protocol_version_is_a_clear_error() {
+        let (path, daemon) = fake_daemon(
+            "version",
+            Response::Hello {
+                protocol: PROTOCOL_VERSION + 1,
+                daemon: "sfud 9".into(),
+            },
+        );
+        let error = Connection::open(std::slice::from_ref(&path))
+            .err()
+            .expect("refused");
+        daemon.join().expect("fake daemon");
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(error, CtlError::Version { .. }), "{error}");
+        assert_eq!(error.exit_code(), 1);
+        assert!(
+            error.to_string().contains("speaks control protocol 2"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_daemons_refusal_is_its_message_and_exit_1() {
+        let (path, daemon) = fake_daemon(
+            "refused",
+            Response::Error(ControlError::new(
+                sfu_proto::control::ErrorCode::PermissionDenied,
+                "uid 1 may not",
+            )),
+        );
+        let error = Connection::open(std::slice::from_ref(&path))
+            .err()
+            .expect("refused");
+        daemon.join().expect("fake daemon");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            (error.to_string().as_str(), error.exit_code()),
+            ("uid 1 may not", 1)
+        );
+    }
+
+    #[test]
+    fn nothing_listening_is_exit_3_naming_every_path() {
+        let paths = [
+            PathBuf::from("/nonexistent/a.sock"),
+            PathBuf::from("/nonexistent/b.sock"),
+        ];
+        let error = Connection::open(&paths).err().expect("unreachable");
+        assert_eq!(error.exit_code(), 3);
+        let shown = error.to_string();
+        assert!(
+            shown.contains("/nonexistent/a.sock: no such socket; /nonexistent/b.sock")
+                && shown.contains("--socket PATH or SFUD_SOCKET=PATH"),
+            "{shown}"
+        );
     }
 }
