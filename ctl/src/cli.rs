@@ -39,6 +39,9 @@ pub enum Command {
     /// Act on participants.
     #[command(subcommand)]
     Peers(PeersCommand),
+    /// Join tokens for `auth.mode = "token"`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Record rooms (not available in this version of sfud).
     #[command(subcommand)]
     Record(RecordCommand),
@@ -94,6 +97,71 @@ pub enum PeersCommand {
         /// The participant's id (see `sfuctl rooms show ROOM`).
         peer: String,
     },
+    /// Make a participant a speaker or a listener, live.
+    Role {
+        /// Room name.
+        room: String,
+        /// The participant's id (see `sfuctl rooms show ROOM`).
+        peer: String,
+        /// The new role.
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+}
+
+/// `sfuctl token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a join token for ROOM, signed by the daemon's first auth.keys key.
+    Create {
+        /// The room it admits to.
+        room: String,
+        /// The display name it grants.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// The role it grants.
+        #[arg(long, value_enum, default_value = "speaker")]
+        role: RoleArg,
+        /// How long it stays valid: a number with s, m, h or d (e.g. 90s, 30m, 1h, 7d).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// Allow the name even if someone in the room already uses it.
+        #[arg(long)]
+        allow_duplicate_name: bool,
+    },
+}
+
+/// A participant's role.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// Publishes and receives.
+    Speaker,
+    /// Only receives.
+    Listener,
+}
+
+/// Parses `90s`, `30m`, `1h`, `7d` (or plain seconds) into seconds.
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 30m, 1h or 7d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit `{unit}`: use s, m, h or d")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err("the lifetime must be at least one second".into()),
+        Some(secs) => Ok(secs),
+        None => Err(format!("`{text}` is too long")),
+    }
 }
 
 /// `sfuctl record ...`
@@ -127,4 +195,21 @@ pub enum Mode {
     Sfu,
     /// The server only relays signaling; peers connect to each other.
     Mesh,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttls_read_like_durations() {
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("30m"), Ok(1800));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("7d"), Ok(604_800));
+        assert_eq!(parse_ttl("45"), Ok(45));
+        assert!(parse_ttl("0h").is_err());
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
 }

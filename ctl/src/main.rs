@@ -15,7 +15,10 @@ use clap::{CommandFactory, Parser};
 use sfu_proto::control::{Request, Response};
 use sfu_proto::signaling::RoomMode;
 
-use crate::cli::{Cli, Command, ConfigCommand, Mode, PeersCommand, RecordCommand, RoomsCommand};
+use crate::cli::{
+    Cli, Command, ConfigCommand, Mode, PeersCommand, RecordCommand, RoleArg, RoomsCommand,
+    TokenCommand,
+};
 use crate::client::{candidates, Connection, CtlError};
 
 /// Whether an answer is the kind a request expects.
@@ -54,6 +57,30 @@ fn request_for(command: Command) -> Option<(Request, Fits)> {
                 matches!(r, Response::PeerKicked { .. })
             })
         }
+        Command::Peers(PeersCommand::Role { room, peer, role }) => (
+            Request::PeersRole {
+                room,
+                peer,
+                role: role_of(role),
+            },
+            |r| matches!(r, Response::RoleChanged { .. }),
+        ),
+        Command::Token(TokenCommand::Create {
+            room,
+            name,
+            role,
+            ttl,
+            allow_duplicate_name,
+        }) => (
+            Request::TokenCreate {
+                room,
+                name,
+                role: role_of(role),
+                ttl_secs: ttl,
+                allow_duplicate_name,
+            },
+            |r| matches!(r, Response::Token { .. }),
+        ),
         // Until recording exists the daemon answers `not_available`; any
         // success answer is shown as it comes.
         Command::Record(RecordCommand::Start { room }) => (Request::RecordStart { room }, |_| true),
@@ -65,6 +92,13 @@ fn request_for(command: Command) -> Option<(Request, Fits)> {
         Command::Reload => (Request::Reload, |r| matches!(r, Response::Reloaded(_))),
         Command::Completions { .. } | Command::Man => return None,
     })
+}
+
+fn role_of(role: RoleArg) -> sfu_proto::signaling::Role {
+    match role {
+        RoleArg::Speaker => sfu_proto::signaling::Role::Speaker,
+        RoleArg::Listener => sfu_proto::signaling::Role::Listener,
+    }
 }
 
 /// Writes `bytes` to standard output; a reader that went away (`| head`)

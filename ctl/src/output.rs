@@ -284,6 +284,15 @@ pub fn human(response: &Response) -> String {
             if *peers == 1 { "" } else { "s" }
         ),
         Response::PeerKicked { room, peer } => format!("removed {peer} from room {room}\n"),
+        Response::RoleChanged {
+            room,
+            peer,
+            role: r,
+        } => {
+            format!("{peer} in room {room} is now a {}\n", role(*r))
+        }
+        // Only the token, so `TOKEN=$(sfuctl token create ...)` works.
+        Response::Token { token, .. } => format!("{token}\n"),
         Response::ConfigValid { path: Some(path) } => format!("{path}: configuration is valid\n"),
         Response::ConfigValid { path: None } => {
             "sfud runs on its built-in defaults (started without --config): nothing to check\n"

@@ -230,6 +230,7 @@ impl Server {
                 rooms: self.rooms.clone(),
                 media: self.media.clone(),
                 reloader: self.reloader.clone(),
+                gate: self.gate.clone(),
                 started: self.started,
             },
             stop_rx.clone(),

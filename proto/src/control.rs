@@ -62,6 +62,29 @@ pub enum Request {
         /// The participant's id.
         peer: String,
     },
+    /// Change a participant's role live.
+    PeersRole {
+        /// Room name.
+        room: String,
+        /// The participant's id.
+        peer: String,
+        /// The new role.
+        role: Role,
+    },
+    /// Sign a join token with the daemon's first `auth.keys` key.
+    TokenCreate {
+        /// The room it admits to.
+        room: String,
+        /// The display name it grants.
+        name: String,
+        /// The role it grants.
+        role: Role,
+        /// Seconds until it expires.
+        ttl_secs: u64,
+        /// Whether the name may already be in use in the room.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_duplicate_name: bool,
+    },
     /// Start recording a room.
     RecordStart {
         /// Room name.
@@ -91,6 +114,8 @@ impl Request {
             Self::RoomsCreate { .. } => "rooms_create",
             Self::RoomsClose { .. } => "rooms_close",
             Self::PeersKick { .. } => "peers_kick",
+            Self::PeersRole { .. } => "peers_role",
+            Self::TokenCreate { .. } => "token_create",
             Self::RecordStart { .. } => "record_start",
             Self::RecordStop { .. } => "record_stop",
             Self::RecordList => "record_list",
@@ -138,6 +163,22 @@ pub enum Response {
         room: String,
         /// The participant's id.
         peer: String,
+    },
+    /// Answer to [`Request::PeersRole`].
+    RoleChanged {
+        /// Room name.
+        room: String,
+        /// The participant's id.
+        peer: String,
+        /// The new role.
+        role: Role,
+    },
+    /// Answer to [`Request::TokenCreate`].
+    Token {
+        /// The signed token (a JWT).
+        token: String,
+        /// Expiry, seconds since the UNIX epoch.
+        expires_at: u64,
     },
     /// Answer to [`Request::ConfigCheck`]: the file is valid.
     ConfigValid {

@@ -24,6 +24,8 @@ pub struct Context {
     pub media: MediaHandle,
     /// Configuration check and reload.
     pub reloader: Reloader,
+    /// Join tokens.
+    pub gate: Arc<crate::signaling::gate::Gatekeeper>,
     /// Recent media bitrates.
     pub rates: Arc<MediaRates>,
     /// When the daemon started.
@@ -87,6 +89,44 @@ async fn respond(ctx: &Context, request: Request) -> Result<Response, ControlErr
         Request::PeersKick { room, peer } => {
             ctx.rooms.kick(&room, &peer).await.map_err(refused)?;
             Ok(Response::PeerKicked { room, peer })
+        }
+        Request::PeersRole { room, peer, role } => {
+            ctx.rooms
+                .set_role(&room, &peer, role)
+                .await
+                .map_err(refused)?;
+            Ok(Response::RoleChanged { room, peer, role })
+        }
+        Request::TokenCreate {
+            room,
+            name,
+            role,
+            ttl_secs,
+            allow_duplicate_name,
+        } => {
+            if ttl_secs == 0 {
+                return Err(ControlError::new(
+                    ErrorCode::BadRequest,
+                    "the token's lifetime must be at least one second",
+                ));
+            }
+            let token = ctx
+                .gate
+                .mint(
+                    &room,
+                    &name,
+                    role,
+                    std::time::Duration::from_secs(ttl_secs),
+                    allow_duplicate_name,
+                )
+                .map_err(refused)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            Ok(Response::Token {
+                token,
+                expires_at: now + ttl_secs,
+            })
         }
         Request::RecordStart { .. } => Err(not_available("recording")),
         Request::RecordStop { .. } => Err(not_available("recording")),

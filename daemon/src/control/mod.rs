@@ -149,6 +149,8 @@ pub struct Services {
     pub media: MediaHandle,
     /// Configuration check and reload.
     pub reloader: Reloader,
+    /// Join tokens (for `token create`).
+    pub gate: Arc<crate::signaling::gate::Gatekeeper>,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -195,6 +197,7 @@ impl ControlSocket {
             rooms: services.rooms,
             media: services.media,
             reloader: services.reloader,
+            gate: services.gate,
             rates,
             started: services.started,
             socket: file.path().to_owned(),

@@ -645,3 +645,67 @@ async fn no_daemon_is_exit_code_3_naming_the_socket() {
     let usage = sfuctl_at(&missing, false, &["rooms", "create"]).await;
     assert_eq!(usage.code, 2, "{usage}");
 }
+
+#[tokio::test]
+async fn tokens_from_sfuctl_admit_and_roles_change_live() {
+    let mut config = test_config();
+    config.auth.mode = sfud::config::AuthMode::Token;
+    config.auth.keys = vec![sfud::config::AuthKey {
+        id: "k1".into(),
+        secret: "0123456789abcdef0123456789abcdef-k1".into(),
+    }];
+    let server = TestServer::start_with(config).await;
+
+    // Human output is the bare token, ready for `TOKEN=$(sfuctl token create ...)`.
+    let run = sfuctl_at(
+        &server.socket,
+        false,
+        &[
+            "token", "create", "stage", "--name", "alice", "--role", "listener", "--ttl", "10m",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run}");
+    let token = run.stdout.trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {run}");
+    let mut ws = RawSocket::connect(&server).await;
+    let joined = ws
+        .try_join(json!({"room":"stage","name":"mallory","role":"speaker","token":token}))
+        .await;
+    let sfu_proto::signaling::ServerMessage::Joined { peer_id, role, .. } = joined else {
+        panic!("expected joined, got {joined:?}")
+    };
+    assert_eq!(
+        role,
+        sfu_proto::signaling::Role::Listener,
+        "the token's role wins"
+    );
+
+    let answer = ctl(&server, &["peers", "role", "stage", &peer_id, "speaker"])
+        .await
+        .ok();
+    assert_eq!(answer["type"], "role_changed", "{answer}");
+    let told = ws
+        .recv_until("role_changed", |m| {
+            matches!(m, sfu_proto::signaling::ServerMessage::RoleChanged { .. })
+        })
+        .await;
+    assert_eq!(
+        told,
+        sfu_proto::signaling::ServerMessage::RoleChanged {
+            peer_id: peer_id.clone(),
+            role: sfu_proto::signaling::Role::Speaker
+        }
+    );
+    ctl(&server, &["peers", "role", "stage", "nobody", "listener"])
+        .await
+        .refused("unknown_peer");
+    let run = sfuctl_at(
+        &server.socket,
+        true,
+        &["token", "create", "stage", "--name", "x", "--ttl", "soon"],
+    )
+    .await;
+    assert_eq!(run.code, 2, "a bad duration is a usage error: {run}");
+    server.stop().await;
+}
