@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sfu_client::{Client, PublishOptions, Snapshot};
-use sfu_proto::signaling::Role;
+use sfu_proto::signaling::{Role, ServerMessage};
 
 use crate::harness::TestServer;
 
@@ -81,6 +81,45 @@ async fn three_speakers_receive_each_other_and_a_late_joiner_gets_everything() {
             }
         }
     }
+    // Clients that never trickle find the server's candidates in the SDP;
+    // subscribe offers announce msid and SSRCs per forwarded track.
+    let s = a.snapshot();
+    let answer = s
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Answer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("a publish answer");
+    assert!(
+        answer.contains("a=candidate:"),
+        "answer carries candidates:\n{answer}"
+    );
+    assert!(
+        answer.contains("a=ice-lite"),
+        "the server is ICE-lite:\n{answer}"
+    );
+    let offer = s
+        .messages
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            ServerMessage::Offer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("a subscribe offer");
+    for id in [&b_id, &c_id] {
+        assert!(
+            offer.contains(&format!("a=msid:{id} ")),
+            "msid of {id} in:\n{offer}"
+        );
+    }
+    assert!(offer.contains("a=ssrc:"), "SSRCs announced:\n{offer}");
+    assert!(
+        offer.contains("a=candidate:"),
+        "offer carries candidates:\n{offer}"
+    );
     // A late joiner who only listens gets all six tracks.
     let d = Client::connect(&server.ws_url()).await.expect("connects");
     d.join("trio", "dave", Role::Speaker).await.expect("joins");
