@@ -3,8 +3,10 @@
 //! Each datagram is routed to its connection (by remote address once known,
 //! by the STUN USERNAME's local ufrag before that), fed to the sans-IO core,
 //! and whatever that produces is handled before the next datagram: outgoing
-//! datagrams are sent with a non-blocking `try_send_to` (a full socket buffer
-//! drops and counts, it never stalls the loop), RTP from a publisher is
+//! datagrams are queued and sent at the end of the loop's turn, a
+//! subscriber's share of a video frame in one UDP GSO send (see `batch`;
+//! non-blocking: a full socket buffer drops and counts, it never stalls the
+//! loop), RTP from a publisher is
 //! rewritten for and written to every subscriber leg, keyframe requests are
 //! relayed upstream rate-limited. Nothing here awaits anything but the next
 //! input, and no lock exists.
@@ -41,6 +43,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::batch::{SendBatch, HIGH_WATER};
 use super::forward::{ExtensionMap, Leg};
 use super::peer::{self, Announced, IceTimeouts};
 use super::{
@@ -143,6 +146,8 @@ struct PeerConns {
 /// The media task's state; see the module docs.
 pub struct MediaEngine {
     sockets: Vec<UdpSocket>,
+    /// Datagrams produced this turn, sent together at its end.
+    out: SendBatch,
     local_addrs: Vec<SocketAddr>,
     announced: Vec<Announced>,
     timeouts: IceTimeouts,
@@ -206,6 +211,7 @@ impl MediaEngine {
         };
         let engine = MediaEngine {
             sockets,
+            out: SendBatch::default(),
             local_addrs,
             announced,
             timeouts: IceTimeouts {
@@ -262,8 +268,10 @@ impl MediaEngine {
                     }
                 }
             }
+            self.out.send(&self.sockets, &mut self.stats);
         }
         self.close_all();
+        self.out.send(&self.sockets, &mut self.stats);
     }
 
     /// Drains what else is already queued on the sockets, up to a batch.
@@ -275,6 +283,9 @@ impl MediaEngine {
                     Ok((len, from)) => {
                         got = true;
                         self.on_datagram(sock, from, &buf[..len], now);
+                        if self.out.len() >= HIGH_WATER {
+                            self.out.send(&self.sockets, &mut self.stats);
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => debug!(error = %e, "UDP receive failed"),
@@ -334,7 +345,7 @@ impl MediaEngine {
                 let Some(conn) = self.conns.get_mut(&id) else {
                     break;
                 };
-                flush(conn, &self.sockets, &self.local_addrs, &mut self.stats);
+                flush(conn, &mut self.out, &self.local_addrs);
                 while let Some(ev) = conn.pc.poll_event() {
                     events.push(ev);
                 }
@@ -723,7 +734,7 @@ impl MediaEngine {
                     self.stats.dropped_leg += 1;
                 }
             }
-            flush(conn, &self.sockets, &self.local_addrs, &mut self.stats);
+            flush(conn, &mut self.out, &self.local_addrs);
         }
     }
 
@@ -759,7 +770,7 @@ impl MediaEngine {
                 Err(e) => debug!(error = %e, "PLI not sent"),
             }
         }
-        flush(conn, &self.sockets, &self.local_addrs, &mut self.stats);
+        flush(conn, &mut self.out, &self.local_addrs);
     }
 
     fn emit(&self, peer: PeerId, event: MediaEvent) {
@@ -1213,7 +1224,7 @@ impl MediaEngine {
             return;
         };
         let _ = conn.pc.close();
-        flush(&mut conn, &self.sockets, &self.local_addrs, &mut self.stats);
+        flush(&mut conn, &mut self.out, &self.local_addrs);
         self.by_ufrag.remove(&conn.ufrag);
         for a in &conn.addrs {
             self.by_addr.remove(a);
@@ -1245,29 +1256,17 @@ impl MediaEngine {
     }
 }
 
-/// Sends everything a connection has queued, without waiting.
-fn flush(
-    conn: &mut Conn,
-    sockets: &[UdpSocket],
-    local_addrs: &[SocketAddr],
-    stats: &mut MediaStats,
-) {
-    while let Some(out) = conn.pc.poll_write() {
-        let sock = local_addrs
-            .iter()
-            .position(|a| *a == out.transport.local_addr)
-            .unwrap_or(0);
-        let Some(socket) = sockets.get(sock) else {
-            stats.dropped_send += 1;
-            continue;
+/// Queues everything a connection has to send for the end of this turn.
+fn flush(conn: &mut Conn, out: &mut SendBatch, local_addrs: &[SocketAddr]) {
+    while let Some(datagram) = conn.pc.poll_write() {
+        let sock = match local_addrs {
+            [_] => 0,
+            many => many
+                .iter()
+                .position(|a| *a == datagram.transport.local_addr)
+                .unwrap_or(0),
         };
-        match socket.try_send_to(&out.message, out.transport.peer_addr) {
-            Ok(n) => {
-                stats.datagrams_out += 1;
-                stats.bytes_out += n as u64;
-            }
-            Err(_) => stats.dropped_send += 1,
-        }
+        out.push(sock, datagram.transport.peer_addr, datagram.message);
     }
 }
 

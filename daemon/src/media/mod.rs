@@ -8,6 +8,7 @@
 //! connections without leaving the loop. Rooms talk to it through
 //! [`MediaHandle`]; it reports back through [`MediaEvent`]s.
 
+mod batch;
 mod engine;
 mod forward;
 pub(crate) mod peer;
