@@ -166,6 +166,22 @@ impl Client {
         if lock(&self.shared.publish).pc.is_some() {
             return Err(ClientError::State("already publishing".into()));
         }
+        // Bound before offering, so a port in use fails the publish.
+        let mut relay_sockets = match opts.source {
+            media::MediaSource::Synthetic => None,
+            media::MediaSource::RtpUdp {
+                video_port,
+                audio_port,
+            } => {
+                let ip = self.shared.options.bind_ip;
+                let bind = |port: u16| async move {
+                    tokio::net::UdpSocket::bind((ip, port)).await.map_err(|e| {
+                        ClientError::State(format!("cannot receive RTP on {ip}:{port}: {e}"))
+                    })
+                };
+                Some((Some(bind(video_port).await?), Some(bind(audio_port).await?)))
+            }
+        };
         let pc = self.new_peer_connection(PcKind::Publish).await?;
 
         let mut media = Vec::new();
@@ -233,15 +249,30 @@ impl Client {
             let payload_type = negotiated_payload_type(sender.as_ref(), local.kind).await;
             let hash = tag::stream_hash(&peer_id, kind_name);
             let shared = Arc::clone(&self.shared);
-            let sending = media::run_sender(
-                shared,
-                Arc::clone(&local),
-                payload_type,
-                pacing,
-                hash,
-                Arc::clone(&keyframe_wanted),
-            );
-            self.shared.track_task(tokio::spawn(sending));
+            let relay = relay_sockets
+                .as_mut()
+                .and_then(|(video, audio)| match local.kind {
+                    RtpCodecKind::Video => video.take(),
+                    _ => audio.take(),
+                });
+            match relay {
+                Some(socket) => {
+                    let relaying =
+                        media::run_udp_relay(shared, Arc::clone(&local), payload_type, socket);
+                    self.shared.track_task(tokio::spawn(relaying));
+                }
+                None => {
+                    let sending = media::run_sender(
+                        shared,
+                        Arc::clone(&local),
+                        payload_type,
+                        pacing,
+                        hash,
+                        Arc::clone(&keyframe_wanted),
+                    );
+                    self.shared.track_task(tokio::spawn(sending));
+                }
+            }
             let reading = media::run_rtcp_reader(
                 Arc::clone(&self.shared),
                 local,

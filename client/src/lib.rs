@@ -52,7 +52,7 @@ pub use accounting::LatencySummary;
 pub use client::{Client, Joined, MediaCounters};
 pub use error::ClientError;
 pub use histogram::Histogram;
-pub use media::PublishOptions;
+pub use media::{MediaSource, PublishOptions};
 pub use snapshot::{OfferedTrack, RemoteTrack, Snapshot};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

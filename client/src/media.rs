@@ -23,6 +23,25 @@ const KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
 /// How long to wait before polling an RTCP queue again while the track is not bound yet.
 const UNBOUND_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Where published media comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MediaSource {
+    /// Tagged synthetic payloads paced by the client (not decodable).
+    #[default]
+    Synthetic,
+    /// Real RTP received on these local UDP ports (on
+    /// [`crate::ClientOptions::bind_ip`]), e.g. from a GStreamer
+    /// `rtpvp8pay ! udpsink`, forwarded with the track's SSRC and payload
+    /// type; the packets' sequence numbers and timestamps are kept. Keyframe
+    /// requests are counted but cannot reach that encoder.
+    RtpUdp {
+        /// Where VP8 RTP arrives.
+        video_port: u16,
+        /// Where Opus RTP arrives.
+        audio_port: u16,
+    },
+}
+
 /// What [`crate::Client::publish`] sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishOptions {
@@ -38,6 +57,8 @@ pub struct PublishOptions {
     pub video_payload_bytes: usize,
     /// Audio RTP payload size (TOC byte and tag included).
     pub audio_payload_bytes: usize,
+    /// Synthetic payloads, or real RTP relayed from local UDP ports.
+    pub source: MediaSource,
 }
 
 impl Default for PublishOptions {
@@ -49,6 +70,7 @@ impl Default for PublishOptions {
             audio_packets_per_sec: 50,
             video_payload_bytes: 1100,
             audio_payload_bytes: 160,
+            source: MediaSource::Synthetic,
         }
     }
 }
@@ -224,6 +246,58 @@ pub(crate) async fn run_sender(
         }
         if keyframe {
             shared.counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Relays RTP arriving on `socket` into `media` once the publish connection
+/// is connected, with the track's SSRC and `payload_type`.
+pub(crate) async fn run_udp_relay(
+    shared: Arc<Shared>,
+    media: Arc<LocalMedia>,
+    payload_type: u8,
+    socket: tokio::net::UdpSocket,
+) {
+    use rtc::shared::marshal::Unmarshal;
+    if !shared.wait_publish_state(|s| s == "connected").await {
+        return;
+    }
+    let mut shutdown = shared.shutdown.subscribe();
+    let video = media.kind == RtpCodecKind::Video;
+    let mut buf = vec![0u8; 2048];
+    // What queued up before the connection was up is stale: drop it.
+    while socket.try_recv(&mut buf).is_ok() {}
+    loop {
+        let n = tokio::select! {
+            r = socket.recv(&mut buf) => match r {
+                Ok(n) => n,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(mut packet) = rtc::rtp::Packet::unmarshal(&mut &buf[..n]) else {
+            continue;
+        };
+        packet.header.ssrc = media.ssrc;
+        packet.header.payload_type = payload_type;
+        // Header extensions of the sender's own negotiation mean nothing here.
+        packet.header.extension = false;
+        packet.header.extensions.clear();
+        let counters = &shared.counters;
+        match media.track.write_rtp(packet).await {
+            Ok(()) => {
+                let counter = if video {
+                    &counters.video
+                } else {
+                    &counters.audio
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if counters.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(error = %e, "write_rtp failed");
+                }
+            }
         }
     }
 }

@@ -42,7 +42,7 @@ pub enum Command {
     /// Join tokens for `auth.mode = "token"`.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Record rooms (not available in this version of sfud).
+    /// Record rooms: one file per participant under the daemon's recording.dir.
     #[command(subcommand)]
     Record(RecordCommand),
     /// The daemon's configuration file.
@@ -177,7 +177,7 @@ pub enum RecordCommand {
         /// Room name.
         room: String,
     },
-    /// Recordings in progress.
+    /// Recordings in progress (and failed ones, with their error).
     List,
 }
 

@@ -81,11 +81,15 @@ fn request_for(command: Command) -> Option<(Request, Fits)> {
             },
             |r| matches!(r, Response::Token { .. }),
         ),
-        // Until recording exists the daemon answers `not_available`; any
-        // success answer is shown as it comes.
-        Command::Record(RecordCommand::Start { room }) => (Request::RecordStart { room }, |_| true),
-        Command::Record(RecordCommand::Stop { room }) => (Request::RecordStop { room }, |_| true),
-        Command::Record(RecordCommand::List) => (Request::RecordList, |_| true),
+        Command::Record(RecordCommand::Start { room }) => (Request::RecordStart { room }, |r| {
+            matches!(r, Response::RecordingStarted(_))
+        }),
+        Command::Record(RecordCommand::Stop { room }) => (Request::RecordStop { room }, |r| {
+            matches!(r, Response::RecordingStopped(_))
+        }),
+        Command::Record(RecordCommand::List) => (Request::RecordList, |r| {
+            matches!(r, Response::Recordings { .. })
+        }),
         Command::Config(ConfigCommand::Check) => (Request::ConfigCheck, |r| {
             matches!(r, Response::ConfigValid { .. })
         }),

@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use sfu_proto::control::{
-    ConnectionReport, PeerDetail, ReloadReport, Response, RoomDetail, RoomSummary, Status,
+    ConnectionReport, PeerDetail, Recording, ReloadReport, Response, RoomDetail, RoomSummary,
+    Status,
 };
 use sfu_proto::signaling::{Role, RoomMode};
 
@@ -299,8 +300,56 @@ pub fn human(response: &Response) -> String {
                 .to_owned()
         }
         Response::Reloaded(report) => reloaded(report),
+        Response::RecordingStarted(r) => format!("recording room {} into {}\n", r.room, r.dir),
+        Response::RecordingStopped(r) => recording_stopped(r),
+        Response::Recordings { recordings: list } => recordings(list),
         Response::Error(e) => format!("{}\n", e.message),
     }
+}
+
+/// `sfuctl record stop`.
+fn recording_stopped(r: &Recording) -> String {
+    let mut out = match &r.error {
+        Some(e) => format!("recording of room {} had failed: {e}\n", r.room),
+        None => format!(
+            "stopped recording room {} after {}: {} file{} in {}\n",
+            r.room,
+            duration(r.duration_secs),
+            r.files.len(),
+            if r.files.len() == 1 { "" } else { "s" },
+            r.dir
+        ),
+    };
+    for f in &r.files {
+        let _ = writeln!(out, "  {}  {}  {}", f.file, bytes(f.bytes), f.state);
+    }
+    out
+}
+
+/// `sfuctl record list`.
+pub fn recordings(list: &[Recording]) -> String {
+    if list.is_empty() {
+        return "no recordings\n".to_owned();
+    }
+    let mut t = Table::new(&["ROOM", "STATE", "FOR", "FILES", "BYTES", "DROPPED", "DIR"]);
+    for r in list {
+        t.row(vec![
+            r.room.clone(),
+            r.state.clone(),
+            duration(r.duration_secs),
+            r.files.len().to_string(),
+            bytes(r.files.iter().map(|f| f.bytes).sum()),
+            r.dropped.to_string(),
+            r.dir.clone(),
+        ]);
+    }
+    let mut out = t.render();
+    for r in list {
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "{}: {e}", r.room);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod control;
 pub mod logging;
 pub mod media;
 pub mod metrics;
+pub mod recording;
 pub mod reload;
 pub mod rooms;
 pub mod signaling;
@@ -86,6 +87,7 @@ pub struct Server {
     gate: Arc<signaling::gate::Gatekeeper>,
     control: control::ControlSocket,
     reloader: reload::Reloader,
+    recorder: recording::Recorder,
     started: std::time::Instant,
 }
 
@@ -146,6 +148,8 @@ impl Server {
         }
         let gate = Arc::new(signaling::gate::Gatekeeper::new(config));
         let reloader = reload::Reloader::new(config.clone(), None, rooms.clone(), gate.clone());
+        let recorder =
+            recording::Recorder::new(config.recording.dir.clone(), rooms.clone(), media.clone());
         Ok(Server {
             http,
             http_addr,
@@ -155,6 +159,7 @@ impl Server {
             gate,
             control,
             reloader,
+            recorder,
             started,
         })
     }
@@ -197,6 +202,11 @@ impl Server {
         self.media.clone()
     }
 
+    /// The recorder (for the control plane).
+    pub fn recorder(&self) -> recording::Recorder {
+        self.recorder.clone()
+    }
+
     /// Join tokens, origins and rate limits (for the control plane and reload).
     pub fn gate(&self) -> Arc<signaling::gate::Gatekeeper> {
         self.gate.clone()
@@ -231,6 +241,7 @@ impl Server {
                 media: self.media.clone(),
                 reloader: self.reloader.clone(),
                 gate: self.gate.clone(),
+                recorder: self.recorder.clone(),
                 started: self.started,
             },
             stop_rx.clone(),
@@ -238,6 +249,8 @@ impl Server {
         shutdown.await;
         info!("shutting down");
         let _ = stop_tx.send(true);
+        // Every recording is finalized before the process exits.
+        self.recorder.shutdown().await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control_task).await;
         let http_result = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), media_task).await;

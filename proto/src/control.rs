@@ -188,6 +188,16 @@ pub enum Response {
     },
     /// Answer to [`Request::Reload`].
     Reloaded(ReloadReport),
+    /// Answer to [`Request::RecordStart`].
+    RecordingStarted(Recording),
+    /// Answer to [`Request::RecordStop`]: the recording's final state.
+    RecordingStopped(Recording),
+    /// Answer to [`Request::RecordList`]: recordings in progress, and failed
+    /// ones until stopped or restarted.
+    Recordings {
+        /// One entry per room.
+        recordings: Vec<Recording>,
+    },
     /// The request failed; the connection carries on unless the code says
     /// otherwise ([`ErrorCode::closes_connection`]).
     Error(ControlError),
@@ -324,6 +334,50 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
 }
 
+/// One room's recording session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recording {
+    /// Room name.
+    pub room: String,
+    /// `recording`, `stopping`, `stopped` or `failed`.
+    pub state: String,
+    /// The session directory (files and `session.json`).
+    pub dir: String,
+    /// When it started (RFC 3339, UTC).
+    pub started: String,
+    /// Seconds recorded so far (or in all).
+    pub duration_secs: u64,
+    /// Media packets the recorder could not keep up with (not in the files).
+    pub dropped: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// One entry per file.
+    pub files: Vec<RecordingFile>,
+}
+
+/// One participant's file in a [`Recording`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingFile {
+    /// The participant's id.
+    pub peer: String,
+    /// Their display name.
+    pub name: String,
+    /// The file, relative to the session directory.
+    pub file: String,
+    /// `recording`, `finalized` or `failed`.
+    pub state: String,
+    /// Bytes written so far.
+    pub bytes: u64,
+    /// Codecs of its tracks, e.g. `video/VP8`, `audio/opus`.
+    pub codecs: Vec<String>,
+    /// Packets dropped because the recorder fell behind.
+    pub dropped: u64,
+    /// What went wrong with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A failed request: a stable code for scripts and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlError {
@@ -385,6 +439,12 @@ pub enum ErrorCode {
     InvalidConfig,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// `record start` on a room already being recorded.
+    AlreadyRecording,
+    /// `record stop` on a room not being recorded.
+    NotRecording,
+    /// The recording could not start or write (see the message).
+    RecordingFailed,
     /// Something failed inside the daemon.
     Internal,
     /// A code this build does not know (sent by a newer daemon).
@@ -411,6 +471,9 @@ impl ErrorCode {
             Self::NotAvailable => "not_available",
             Self::InvalidConfig => "invalid_config",
             Self::ShuttingDown => "shutting_down",
+            Self::AlreadyRecording => "already_recording",
+            Self::NotRecording => "not_recording",
+            Self::RecordingFailed => "recording_failed",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
         }
@@ -596,6 +659,28 @@ mod tests {
                 changed_live: vec!["rooms.max_peers".into()],
                 needs_restart: vec!["http.listen".into()],
             }),
+            Response::Recordings {
+                recordings: vec![Recording {
+                    room: "demo".into(),
+                    state: "failed".into(),
+                    dir: "/var/lib/sfud/recordings/demo/20260125T030102Z".into(),
+                    started: "2026-01-25T03:01:02.123Z".into(),
+                    duration_secs: 5,
+                    dropped: 2,
+                    error: Some("No space left on device".into()),
+                    files: vec![RecordingFile {
+                        peer: "00ab".into(),
+                        name: "alice".into(),
+                        file: "alice-00ab.webm".into(),
+                        state: "failed".into(),
+                        bytes: 1000,
+                        codecs: vec!["video/VP8".into(), "audio/opus".into()],
+                        dropped: 2,
+                        error: None,
+                    }],
+                }],
+            },
+            Response::RecordingStopped(Recording::default()),
             Response::Error(ControlError::new(ErrorCode::NotAvailable, "no recording")),
         ];
         for response in responses {
@@ -625,6 +710,9 @@ mod tests {
             ErrorCode::BadRequest,
             ErrorCode::NotAvailable,
             ErrorCode::FrameTooLarge,
+            ErrorCode::AlreadyRecording,
+            ErrorCode::NotRecording,
+            ErrorCode::RecordingFailed,
         ] {
             assert_eq!(
                 serde_json::to_value(code).expect("serializes"),

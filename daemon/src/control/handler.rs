@@ -26,6 +26,8 @@ pub struct Context {
     pub reloader: Reloader,
     /// Join tokens.
     pub gate: Arc<crate::signaling::gate::Gatekeeper>,
+    /// Room recordings.
+    pub recorder: crate::recording::Recorder,
     /// Recent media bitrates.
     pub rates: Arc<MediaRates>,
     /// When the daemon started.
@@ -37,13 +39,6 @@ pub struct Context {
 /// The daemon's name and version as the handshake reports it.
 pub fn daemon_name() -> String {
     format!("sfud {}", env!("CARGO_PKG_VERSION"))
-}
-
-fn not_available(what: &str) -> ControlError {
-    ControlError::new(
-        ErrorCode::NotAvailable,
-        format!("{what} is not available: this sfud cannot record yet"),
-    )
 }
 
 /// Answers one request (the handshake is done by the connection).
@@ -128,9 +123,21 @@ async fn respond(ctx: &Context, request: Request) -> Result<Response, ControlErr
                 expires_at: now + ttl_secs,
             })
         }
-        Request::RecordStart { .. } => Err(not_available("recording")),
-        Request::RecordStop { .. } => Err(not_available("recording")),
-        Request::RecordList => Err(not_available("listing recordings")),
+        Request::RecordStart { room } => ctx
+            .recorder
+            .start(&room)
+            .await
+            .map(Response::RecordingStarted)
+            .map_err(recording_error),
+        Request::RecordStop { room } => ctx
+            .recorder
+            .stop(&room)
+            .await
+            .map(Response::RecordingStopped)
+            .map_err(recording_error),
+        Request::RecordList => Ok(Response::Recordings {
+            recordings: ctx.recorder.list().await,
+        }),
         Request::ConfigCheck => match ctx.reloader.check() {
             Ok(path) => Ok(Response::ConfigValid {
                 path: path.map(|p| p.display().to_string()),
@@ -180,8 +187,23 @@ async fn status(ctx: &Context) -> Status {
         bytes_out: media.bytes_out,
         bitrate_in_bps: rates.in_bps,
         bitrate_out_bps: rates.out_bps,
-        recordings: None,
+        recordings: Some(ctx.recorder.recording_count().await),
     }
+}
+
+/// A recorder error as a control error with a stable code.
+fn recording_error(e: crate::recording::RecordError) -> ControlError {
+    use crate::recording::RecordError as E;
+    let code = match &e {
+        E::UnknownRoom(_) => ErrorCode::UnknownRoom,
+        E::AlreadyRecording(_) => ErrorCode::AlreadyRecording,
+        E::NotRecording(_) => ErrorCode::NotRecording,
+        E::Unavailable(_) => ErrorCode::NotAvailable,
+        E::Storage { .. } => ErrorCode::RecordingFailed,
+        E::ShuttingDown => ErrorCode::ShuttingDown,
+        E::Internal(_) => ErrorCode::Internal,
+    };
+    ControlError::new(code, e.to_string())
 }
 
 /// A room refusal as a control error with the matching code.

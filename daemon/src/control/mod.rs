@@ -151,6 +151,8 @@ pub struct Services {
     pub reloader: Reloader,
     /// Join tokens (for `token create`).
     pub gate: Arc<crate::signaling::gate::Gatekeeper>,
+    /// Room recordings.
+    pub recorder: crate::recording::Recorder,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -198,6 +200,7 @@ impl ControlSocket {
             media: services.media,
             reloader: services.reloader,
             gate: services.gate,
+            recorder: services.recorder,
             rates,
             started: services.started,
             socket: file.path().to_owned(),
