@@ -223,7 +223,12 @@ impl Server {
             rooms: self.rooms.clone(),
             gate: self.gate.clone(),
             shutdown: stop_rx.clone(),
-            metrics: metrics::MetricsSource::new(self.rooms.clone(), self.media.clone()),
+            metrics: metrics::MetricsSource::new(
+                self.rooms.clone(),
+                self.media.clone(),
+                self.recorder.clone(),
+                self.gate.clone(),
+            ),
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");
         let mut http_stop = stop_rx.clone();

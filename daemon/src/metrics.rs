@@ -15,7 +15,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::media::{MediaHandle, MediaStats};
+use crate::recording::Recorder;
 use crate::rooms::RoomRegistry;
+use crate::signaling::gate::Gatekeeper;
 use crate::signaling::AppState;
 
 /// The content type of the text format.
@@ -29,15 +31,24 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct MetricsSource {
     rooms: RoomRegistry,
     media: MediaHandle,
+    recorder: Recorder,
+    gate: Arc<Gatekeeper>,
     started: SystemTime,
 }
 
 impl MetricsSource {
-    /// Samples `rooms` and `media`; the process start time is now.
-    pub fn new(rooms: RoomRegistry, media: MediaHandle) -> Self {
+    /// Samples these; the process start time is now.
+    pub fn new(
+        rooms: RoomRegistry,
+        media: MediaHandle,
+        recorder: Recorder,
+        gate: Arc<Gatekeeper>,
+    ) -> Self {
         MetricsSource {
             rooms,
             media,
+            recorder,
+            gate,
             started: SystemTime::now(),
         }
     }
@@ -51,9 +62,17 @@ impl MetricsSource {
         let rooms = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.rooms.list())
             .await
             .map_err(|_| "the rooms did not answer")?;
-        let peers: usize = rooms.iter().map(|r| r.peers).sum();
+        let recordings = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.recorder.recording_count())
+            .await
+            .map_err(|_| "the recorder did not answer")?;
+        let counts = Counts {
+            rooms: rooms.len(),
+            peers: rooms.iter().map(|r| r.peers).sum(),
+            recordings,
+        };
         let mut out = Exposition::default();
-        write_daemon(&mut out, rooms.len(), peers, &stats);
+        write_daemon(&mut out, &counts, &stats);
+        write_refusals(&mut out, self.gate.refusals());
         write_process(&mut out, self.started, &ProcessSample::read());
         Ok(out.text)
     }
@@ -73,22 +92,33 @@ pub async fn handler(State(source): State<MetricsSource>) -> Response {
     }
 }
 
-fn write_daemon(out: &mut Exposition, rooms: usize, peers: usize, s: &MediaStats) {
+/// What the rooms and the recorder report.
+struct Counts {
+    rooms: usize,
+    peers: usize,
+    recordings: usize,
+}
+
+fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
     out.family("sfud_build_info", "gauge", "Version of the running daemon.");
     out.sample(
         "sfud_build_info",
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
-    out.gauge("sfud_rooms", "Rooms open.", rooms);
-    out.gauge("sfud_peers", "Participants in all rooms.", peers);
+    out.gauge("sfud_rooms", "Rooms open.", c.rooms);
+    out.gauge("sfud_peers", "Participants in all rooms.", c.peers);
     out.gauge("sfud_tracks", "Tracks being published.", s.tracks);
     out.gauge(
         "sfud_peer_connections",
         "WebRTC peer connections alive (up to two per participant).",
         s.connections,
     );
-    out.gauge("sfud_recording_sessions", "Recordings being written.", 0);
+    out.gauge(
+        "sfud_recording_sessions",
+        "Recordings being written.",
+        c.recordings,
+    );
     out.counter(
         "sfud_rtp_packets_received_total",
         "RTP packets received from publishers.",
@@ -142,6 +172,19 @@ fn write_daemon(out: &mut Exposition, rooms: usize, peers: usize, s: &MediaStats
         "Keyframe requests (PLI) sent to publishers.",
         s.plis_sent,
     );
+}
+
+fn write_refusals(out: &mut Exposition, mut refusals: Vec<(&'static str, u64)>) {
+    out.family(
+        "sfud_signaling_refusals_total",
+        "counter",
+        "Signaling requests refused, by the error code sent to the client \
+         (codes appear once they occur).",
+    );
+    refusals.sort_unstable();
+    for (code, n) in refusals {
+        out.sample("sfud_signaling_refusals_total", &[("code", code)], n);
+    }
 }
 
 fn write_process(out: &mut Exposition, started: SystemTime, p: &ProcessSample) {

@@ -318,6 +318,7 @@ async fn metrics_parse_and_move_while_media_flows() {
         ("sfud_rtp_packets_forwarded_total", "counter"),
         ("sfud_rtp_bytes_forwarded_total", "counter"),
         ("sfud_dropped_packets_total", "counter"),
+        ("sfud_signaling_refusals_total", "counter"),
         ("process_cpu_seconds_total", "counter"),
         ("process_resident_memory_bytes", "gauge"),
     ] {
@@ -328,6 +329,7 @@ async fn metrics_parse_and_move_while_media_flows() {
         );
     }
     assert_eq!(idle.get("sfud_rooms"), 0.0);
+    assert_eq!(idle.get("sfud_recording_sessions"), 0.0);
     assert_eq!(idle.get("sfud_rtp_packets_forwarded_total"), 0.0);
     assert!(idle.get("process_resident_memory_bytes") > 1e6);
     for cause in ["unroutable", "send", "subscriber"] {
