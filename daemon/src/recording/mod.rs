@@ -135,6 +135,10 @@ impl Recorder {
                 Ok(summary)
             }
             Err(e) => {
+                if let RecordError::Storage { dir, .. } = &e {
+                    let failed = SessionHandle::failed(room, dir.clone(), e.to_string());
+                    sessions.insert(room.to_owned(), failed);
+                }
                 if !matches!(e, RecordError::UnknownRoom(_)) {
                     warn!(room, error = %e, "recording did not start");
                 }

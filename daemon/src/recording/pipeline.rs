@@ -230,6 +230,9 @@ impl ParticipantPipeline {
         // are written as they complete, so a killed daemon leaves a file
         // that plays up to its last cluster (see docs/recording.md).
         mux.set_property("streamable", false);
+        // Browsers send keyframes rarely: close a cluster at least every
+        // 2 s so a crash loses at most that much even without keyframes.
+        mux.set_property("max-cluster-duration", 2_000_000_000i64);
         mux.set_property("offset-to-zero", true);
         let sink = make("filesink")?;
         sink.set_property("location", path.to_string_lossy().as_ref());
@@ -298,15 +301,8 @@ impl ParticipantPipeline {
         bus.set_sync_handler(move |_, msg| {
             match msg.view() {
                 gst::MessageView::Error(e) => {
-                    let detail = e
-                        .debug()
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default();
-                    let _ = events.send(PipelineEvent::Error(format!(
-                        "{file}: {}{}",
-                        e.error(),
-                        short_detail(&detail)
-                    )));
+                    tracing::debug!(file = %file, debug = ?e.debug(), "recording pipeline error");
+                    let _ = events.send(PipelineEvent::Error(error_text(&file, &e.error())));
                 }
                 gst::MessageView::Eos(_) => {
                     let _ = events.send(PipelineEvent::Eos);
@@ -659,11 +655,16 @@ fn push(src: &gst_app::AppSrc, mut buffer: gst::Buffer, at: gst::ClockTime) -> b
     true
 }
 
-/// GStreamer's debug detail is long (source file, function, element path);
-/// keep its last line, which says what the OS said.
-fn short_detail(detail: &str) -> String {
-    match detail.trim_end_matches(')').rsplit_once('\n') {
-        Some((_, last)) => format!(" ({last})"),
-        None => detail.to_owned(),
+/// What an operator reads about a failed file: the file and, for a write
+/// error, what the system said (GStreamer's own wording is vague).
+fn error_text(file: &str, error: &gst::glib::Error) -> String {
+    match error.kind::<gst::ResourceError>() {
+        Some(gst::ResourceError::NoSpaceLeft) => {
+            format!("cannot write {file}: No space left on device (the disk is full)")
+        }
+        Some(gst::ResourceError::OpenWrite | gst::ResourceError::Write) => {
+            format!("cannot write {file}: {error}")
+        }
+        _ => format!("{file}: {error}"),
     }
 }

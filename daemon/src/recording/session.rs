@@ -80,6 +80,27 @@ impl SessionHandle {
         summary_of(&self.shared)
     }
 
+    /// A recording that could not start, kept so `record list` shows why.
+    pub fn failed(room: &str, dir: PathBuf, error: String) -> SessionHandle {
+        let now = SystemTime::now();
+        let (stop, _) = mpsc::unbounded_channel();
+        SessionHandle {
+            stop,
+            shared: Arc::new(Shared {
+                room: room.to_owned(),
+                dir,
+                started: now,
+                state: Mutex::new(Status {
+                    state: "failed",
+                    ended: Some(now),
+                    end_reason: Some(error.clone()),
+                    error: Some(error),
+                    participants: Vec::new(),
+                }),
+            }),
+        }
+    }
+
     /// Stops recording and finalizes every file; returns the final state.
     pub async fn stop(&self, reason: EndReason) -> Recording {
         let (reply, rx) = oneshot::channel();

@@ -9,5 +9,6 @@ mod control;
 mod forwarding;
 mod harness;
 mod metrics;
+mod recording;
 mod rooms;
 mod systemd;
