@@ -10,6 +10,7 @@
 //! everything else: `docs/recording.md`.
 
 pub mod codec;
+mod gate;
 pub mod manifest;
 mod participant;
 pub mod pipeline;

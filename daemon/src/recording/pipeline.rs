@@ -31,6 +31,7 @@ use gstreamer_app as gst_app;
 use tokio::sync::mpsc;
 
 use super::codec::{self, Container, RecordedCodec};
+use super::gate::Gate;
 use crate::media::{Codec, MediaKind, TrackId};
 
 /// Jitterbuffer latency: how long rtpbin waits for late or reordered packets.
@@ -78,75 +79,6 @@ pub struct TrackSpec {
     pub payload_type: u8,
     /// The publisher's SSRC.
     pub ssrc: u32,
-}
-
-/// Decides which buffers reach the muxer: audio waits (its streaming
-/// thread blocks) until the first video keyframe is out of the depayloader,
-/// then only audio from that instant on passes, so both start together
-/// whichever thread runs first; remembers when the file starts.
-#[derive(Debug, Default)]
-struct Gate {
-    state: Mutex<GateState>,
-    changed: std::sync::Condvar,
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    video_expected: bool,
-    video_start: Option<gst::ClockTime>,
-    /// Session time audio was let through (video started or was given up).
-    opened_at: Option<gst::ClockTime>,
-    first_pts: Option<gst::ClockTime>,
-}
-
-impl Gate {
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Audio no longer waits for video (it ended, or the file is closing).
-    fn give_up_video(&self, now: gst::ClockTime) {
-        let mut s = self.lock();
-        if s.video_expected {
-            s.video_expected = false;
-            s.opened_at.get_or_insert(now);
-        }
-        self.changed.notify_all();
-    }
-
-    /// Whether a buffer of `kind` stamped `pts` goes into the file.
-    fn pass(&self, kind: MediaKind, pts: Option<gst::ClockTime>, now: gst::ClockTime) -> bool {
-        let mut s = self.lock();
-        let pass = match kind {
-            MediaKind::Video => {
-                if s.video_start.is_none() {
-                    s.video_start = pts;
-                    s.opened_at.get_or_insert(now);
-                    self.changed.notify_all();
-                }
-                true
-            }
-            MediaKind::Audio => {
-                while s.video_expected && s.video_start.is_none() {
-                    s = self
-                        .changed
-                        .wait_timeout(s, Duration::from_millis(100))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-                match (s.video_start, pts) {
-                    (Some(start), Some(pts)) => pts >= start,
-                    _ => true,
-                }
-            }
-        };
-        if pass {
-            if let Some(pts) = pts {
-                s.first_pts = Some(s.first_pts.map_or(pts, |f| f.min(pts)));
-            }
-        }
-        pass
-    }
 }
 
 /// One track's elements.
