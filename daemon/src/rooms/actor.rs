@@ -200,7 +200,11 @@ impl RoomActor {
                 let _ = reply.send(r);
             }
             RoomMsg::Watch { events, reply } => {
-                let members = self.room.members().map(|m| (m.id, m.name.clone())).collect();
+                let members = self
+                    .room
+                    .members()
+                    .map(|m| (m.id, m.name.clone()))
+                    .collect();
                 if reply.send(members).is_ok() {
                     self.watchers.push(events);
                 }
