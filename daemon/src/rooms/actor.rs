@@ -222,7 +222,7 @@ impl RoomActor {
         let now = Instant::now();
         let members = self
             .room
-            .members()
+            .members_by_arrival()
             .map(|m| {
                 let r = media.iter().find(|r| r.peer == m.id);
                 PeerDetail {

@@ -115,7 +115,7 @@ impl Room {
         if self.members.len() >= self.max_peers {
             return Err(JoinError::Full(self.max_peers));
         }
-        let others = self.members.values().map(Member::info).collect();
+        let others = self.members_by_arrival().map(Member::info).collect();
         self.members.insert(
             id,
             Member {
@@ -144,6 +144,13 @@ impl Room {
     /// Every member, in id order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values()
+    }
+
+    /// Every member, earliest arrival first (for people: listings, `joined`).
+    pub fn members_by_arrival(&self) -> impl Iterator<Item = &Member> {
+        let mut v: Vec<&Member> = self.members.values().collect();
+        v.sort_by_key(|m| (m.joined_at, m.id));
+        v.into_iter()
     }
 
     /// How many members.
@@ -294,6 +301,12 @@ mod tests {
             room.join(PeerId(3), "c", Role::Speaker, Instant::now()),
             Err(JoinError::Full(2))
         );
+        // Listed by arrival, not by id.
+        room.max_peers = 3;
+        room.join(PeerId(0), "c", Role::Speaker, Instant::now())
+            .expect("c");
+        let names: Vec<&str> = room.members_by_arrival().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[test]
