@@ -219,9 +219,15 @@ pub fn render(run: &BenchRun) -> String {
     );
     let _ = writeln!(
         d,
-        "| generator CPU, % of the machine | {:.0} | {:.0} | - |\n",
+        "| generator CPU, % of the machine | {:.0} | {:.0} | - |",
         s.generator_cpu_percent_of_machine.unwrap_or(0.0),
         j.generator_cpu_percent_of_machine.unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        d,
+        "| other processes, % of the machine | {} | {} | - |\n",
+        pct(s.other_load_percent_of_machine),
+        pct(j.other_load_percent_of_machine)
     );
     let _ = writeln!(
         d,
@@ -273,9 +279,9 @@ pub fn render(run: &BenchRun) -> String {
         let _ = writeln!(d, "## Ramp: {name}\n");
         let _ = writeln!(
             d,
-            "| subscribers | forwarded pkt/s (expected) | loss % | p99 ms | SFU µs/pkt | SFU % core | generator % machine | |"
+            "| subscribers | forwarded pkt/s (expected) | loss % | p99 ms | SFU µs/pkt | SFU % core | generator % machine | others % machine | |"
         );
-        let _ = writeln!(d, "|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(d, "|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for w in &r.ramp {
             let subs = match w.scenario {
                 crate::scenario::Scenario::Webinar { subscribers, .. } => subscribers.to_string(),
@@ -283,7 +289,7 @@ pub fn render(run: &BenchRun) -> String {
             };
             let _ = writeln!(
                 d,
-                "| {subs} | {:.0} ({:.0}) | {:.3} | {} | {} | {:.0} | {:.0} | {} |",
+                "| {subs} | {:.0} ({:.0}) | {:.3} | {} | {} | {:.0} | {:.0} | {} | {} |",
                 w.packets_out_per_s,
                 w.packets_out_expected_per_s,
                 w.loss_percent,
@@ -291,6 +297,7 @@ pub fn render(run: &BenchRun) -> String {
                 us(w.sfu_cpu_us_per_packet),
                 w.sfu_cpu_percent.unwrap_or(0.0),
                 w.generator_cpu_percent_of_machine.unwrap_or(0.0),
+                pct(w.other_load_percent_of_machine),
                 if w.held() { "held" } else { "failed" }
             );
         }
@@ -303,6 +310,9 @@ pub fn render(run: &BenchRun) -> String {
             let _ = writeln!(d, "{}\n", limit_note(last));
         }
     }
+
+    let _ = writeln!(d, "## The generator's own capacity\n");
+    let _ = writeln!(d, "{}\n", generator_note(&run.sfud_ramp));
 
     let _ = writeln!(d, "## The floor\n");
     for f in [&run.floor_video, &run.floor_audio] {
@@ -331,8 +341,8 @@ pub fn render(run: &BenchRun) -> String {
         Some(p) => {
             let _ = writeln!(
                 d,
-                "`perf record -g` of sfud at the comparison load, `perf report --no-children`, \
-                 top entries (self time):\n\n```text\n{}\n```",
+                "`perf record --call-graph dwarf` of sfud (a separate run at the comparison \
+                 load), as `perf report` shows it:\n\n```text\n{}\n```",
                 p.trim_end()
             );
         }
@@ -356,5 +366,39 @@ fn limit_note(w: &Window) -> String {
     };
     format!(
         "At the failing step the generator used {gen:.0}% of the machine and the SFU {sfu:.0}% of one core: {who}."
+    )
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
+/// How many subscribers the generator could hold by itself, from its CPU
+/// per received packet at the largest sfud step.
+fn generator_note(ramp: &Report) -> String {
+    let Some(w) = ramp
+        .ramp
+        .iter()
+        .filter(|w| w.generator_cpu_us_per_received_packet.is_some())
+        .max_by(|a, b| a.packets_out_per_s.total_cmp(&b.packets_out_per_s))
+    else {
+        return "Not measured.".into();
+    };
+    let per_packet = w.generator_cpu_us_per_received_packet.unwrap_or(0.0);
+    let per_subscriber = w.packets_out_expected_per_s / w.scenario.streams().max(1) as f64;
+    let packets = ramp.cores as f64 * 1e6 / per_packet.max(1e-9);
+    format!(
+        "sfu-load runs every client in one process on the `webrtc` crate, whose cost is per \
+         connection and per packet. At {} it used {:.1} µs of CPU per packet its receivers got \
+         ({:.0}% of the machine). With both cores to itself it would receive at most about \
+         {:.0} packets/s: about {:.0} subscribers of one publisher at {:.0} packets/s each. \
+         Loads near that measure the generator, not the SFU; the ramps above stop well \
+         before it only if the SFU or the shared machine gives out first.",
+        w.scenario.describe(),
+        per_packet,
+        w.generator_cpu_percent_of_machine.unwrap_or(0.0),
+        packets,
+        packets / per_subscriber.max(1.0),
+        per_subscriber
     )
 }

@@ -247,6 +247,7 @@ fn mark(fleet: &Fleet, sfu_pid: Option<u32>) -> Mark {
         latency: fleet.histogram().counts(),
         sfu: sfu_pid.and_then(proc::sample),
         generator: proc::sample(std::process::id()),
+        machine: proc::machine_ticks(),
     }
 }
 

@@ -45,6 +45,21 @@ fn status_kib(status: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// Busy and total CPU time of the whole machine so far, in clock ticks
+/// (`/proc/stat`), to tell how much else was running during a window.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
 /// The pid of the only running process whose name (`comm`) is `name`.
 pub fn find_pid(name: &str) -> Result<u32, String> {
     let mut found = Vec::new();
@@ -95,5 +110,7 @@ mod tests {
     fn samples_this_process() {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.peak_rss_kib > 0);
+        let (busy, total) = machine_ticks().expect("/proc/stat");
+        assert!(busy <= total && total > 0);
     }
 }

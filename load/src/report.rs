@@ -21,6 +21,7 @@ pub struct Mark {
     pub(crate) latency: HistogramCounts,
     pub(crate) sfu: Option<ProcSample>,
     pub(crate) generator: Option<ProcSample>,
+    pub(crate) machine: Option<(u64, u64)>,
 }
 
 /// One measurement window.
@@ -82,6 +83,16 @@ pub struct Window {
     pub generator_cpu_s: Option<f64>,
     /// The generator's CPU as a percentage of the whole machine (all cores).
     pub generator_cpu_percent_of_machine: Option<f64>,
+    /// The generator's CPU microseconds per packet its receivers got.
+    #[serde(default)]
+    pub generator_cpu_us_per_received_packet: Option<f64>,
+    /// How busy the whole machine was (all cores, every process), percent.
+    #[serde(default)]
+    pub machine_busy_percent: Option<f64>,
+    /// What neither the SFU nor the generator used of the machine, percent:
+    /// other processes disturbing the measurement.
+    #[serde(default)]
+    pub other_load_percent_of_machine: Option<f64>,
 }
 
 impl Window {
@@ -114,6 +125,14 @@ impl Window {
             .copied()
             .unwrap_or(0.0);
         let should_arrive = t.received_packets + t.lost;
+        let machine_busy = match (a.machine, b.machine) {
+            (Some((busy_a, total_a)), Some((busy_b, total_b))) if total_b > total_a => {
+                Some((busy_b - busy_a) as f64 * 100.0 / (total_b - total_a) as f64)
+            }
+            _ => None,
+        };
+        let sfu_share = sfu_cpu.map_or(0.0, |c| c / secs * 100.0 / cores as f64);
+        let gen_share = gen_cpu.map_or(0.0, |c| c / secs * 100.0 / cores as f64);
         Window {
             scenario,
             participants,
@@ -147,6 +166,10 @@ impl Window {
             receivers_without_media: t.receivers_without_media,
             generator_cpu_s: gen_cpu,
             generator_cpu_percent_of_machine: gen_cpu.map(|c| c / secs * 100.0 / cores as f64),
+            generator_cpu_us_per_received_packet: gen_cpu.and_then(per_packet).map(|c| c * 1e6),
+            machine_busy_percent: machine_busy,
+            other_load_percent_of_machine: machine_busy
+                .map(|busy| (busy - sfu_share - gen_share).max(0.0)),
         }
     }
 
@@ -247,10 +270,14 @@ impl Report {
         if let Some(cpu) = w.generator_cpu_s {
             let _ = writeln!(
                 s,
-                "  generator: {:.2} CPU s, {:.0}% of the machine ({} cores)",
+                "  generator: {:.2} CPU s, {:.0}% of the machine ({} cores), {} us per received packet; \
+                 other processes: {}% of the machine",
                 cpu,
                 w.generator_cpu_percent_of_machine.unwrap_or(0.0),
-                self.cores
+                self.cores,
+                us_or_dash(w.generator_cpu_us_per_received_packet),
+                w.other_load_percent_of_machine
+                    .map_or("-".into(), |v| format!("{v:.0}"))
             );
         }
         if !self.ramp.is_empty() {
@@ -281,4 +308,8 @@ impl Report {
         }
         s
     }
+}
+
+fn us_or_dash(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}"))
 }
