@@ -103,7 +103,7 @@ pub fn render(run: &BenchRun) -> String {
         d,
         "- Load: `sfu-load` (workspace crate `load/`), real WebRTC clients (the `webrtc` crate) in one \
          process on the same machine: {}, each publisher sending synthetic VP8 \
-         ({} pkt/s of ~1100-byte payloads, a keyframe-shaped burst every 2 s) and Opus \
+         ({} pkt/s of ~1100-byte payloads, a keyframe-shaped frame every 2 s) and Opus \
          (50 pkt/s of 160 bytes). Every payload carries a sequence number and its send time: \
          loss, duplicates, reordering and one-way latency are measured by the receivers on the \
          same clock.",
@@ -357,15 +357,20 @@ pub fn render(run: &BenchRun) -> String {
 fn limit_note(w: &Window) -> String {
     let gen = w.generator_cpu_percent_of_machine.unwrap_or(0.0);
     let sfu = w.sfu_cpu_percent.unwrap_or(0.0);
+    let machine = w.machine_busy_percent.unwrap_or(0.0);
     let who = if gen >= 80.0 && sfu < 80.0 {
         "the generator (its clients use most of both cores), not the SFU, was the limit"
     } else if sfu >= 90.0 {
         "the SFU's own CPU was the limit"
+    } else if machine >= 90.0 {
+        "the machine as a whole was the limit (generator, SFU and other work share two cores)"
     } else {
-        "the machine as a whole was the limit (generator and SFU share two cores)"
+        "neither was saturated: the step failed on latency, the time each frame's fan-out \
+         burst takes through the SFU and then through the generator's receivers"
     };
     format!(
-        "At the failing step the generator used {gen:.0}% of the machine and the SFU {sfu:.0}% of one core: {who}."
+        "At the failing step the generator used {gen:.0}% of the machine, the SFU {sfu:.0}% of one core \
+         and the machine was {machine:.0}% busy: {who}."
     )
 }
 
@@ -392,8 +397,8 @@ fn generator_note(ramp: &Report) -> String {
          connection and per packet. At {} it used {:.1} µs of CPU per packet its receivers got \
          ({:.0}% of the machine). With both cores to itself it would receive at most about \
          {:.0} packets/s: about {:.0} subscribers of one publisher at {:.0} packets/s each. \
-         Loads near that measure the generator, not the SFU; the ramps above stop well \
-         before it only if the SFU or the shared machine gives out first.",
+         A ramp that stops well below that measured the SFU (and the shared machine); one \
+         that gets near it measures the generator.",
         w.scenario.describe(),
         per_packet,
         w.generator_cpu_percent_of_machine.unwrap_or(0.0),
