@@ -165,7 +165,10 @@ async fn rooms_appear_and_disappear_as_clients_join_and_leave() {
         (status["rooms"].as_u64(), status["peers"].as_u64()),
         (Some(1), Some(2))
     );
-    assert_eq!(status["recordings"], 0, "recording exists now: no session yet");
+    assert_eq!(
+        status["recordings"], 0,
+        "recording exists now: no session yet"
+    );
     assert_eq!(status["socket"], server.socket.display().to_string());
 
     // Human output: aligned tables.
