@@ -10,8 +10,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder};
 use rtc::interceptor::{Registry, Slot};
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine as CodecRegistry;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::{RTCBundlePolicy, RTCConfigurationBuilder};
@@ -20,7 +23,9 @@ use rtc::peer_connection::transport::{
     RTCIceCandidate,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 use sfu_proto::signaling::CandidateInit;
+use sfu_proto::signaling::PcKind;
 
 use super::rtcp::DeliverKeyframeRequests;
 use super::MediaError;
@@ -47,6 +52,7 @@ pub(crate) struct Announced {
 
 /// Builds a server peer connection with its own ICE credentials.
 pub(crate) fn build_connection(
+    kind: PcKind,
     ufrag: &str,
     timeouts: IceTimeouts,
     announced: &[Announced],
@@ -68,7 +74,32 @@ pub(crate) fn build_connection(
         Slot::from(DELIVER_RTCP_SLOT),
         DeliverKeyframeRequests::default(),
     );
-    let registry = register_default_interceptors(registry, &mut codecs).map_err(internal)?;
+    let registry = match kind {
+        // Receives media: NACKs to send, receiver reports, TWCC feedback for
+        // the browser's bandwidth estimate.
+        PcKind::Publish => {
+            register_default_interceptors(registry, &mut codecs).map_err(internal)?
+        }
+        // Only sends media, and every forwarded packet crosses each stage of
+        // the chain: keep the stages that act on sending (NACK answers from
+        // the send buffer, sender reports for lip sync) and leave out those
+        // that only watch received media.
+        PcKind::Subscribe => {
+            for parameter in ["", "pli"] {
+                codecs.register_feedback(
+                    RTCPFeedback {
+                        typ: "nack".to_owned(),
+                        parameter: parameter.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                );
+            }
+            configure_simulcast_extension_headers(&mut codecs).map_err(internal)?;
+            registry
+                .with(Slot::NackResponder, NackResponderBuilder::new().build())
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+        }
+    };
     let config = RTCConfigurationBuilder::new()
         .with_bundle_policy(RTCBundlePolicy::MaxBundle)
         .build();
