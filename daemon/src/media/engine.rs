@@ -963,26 +963,13 @@ impl MediaEngine {
             .pc
             .create_answer(None)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        conn.pc
-            .set_local_description(now, answer)
-            .map_err(|e| MediaError::Internal(e.to_string()))?;
-        let sdp = conn
-            .pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or_else(|| MediaError::Internal("no local description".into()))?;
-        let (_, usable) = peer::media_sections(&sdp);
+        let described = describe(conn, answer, &self.announced, now)?;
+        let (_, usable) = peer::media_sections(&described.sdp);
         if offered > 0 && usable == 0 {
             return Err(MediaError::NoUsableCodec);
         }
         conn.negotiated = true;
-        let candidates = if conn.candidates_sent {
-            Vec::new()
-        } else {
-            conn.candidates_sent = true;
-            peer::trickle_candidates(&self.announced, &sdp, &conn.ufrag)
-        };
-        Ok(Negotiated { sdp, candidates })
+        Ok(described)
     }
 
     fn subscribe(
@@ -1078,23 +1065,10 @@ impl MediaEngine {
             .pc
             .create_offer(None)
             .map_err(|e| MediaError::Internal(e.to_string()))?;
-        conn.pc
-            .set_local_description(now, offer)
-            .map_err(|e| MediaError::Internal(e.to_string()))?;
-        let sdp = conn
-            .pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+        let described = describe(conn, offer, &self.announced, now)?;
         conn.offer_outstanding = true;
-        let candidates = if conn.candidates_sent {
-            Vec::new()
-        } else {
-            conn.candidates_sent = true;
-            peer::trickle_candidates(&self.announced, &sdp, &conn.ufrag)
-        };
         self.drive(id, now);
-        Ok(Some(Negotiated { sdp, candidates }))
+        Ok(Some(described))
     }
 
     fn subscribe_answer(
@@ -1260,6 +1234,31 @@ impl MediaEngine {
             self.drop_conn(id);
         }
     }
+}
+
+/// Sets a connection's local description and returns it with the server's
+/// candidates, which go out once per connection, after its first description.
+fn describe(
+    conn: &mut Conn,
+    description: RTCSessionDescription,
+    announced: &[Announced],
+    now: Instant,
+) -> Result<Negotiated, MediaError> {
+    conn.pc
+        .set_local_description(now, description)
+        .map_err(|e| MediaError::Internal(e.to_string()))?;
+    let sdp = conn
+        .pc
+        .local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+    let candidates = if conn.candidates_sent {
+        Vec::new()
+    } else {
+        conn.candidates_sent = true;
+        peer::trickle_candidates(announced, &sdp, &conn.ufrag)
+    };
+    Ok(Negotiated { sdp, candidates })
 }
 
 /// Queues everything a connection has to send for the end of this turn.

@@ -3,26 +3,14 @@
 
 use std::time::Duration;
 
-use sfu_client::{Client, PublishOptions, Snapshot};
+use sfu_client::{Client, Snapshot};
 use sfu_proto::signaling::{Role, ServerMessage};
 
-use crate::harness::TestServer;
-
-const MEDIA_DEADLINE: Duration = Duration::from_secs(15);
+use crate::harness::{speaker, TestServer, MEDIA_DEADLINE};
 
 /// Enough packets of both kinds from `from`, on tracks whose msid is `from`.
 fn receives_from(s: &Snapshot, from: &str, packets: u64) -> bool {
     s.packets_from(from, "video") >= packets && s.packets_from(from, "audio") >= packets / 3
-}
-
-async fn speaker(server: &TestServer, room: &str, name: &str) -> (Client, String) {
-    let client = Client::connect(&server.ws_url()).await.expect("connects");
-    let joined = client.join(room, name, Role::Speaker).await.expect("joins");
-    client
-        .publish(PublishOptions::default())
-        .await
-        .expect("publishes");
-    (client, joined.peer_id)
 }
 
 fn assert_clean(s: &Snapshot, who: &str) {

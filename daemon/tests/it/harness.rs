@@ -110,6 +110,26 @@ pub struct RawSocket {
 /// How long any single expected event may take.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long media may take to start flowing.
+pub const MEDIA_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A WebRTC client that joined `room` as a speaker and publishes synthetic
+/// VP8 + Opus; returns it with its peer id.
+pub async fn speaker(server: &TestServer, room: &str, name: &str) -> (sfu_client::Client, String) {
+    let client = sfu_client::Client::connect(&server.ws_url())
+        .await
+        .expect("connects");
+    let joined = client
+        .join(room, name, sfu_proto::signaling::Role::Speaker)
+        .await
+        .expect("joins");
+    client
+        .publish(sfu_client::PublishOptions::default())
+        .await
+        .expect("publishes");
+    (client, joined.peer_id)
+}
+
 impl RawSocket {
     pub async fn connect(server: &TestServer) -> RawSocket {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())

@@ -6,9 +6,7 @@ use serde_json::json;
 use sfu_client::{Client, PublishOptions, Snapshot};
 use sfu_proto::signaling::{ErrorCode, Role, RoomMode, ServerMessage};
 
-use crate::harness::{test_config, RawSocket, TestServer};
-
-const MEDIA_DEADLINE: Duration = Duration::from_secs(15);
+use crate::harness::{speaker, test_config, RawSocket, TestServer, MEDIA_DEADLINE};
 
 fn error_code(m: &ServerMessage) -> Option<&'static str> {
     match m {
@@ -101,16 +99,6 @@ async fn mesh_rooms_relay_signals_between_members_only_and_carry_no_media() {
     );
     assert_eq!(stats.connections, 0);
     server.stop().await;
-}
-
-async fn speaker(server: &TestServer, room: &str, name: &str) -> (Client, String) {
-    let client = Client::connect(&server.ws_url()).await.expect("connects");
-    let joined = client.join(room, name, Role::Speaker).await.expect("joins");
-    client
-        .publish(PublishOptions::default())
-        .await
-        .expect("publishes");
-    (client, joined.peer_id)
 }
 
 async fn listener(server: &TestServer, room: &str, name: &str) -> (Client, String) {
