@@ -1,0 +1,343 @@
+//! Offer/answer for the two server connections of each peer: the publish
+//! answer, the subscribe offer that reconciles the forwarded tracks, the
+//! subscriber's answer that activates the legs, and trickled candidates.
+
+use super::*;
+
+impl MediaEngine {
+    pub(super) fn conn_of(&self, peer: PeerId, kind: PcKind) -> Option<ConnId> {
+        let p = self.peers.get(&peer)?;
+        match kind {
+            PcKind::Publish => p.publish,
+            PcKind::Subscribe => p.subscribe,
+        }
+    }
+
+    pub(super) fn new_conn(
+        &mut self,
+        peer: PeerId,
+        kind: PcKind,
+        events: EventSink,
+    ) -> Result<ConnId, MediaError> {
+        let ufrag = peer::new_ufrag();
+        let pc = peer::build_connection(kind, &ufrag, self.timeouts, &self.announced)?;
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.conns.insert(
+            id,
+            Conn {
+                peer,
+                kind,
+                pc,
+                ufrag,
+                deadline: None,
+                connected: false,
+                lost: false,
+                addrs: Vec::new(),
+                tracks: HashMap::default(),
+                legs: HashMap::default(),
+                by_ssrc: HashMap::default(),
+                offer_outstanding: false,
+                negotiated: false,
+                candidates_sent: false,
+            },
+        );
+        let entry = self.peers.entry(peer).or_default();
+        entry.events = Some(events);
+        match kind {
+            PcKind::Publish => entry.publish = Some(id),
+            PcKind::Subscribe => entry.subscribe = Some(id),
+        }
+        Ok(id)
+    }
+
+    pub(super) fn publish(
+        &mut self,
+        peer: PeerId,
+        events: EventSink,
+        sdp: String,
+        now: Instant,
+    ) -> Result<Negotiated, MediaError> {
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let (offered, _) = peer::media_sections(&offer.sdp);
+        let (id, fresh) = match self.conn_of(peer, PcKind::Publish) {
+            Some(id) => (id, false),
+            None => (self.new_conn(peer, PcKind::Publish, events)?, true),
+        };
+        let result = self.answer_offer(id, offer, offered, now);
+        if result.is_err() && fresh {
+            self.drop_conn(id);
+        }
+        self.drive(id, now);
+        result
+    }
+
+    pub(super) fn answer_offer(
+        &mut self,
+        id: ConnId,
+        offer: RTCSessionDescription,
+        offered: usize,
+        now: Instant,
+    ) -> Result<Negotiated, MediaError> {
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        conn.pc
+            .set_remote_description(now, offer)
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let answer = conn
+            .pc
+            .create_answer(None)
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let described = describe(conn, answer, &self.announced, now)?;
+        let (_, usable) = peer::media_sections(&described.sdp);
+        if offered > 0 && usable == 0 {
+            return Err(MediaError::NoUsableCodec);
+        }
+        conn.negotiated = true;
+        Ok(described)
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        peer: PeerId,
+        events: EventSink,
+        tracks: Vec<TrackInfo>,
+        now: Instant,
+    ) -> Result<Option<Negotiated>, MediaError> {
+        let id = match self.conn_of(peer, PcKind::Subscribe) {
+            Some(id) => id,
+            None if tracks.is_empty() => return Ok(None),
+            None => self.new_conn(peer, PcKind::Subscribe, events)?,
+        };
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        if conn.offer_outstanding {
+            return Err(MediaError::Internal(
+                "a subscribe offer is already outstanding".into(),
+            ));
+        }
+        let mut changed = false;
+        let gone: Vec<TrackId> = conn
+            .legs
+            .keys()
+            .filter(|t| !tracks.iter().any(|w| w.id == **t))
+            .copied()
+            .collect();
+        for track in gone {
+            if let Some(leg) = conn.legs.remove(&track) {
+                conn.by_ssrc.remove(&leg.ssrc);
+                if let Err(e) = conn.pc.remove_track(leg.sender) {
+                    debug!(error = %e, "remove_track failed");
+                }
+                changed = true;
+            }
+            if let Some(source) = self.sources.get_mut(&track) {
+                source.subscribers.retain(|s| *s != id);
+            }
+        }
+        for want in &tracks {
+            if conn.legs.contains_key(&want.id) {
+                continue;
+            }
+            let Some(source) = self.sources.get_mut(&want.id) else {
+                continue;
+            };
+            let ssrc = loop {
+                let s: u32 = rand::random();
+                if s != 0 && !conn.by_ssrc.contains_key(&s) {
+                    break s;
+                }
+            };
+            let kind = match want.kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let name = format!("{}-{}", want.kind.as_str(), want.id.0);
+            let track = MediaStreamTrack::new(
+                want.publisher.to_string(),
+                name.clone(),
+                name,
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: source.codec.clone(),
+                    ..Default::default()
+                }],
+            );
+            let transceiver = conn
+                .pc
+                .add_transceiver_from_track(
+                    track,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .map_err(|e| MediaError::Internal(e.to_string()))?;
+            let sender = RTCRtpSenderId::from(transceiver);
+            conn.legs.insert(want.id, Leg::new(sender, ssrc));
+            conn.by_ssrc.insert(ssrc, want.id);
+            source.subscribers.push(id);
+            changed = true;
+        }
+        if !changed && (conn.negotiated || conn.legs.is_empty()) {
+            return Ok(None);
+        }
+        let offer = conn
+            .pc
+            .create_offer(None)
+            .map_err(|e| MediaError::Internal(e.to_string()))?;
+        let described = describe(conn, offer, &self.announced, now)?;
+        conn.offer_outstanding = true;
+        self.drive(id, now);
+        Ok(Some(described))
+    }
+
+    pub(super) fn subscribe_answer(
+        &mut self,
+        peer: PeerId,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let id = self
+            .conn_of(peer, PcKind::Subscribe)
+            .ok_or(MediaError::NoOfferOutstanding)?;
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        if !conn.offer_outstanding {
+            return Err(MediaError::NoOfferOutstanding);
+        }
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        conn.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        conn.offer_outstanding = false;
+        conn.negotiated = true;
+        let mut fresh = Vec::new();
+        for (track, leg) in conn.legs.iter_mut() {
+            let Some(source) = self.sources.get(track) else {
+                continue;
+            };
+            let Some(mut sender) = conn.pc.rtp_sender(leg.sender) else {
+                continue;
+            };
+            let params = sender.get_parameters();
+            let codecs = &params.rtp_parameters.codecs;
+            let pt = codecs
+                .iter()
+                .find(|c| {
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(&source.codec.mime_type)
+                        && c.rtp_codec.sdp_fmtp_line == source.codec.sdp_fmtp_line
+                })
+                .or_else(|| {
+                    codecs.iter().find(|c| {
+                        c.rtp_codec
+                            .mime_type
+                            .eq_ignore_ascii_case(&source.codec.mime_type)
+                    })
+                })
+                .map(|c| c.payload_type);
+            let sub_ext: Vec<(&str, u16)> = params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .map(|e| (e.uri.as_str(), e.id))
+                .collect();
+            let map = ExtensionMap::between(
+                source.extensions.iter().map(|(u, i)| (u.as_str(), *i)),
+                &sub_ext,
+            );
+            if leg.payload_type.is_none() && pt.is_some() {
+                fresh.push(*track);
+            }
+            if pt.is_none() {
+                warn!(%peer, track = track.0, codec = %source.codec.mime_type, "subscriber did not accept the codec");
+            }
+            leg.payload_type = pt;
+            leg.extensions = map;
+        }
+        let connected = conn.connected;
+        self.drive(id, now);
+        if connected {
+            for track in fresh {
+                self.request_keyframe(track, now);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn remote_candidate(
+        &mut self,
+        peer: PeerId,
+        kind: PcKind,
+        candidate: CandidateInit,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let id = self
+            .conn_of(peer, kind)
+            .ok_or(MediaError::NotNegotiated(kind))?;
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        if conn.pc.remote_description().is_none() {
+            return Err(MediaError::NotNegotiated(kind));
+        }
+        let line = candidate.candidate.trim();
+        if line.is_empty() {
+            // An empty candidate string also signals the end of candidates.
+            return Ok(());
+        }
+        if !line.starts_with("candidate:") && !line.starts_with("a=candidate:") {
+            return Err(MediaError::BadCandidate(
+                "expected a `candidate:` attribute".into(),
+            ));
+        }
+        // The server is ICE-lite: it answers checks and learns the client's
+        // address from them, so a candidate it cannot resolve (an mDNS
+        // `.local` name) is harmless.
+        if line.contains(".local ") {
+            return Ok(());
+        }
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.sdp_mid,
+            sdp_mline_index: candidate.sdp_m_line_index,
+            username_fragment: candidate.username_fragment,
+            url: None,
+        };
+        conn.pc
+            .add_remote_candidate(init)
+            .map_err(|e| MediaError::BadCandidate(e.to_string()))?;
+        self.drive(id, now);
+        Ok(())
+    }
+}
+
+/// Sets a connection's local description and returns it with the server's
+/// candidates, which go out once per connection, after its first description.
+fn describe(
+    conn: &mut Conn,
+    description: RTCSessionDescription,
+    announced: &[Announced],
+    now: Instant,
+) -> Result<Negotiated, MediaError> {
+    conn.pc
+        .set_local_description(now, description)
+        .map_err(|e| MediaError::Internal(e.to_string()))?;
+    let sdp = conn
+        .pc
+        .local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+    let candidates = if conn.candidates_sent {
+        Vec::new()
+    } else {
+        conn.candidates_sent = true;
+        peer::trickle_candidates(announced, &sdp, &conn.ufrag)
+    };
+    Ok(Negotiated { sdp, candidates })
+}

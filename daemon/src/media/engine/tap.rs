@@ -1,0 +1,70 @@
+//! Copies of publishers' media for the recorder: which tracks a tap gets,
+//! and the sender reports it needs for lip sync.
+
+use super::*;
+
+impl MediaEngine {
+    /// Starts copying one track into a tap; tells the tap what it carries.
+    pub(super) fn attach_tap(&mut self, track: TrackId, tap: Tap) {
+        if let Some(s) = self.sources.get_mut(&track) {
+            tap.send(TapEvent::Track {
+                track,
+                kind: s.info.kind,
+                codec: s.info.codec.clone(),
+                payload_type: s.payload_type,
+                ssrc: s.media_ssrc,
+            });
+            s.tap = Some(tap);
+        }
+    }
+
+    pub(super) fn set_tap(&mut self, peer: PeerId, tap: Option<Tap>, now: Instant) {
+        let publish = {
+            let p = self.peers.entry(peer).or_default();
+            p.tap.clone_from(&tap);
+            p.publish
+        };
+        let tracks: Vec<TrackId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| Some(s.conn) == publish)
+            .map(|(id, _)| *id)
+            .collect();
+        for track in tracks {
+            match &tap {
+                Some(tap) => {
+                    self.attach_tap(track, tap.clone());
+                    // A recording starts on a keyframe.
+                    self.request_keyframe(track, now);
+                }
+                None => {
+                    if let Some(s) = self.sources.get_mut(&track) {
+                        s.tap = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands publishers' sender reports to the taps of the tracks they describe.
+    pub(super) fn tap_sender_reports(&self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        for p in packets {
+            let Some(sr) = p.as_any().downcast_ref::<SenderReport>() else {
+                continue;
+            };
+            let Some((track, tap)) = self
+                .sources
+                .iter()
+                .find_map(|(id, s)| (s.media_ssrc == sr.ssrc).then_some((*id, s.tap.as_ref()?)))
+            else {
+                continue;
+            };
+            if let Ok(data) = sr.marshal() {
+                tap.send(TapEvent::SenderReport {
+                    track,
+                    data: data.freeze(),
+                });
+            }
+        }
+    }
+}
