@@ -237,3 +237,88 @@ async fn a_peer_whose_media_connections_close_is_removed() {
     b.close().await;
     server.stop().await;
 }
+
+/// Whether this process runs in a network namespace of its own (only `lo`),
+/// where changing `lo`'s queueing cannot disturb anything else.
+fn private_network() -> bool {
+    // /proc/self/net follows the process's namespace (/sys/class/net need not).
+    std::fs::read_to_string("/proc/self/net/dev").is_ok_and(|dev| {
+        dev.lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .all(|name| name.trim() == "lo")
+    })
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_network_path_dies_is_removed_within_5_s() {
+    if !private_network() || !nix::unistd::Uid::effective().is_root() {
+        eprintln!(
+            "skipped: needs root in a private network namespace (scripts/test runs it there)"
+        );
+        return;
+    }
+    let server = TestServer::start().await;
+    let (a, _a_id) = speaker(&server, "path", "alice").await;
+    // Bob's media leaves from 127.0.0.2, which a routing rule can cut
+    // without touching anyone else's traffic.
+    let options = sfu_client::ClientOptions {
+        bind_ip: "127.0.0.2".parse().expect("literal"),
+        ..Default::default()
+    };
+    let b = Client::connect_with(&server.ws_url(), options)
+        .await
+        .expect("connects");
+    let b_id = b
+        .join("path", "bob", sfu_proto::signaling::Role::Speaker)
+        .await
+        .expect("joins")
+        .peer_id;
+    b.publish(sfu_client::PublishOptions::default())
+        .await
+        .expect("publishes");
+    a.wait_for(MEDIA_DEADLINE, "media from bob", |s| {
+        receives_from(s, &b_id, 30)
+    })
+    .await
+    .expect("media flows");
+    // From now on every datagram bob sends is refused by the kernel; his
+    // WebSocket (from 127.0.0.1) stays up, so only ICE can notice.
+    // The local table's rule moves behind the blackhole rule.
+    assert!(ip(&["rule", "add", "pref", "100", "lookup", "local"]));
+    assert!(ip(&["rule", "del", "pref", "0"]));
+    assert!(ip(&[
+        "rule",
+        "add",
+        "from",
+        "127.0.0.2",
+        "pref",
+        "10",
+        "blackhole"
+    ]));
+    let started = std::time::Instant::now();
+    let removed = a
+        .wait_for(Duration::from_secs(8), "bob's peer_left", |s| {
+            s.saw_peer_left(&b_id)
+        })
+        .await;
+    let took = started.elapsed();
+    ip(&["rule", "del", "pref", "10"]);
+    ip(&["rule", "add", "pref", "0", "lookup", "local"]);
+    ip(&["rule", "del", "pref", "100"]);
+    removed.expect("bob removed");
+    assert!(
+        took < Duration::from_secs(5),
+        "a lost peer must be removed within 5 s, took {took:?}"
+    );
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+}
