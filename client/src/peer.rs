@@ -104,6 +104,9 @@ pub(crate) async fn build(
         PcKind::Subscribe => registry,
     };
     let setting_engine = SettingEngineBuilder::new()
+        // Answer `setup:active` as browsers do: the client starts DTLS on
+        // the subscribe connection and the server stays the DTLS server.
+        .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(true)
         .build();

@@ -416,6 +416,8 @@ impl RoomActor {
                 self.send_description(peer, PcKind::Subscribe, offer);
             }
             Ok(None) => {}
+            // Shutting down: nothing left to negotiate with.
+            Err(MediaError::Stopped) => {}
             Err(e) => {
                 warn!(room = %self.room.name, %peer, error = %e, "subscribe renegotiation failed")
             }

@@ -60,6 +60,11 @@ use super::{
     MediaKind, Negotiated, PeerId, PeerMediaReport, Tap, TapEvent, TrackId, TrackInfo, TrackReport,
 };
 
+/// How long a negotiated connection may take to finish ICE and DTLS. ICE
+/// failure is noticed on its own (`rtc.ice_*_timeout_ms`); a DTLS handshake
+/// that gives up leaves the connection connecting forever, so this bounds it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Least time between two keyframe requests sent to one publisher track.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Datagrams read per wake-up before commands and timers get a turn.
@@ -121,6 +126,8 @@ struct Conn {
     negotiated: bool,
     /// Whether the server's candidates went out with a description already.
     candidates_sent: bool,
+    /// When a negotiated connection that has not connected counts as failed.
+    connect_by: Option<Instant>,
 }
 
 /// One published track and who receives it.
@@ -414,6 +421,20 @@ impl MediaEngine {
     }
 
     fn on_housekeeping(&mut self, now: Instant) {
+        let stalled: Vec<(PeerId, PcKind)> = self
+            .conns
+            .values_mut()
+            .filter(|c| c.connect_by.is_some_and(|t| t <= now) && !c.connected && !c.lost)
+            .map(|c| {
+                c.lost = true;
+                c.connect_by = None;
+                (c.peer, c.kind)
+            })
+            .collect();
+        for (peer, pc) in stalled {
+            warn!(%peer, ?pc, "connection did not complete ICE and DTLS in time");
+            self.emit(peer, MediaEvent::ConnectionLost { peer, pc });
+        }
         for s in self.sources.values_mut() {
             let (since, bytes) = s.rate_mark;
             let elapsed = now.duration_since(since);
@@ -457,6 +478,7 @@ impl MediaEngine {
         match state {
             RTCPeerConnectionState::Connected => {
                 conn.connected = true;
+                conn.connect_by = None;
                 let remote = conn.addrs.last().map(|(_, a)| *a);
                 let tracks: Vec<TrackId> = conn.legs.keys().copied().collect();
                 info!(%peer, pc = ?kind, ?remote, "connected");

@@ -41,6 +41,7 @@ impl MediaEngine {
                 offer_outstanding: false,
                 negotiated: false,
                 candidates_sent: false,
+                connect_by: None,
             },
         );
         let entry = self.peers.entry(peer).or_default();
@@ -95,6 +96,9 @@ impl MediaEngine {
             return Err(MediaError::NoUsableCodec);
         }
         conn.negotiated = true;
+        if !conn.connected && conn.connect_by.is_none() {
+            conn.connect_by = Some(now + CONNECT_TIMEOUT);
+        }
         Ok(described)
     }
 
@@ -217,6 +221,9 @@ impl MediaEngine {
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
         conn.offer_outstanding = false;
         conn.negotiated = true;
+        if !conn.connected && conn.connect_by.is_none() {
+            conn.connect_by = Some(now + CONNECT_TIMEOUT);
+        }
         let mut fresh = Vec::new();
         for (track, leg) in conn.legs.iter_mut() {
             let Some(source) = self.sources.get(track) else {
