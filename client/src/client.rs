@@ -405,14 +405,9 @@ impl Client {
     /// Closes cleanly: stops media, closes both peer connections, then the
     /// WebSocket with a close frame (no `leave`; send it first if wanted).
     pub async fn close(mut self) {
-        if self
-            .shared
-            .shut
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if !self.begin_shutdown() {
             return;
         }
-        self.shared.shutdown.send_replace(true);
         abort_tasks(&self.shared);
         close_peer_connections(take_peer_connections(&self.shared)).await;
         self.shared.send_close();
@@ -425,20 +420,29 @@ impl Client {
     /// Drops the WebSocket without `leave` or a close frame (as a crashed
     /// client would), and closes both peer connections.
     pub async fn close_abruptly(mut self) {
-        if self
-            .shared
-            .shut
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if !self.begin_shutdown() {
             return;
         }
-        self.shared.shutdown.send_replace(true);
         self.reader.abort();
         self.writer.abort();
         let _ = (&mut self.reader).await;
         let _ = (&mut self.writer).await;
         abort_tasks(&self.shared);
         close_peer_connections(take_peer_connections(&self.shared)).await;
+    }
+
+    /// Marks the client shut and stops its background work; `false` when it
+    /// already was (close, close_abruptly and Drop each run once).
+    fn begin_shutdown(&self) -> bool {
+        if self
+            .shared
+            .shut
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return false;
+        }
+        self.shared.shutdown.send_replace(true);
+        true
     }
 
     async fn new_peer_connection(
@@ -451,14 +455,9 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if self
-            .shared
-            .shut
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        if !self.begin_shutdown() {
             return;
         }
-        self.shared.shutdown.send_replace(true);
         self.reader.abort();
         self.writer.abort();
         abort_tasks(&self.shared);
