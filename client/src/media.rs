@@ -227,25 +227,31 @@ pub(crate) async fn run_sender(
             };
             tag_seq = tag_seq.wrapping_add(1);
             rtp_seq = rtp_seq.wrapping_add(1);
-            let counters = &shared.counters;
-            match media.track.write_rtp(packet).await {
-                Ok(()) => {
-                    let counter = if video {
-                        &counters.video
-                    } else {
-                        &counters.audio
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    if counters.errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                        tracing::warn!(error = %e, "write_rtp failed");
-                    }
-                }
-            }
+            write_counted(&shared, &media, video, packet).await;
         }
         if keyframe {
             shared.counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes one packet to the published track and counts it (sent by kind,
+/// or failed; the first failure is logged).
+async fn write_counted(shared: &Shared, media: &LocalMedia, video: bool, packet: rtc::rtp::Packet) {
+    let counters = &shared.counters;
+    match media.track.write_rtp(packet).await {
+        Ok(()) => {
+            let counter = if video {
+                &counters.video
+            } else {
+                &counters.audio
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            if counters.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(error = %e, "write_rtp failed");
+            }
         }
     }
 }
@@ -283,22 +289,7 @@ pub(crate) async fn run_udp_relay(
         // Header extensions of the sender's own negotiation mean nothing here.
         packet.header.extension = false;
         packet.header.extensions.clear();
-        let counters = &shared.counters;
-        match media.track.write_rtp(packet).await {
-            Ok(()) => {
-                let counter = if video {
-                    &counters.video
-                } else {
-                    &counters.audio
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if counters.errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(error = %e, "write_rtp failed");
-                }
-            }
-        }
+        write_counted(&shared, &media, video, packet).await;
     }
 }
 
