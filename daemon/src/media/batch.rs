@@ -65,19 +65,35 @@ impl SendBatch {
                 stats.dropped_send += run as u64;
                 continue;
             };
-            if run > 1 && self.send_gso(socket, group) {
-                stats.datagrams_out += run as u64;
-                stats.bytes_out += group.iter().map(|q| q.data.len() as u64).sum::<u64>();
-                continue;
+            let mut gso_error = None;
+            if run > 1 {
+                match self.send_gso(socket, group) {
+                    Ok(()) => {
+                        stats.datagrams_out += run as u64;
+                        stats.bytes_out += group.iter().map(|q| q.data.len() as u64).sum::<u64>();
+                        continue;
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => {}
+                    Err(e) => gso_error = Some(e),
+                }
             }
+            let mut any_sent = false;
             for q in group {
                 match socket.try_send_to(&q.data, q.to) {
                     Ok(n) => {
+                        any_sent = true;
                         stats.datagrams_out += 1;
                         stats.bytes_out += n as u64;
                     }
                     Err(_) => stats.dropped_send += 1,
                 }
+            }
+            // Only when single sends to the same destination went is GSO
+            // itself at fault; an unreachable destination (a route gone, a
+            // firewall) refuses both and must not cost everyone batching.
+            if let (Some(e), true) = (gso_error, any_sent) {
+                tracing::info!(error = %e, "UDP GSO unavailable; sending one datagram per call");
+                self.gso_broken = true;
             }
         }
         queued.clear();
@@ -113,29 +129,22 @@ impl SendBatch {
         n
     }
 
-    /// One `sendmsg` with `UDP_SEGMENT`; `false` if it did not go (the
-    /// caller then sends one by one).
-    fn send_gso(&mut self, socket: &UdpSocket, group: &[Queued]) -> bool {
+    /// One `sendmsg` with `UDP_SEGMENT`; on an error the caller sends one
+    /// by one.
+    fn send_gso(&self, socket: &UdpSocket, group: &[Queued]) -> Result<(), nix::errno::Errno> {
         let Ok(segment) = u16::try_from(group[0].data.len()) else {
-            return false;
+            return Err(nix::errno::Errno::EMSGSIZE);
         };
         let iov: Vec<IoSlice<'_>> = group.iter().map(|q| IoSlice::new(&q.data)).collect();
         let to = SockaddrStorage::from(group[0].to);
-        match sendmsg(
+        sendmsg(
             socket.as_raw_fd(),
             &iov,
             &[ControlMessage::UdpGsoSegments(&segment)],
             MsgFlags::MSG_DONTWAIT,
             Some(&to),
-        ) {
-            Ok(_) => true,
-            Err(nix::errno::Errno::EAGAIN) => false,
-            Err(e) => {
-                tracing::info!(error = %e, "UDP GSO unavailable; sending one datagram per call");
-                self.gso_broken = true;
-                false
-            }
-        }
+        )
+        .map(drop)
     }
 }
 
