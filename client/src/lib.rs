@@ -53,7 +53,7 @@ pub use client::{Client, Joined, MediaCounters};
 pub use error::ClientError;
 pub use histogram::Histogram;
 pub use media::{MediaSource, PublishOptions};
-pub use snapshot::{OfferedTrack, RemoteTrack, Snapshot};
+pub use snapshot::{OfferedTrack, RemoteTrack, SenderReportSeen, Snapshot};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

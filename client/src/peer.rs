@@ -8,6 +8,7 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedP
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -27,9 +28,9 @@ use webrtc::peer_connection::{
 pub const VP8_PAYLOAD_TYPE: u8 = 96;
 /// Payload type the client offers Opus with.
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
-/// Where the keyframe-request tap sits: after every default interceptor, so
+/// Where the RTCP tap sits: after every default interceptor, so
 /// the NACK responder and report generators have seen the RTCP first.
-const KEYFRAME_TAP_SLOT: usize = 14_000;
+const RTCP_TAP_SLOT: usize = 14_000;
 
 /// The codec the client publishes video with.
 pub fn vp8_codec() -> RTCRtpCodec {
@@ -99,9 +100,11 @@ pub(crate) async fn build(
         .map_err(ClientError::webrtc("registering the default interceptors"))?;
     let registry = match kind {
         PcKind::Publish => {
-            registry.with(Slot::from(KEYFRAME_TAP_SLOT), KeyframeRequestTap::default())
+            registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(is_keyframe_request))
         }
-        PcKind::Subscribe => registry,
+        PcKind::Subscribe => {
+            registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(is_sender_report))
+        }
     };
     let setting_engine = SettingEngineBuilder::new()
         // Answer `setup:active` as browsers do: the client starts DTLS on
@@ -178,13 +181,25 @@ impl PeerConnectionEventHandler for PcEvents {
     }
 }
 
-/// Marks inbound PLI and FIR for delivery to the application, so they reach
-/// `TrackLocal::poll` of the published track; other inbound RTCP stays with
-/// the interceptors (it would otherwise stop at the end of the chain).
-#[derive(Default)]
-pub(crate) struct KeyframeRequestTap {
+/// Marks the inbound RTCP the client acts on for delivery to the
+/// application (PLI and FIR on the publish side, reaching
+/// `TrackLocal::poll`; sender reports on the subscribe side, reaching
+/// `TrackRemote::poll`); other inbound RTCP stays with the interceptors (it
+/// would otherwise stop at the end of the chain).
+pub(crate) struct RtcpTap {
+    wanted: fn(&dyn rtc::rtcp::Packet) -> bool,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+}
+
+impl RtcpTap {
+    fn new(wanted: fn(&dyn rtc::rtcp::Packet) -> bool) -> Self {
+        RtcpTap {
+            wanted,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
 }
 
 /// Whether an RTCP packet asks for a keyframe.
@@ -193,7 +208,12 @@ pub(crate) fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+/// Whether an RTCP packet is a sender report.
+pub(crate) fn is_sender_report(packet: &dyn rtc::rtcp::Packet) -> bool {
+    packet.as_any().is::<SenderReport>()
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -202,7 +222,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTa
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+            if packets.iter().any(|p| (self.wanted)(p.as_ref())) {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }
@@ -224,7 +244,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTa
     }
 }
 
-impl Interceptor for KeyframeRequestTap {
+impl Interceptor for RtcpTap {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

@@ -50,6 +50,18 @@ pub(crate) fn spawn(shared: &Arc<Shared>, track: Arc<dyn TrackRemote>) {
                     drop(t);
                     shared.notify();
                 }
+                Some(TrackRemoteEvent::OnRtcpPacket(packets)) => {
+                    let mut t = lock(&state);
+                    let ssrc = t.info.ssrc;
+                    for sr in packets.iter().filter_map(|p| {
+                        p.as_any()
+                            .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
+                    }) {
+                        if sr.ssrc == ssrc {
+                            t.record_sender_report(sr);
+                        }
+                    }
+                }
                 Some(TrackRemoteEvent::OnEnded) | None => {
                     lock(&state).info.ended = true;
                     shared.notify();

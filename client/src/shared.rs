@@ -108,6 +108,19 @@ pub(crate) struct TrackState {
 }
 
 impl TrackState {
+    /// Accounts a sender report about this track.
+    pub fn record_sender_report(&mut self, sr: &rtc::rtcp::sender_report::SenderReport) {
+        let t = &mut self.info;
+        t.sender_reports += 1;
+        t.last_sender_report = Some(crate::snapshot::SenderReportSeen {
+            rtp_time: sr.rtp_time,
+            packet_count: sr.packet_count,
+            octet_count: sr.octet_count,
+            timestamp_then: t.last_timestamp,
+            packets_then: t.packets,
+        });
+    }
+
     /// Accounts one RTP packet.
     pub fn record(&mut self, packet: &rtc::rtp::Packet, received_at_ns: u64) {
         let t = &mut self.info;
@@ -116,6 +129,8 @@ impl TrackState {
         }
         t.packets += 1;
         t.bytes += packet.payload.len() as u64;
+        t.last_seq = packet.header.sequence_number;
+        t.last_timestamp = packet.header.timestamp;
         if packet.header.marker {
             t.frames += 1;
         }

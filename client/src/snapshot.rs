@@ -93,8 +93,31 @@ pub struct RemoteTrack {
     pub keyframes: u64,
     /// One-way latency from the tag's send time.
     pub latency: LatencySummary,
+    /// RTP sequence number of the newest packet.
+    pub last_seq: u16,
+    /// RTP timestamp of the newest packet.
+    pub last_timestamp: u32,
+    /// Sender reports received about this track's SSRC.
+    pub sender_reports: u64,
+    /// The newest of them.
+    pub last_sender_report: Option<SenderReportSeen>,
     /// The track ended or left the subscribe offer.
     pub ended: bool,
+}
+
+/// What a sender report said, and where the track was when it came.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SenderReportSeen {
+    /// The report's RTP time.
+    pub rtp_time: u32,
+    /// The report's packet count.
+    pub packet_count: u32,
+    /// The report's octet count.
+    pub octet_count: u32,
+    /// [`RemoteTrack::last_timestamp`] when it arrived.
+    pub timestamp_then: u32,
+    /// [`RemoteTrack::packets`] when it arrived.
+    pub packets_then: u64,
 }
 
 impl Snapshot {

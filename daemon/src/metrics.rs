@@ -130,6 +130,17 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         s.rtp_forwarded,
     );
     out.counter(
+        "sfud_rtp_packets_retransmitted_total",
+        "RTP packets sent again for subscribers' NACKs.",
+        s.rtp_retransmitted,
+    );
+    out.gauge(
+        "sfud_fast_path_connections",
+        "Subscribe connections whose media sfud protects and sends itself \
+         (the rest go through the WebRTC stack's slower write path).",
+        s.fast_path_connections,
+    );
+    out.counter(
         "sfud_rtp_bytes_forwarded_total",
         "RTP payload bytes forwarded to subscribers.",
         s.bytes_forwarded,

@@ -149,10 +149,13 @@ class Participant {
       const s = window.sfud;
       // Bytes received on the subscribe connection whoever they are from (null: no such connection).
       let subscribeBytes = null;
+      // Streams the server sent sender reports about (Chromium's remote-outbound-rtp).
+      let senderReported = 0;
       if (s.pcs.subscribe) {
         subscribeBytes = 0;
         (await s.pcs.subscribe.getStats()).forEach((r) => {
           if (r.type === 'inbound-rtp') subscribeBytes += r.bytesReceived ?? 0;
+          if (r.type === 'remote-outbound-rtp' && r.packetsSent > 0) senderReported += 1;
         });
       }
       return {
@@ -165,6 +168,7 @@ class Participant {
         pcs: { publish: s.pcs.publish?.connectionState, subscribe: s.pcs.subscribe?.connectionState },
         mesh: Object.fromEntries(Object.entries(s.mesh).map(([id, pc]) => [id, pc.connectionState])),
         subscribeBytes,
+        senderReported,
         tiles: Object.fromEntries([...document.querySelectorAll('.tile')]
           .map((t) => [t.dataset.peerId, t.querySelector('.role').textContent])),
         error: document.getElementById('error').textContent,
@@ -241,6 +245,14 @@ describe('SFU room: three speakers', () => {
       assert.equal(snap.mode, 'sfu');
       assert.equal(snap.role, 'speaker');
     }
+    // sfud protects and sends forwarded media itself on every subscribe connection.
+    const metrics = await (await fetch(`${daemon.url}/metrics`)).text();
+    assert.match(metrics, /^sfud_fast_path_connections 3$/m, 'all three subscribe connections on the fast path');
+    // ...and gives every forwarded stream sender reports of its own (lip sync).
+    await waitFor(15_000, async () => {
+      last = await room.snapshots();
+      return last.every((snap) => snap.senderReported >= 4);
+    }, () => `not every page got sender reports about its four streams within 15 s:\n${room.report(last)}`);
   }));
 
   it('a participant who clicks Leave disappears from the other pages within 5 s', { timeout: 30_000 }, track(async () => {

@@ -91,6 +91,16 @@ impl Leg {
         }
     }
 
+    /// The publisher's sequence number of what this leg sent as `leg_seq`.
+    pub(crate) fn source_seq(&self, leg_seq: u16) -> u16 {
+        leg_seq.wrapping_sub(self.seq_offset)
+    }
+
+    /// This leg's RTP time for the publisher's `source_ts`.
+    pub(crate) fn rtp_time(&self, source_ts: u32) -> u32 {
+        source_ts.wrapping_add(self.ts_offset)
+    }
+
     /// Rewrites a copy of the publisher's packet for this leg; `false` when
     /// the leg cannot carry it yet.
     pub(crate) fn rewrite(&self, packet: &mut rtp::Packet) -> bool {
@@ -119,6 +129,50 @@ impl Leg {
             }
         }
         true
+    }
+}
+
+/// The last packets of a publisher's video track, by sequence number, for
+/// answering subscribers' NACKs on the fast path: one copy per track however
+/// many subscribers it has (the payload is shared, not copied).
+pub(crate) struct History {
+    slots: Vec<Option<rtp::Packet>>,
+}
+
+impl History {
+    /// Packets kept for a video track: about 3 s at 150 packets/s, more than
+    /// a retransmission is still useful for.
+    pub(crate) const VIDEO: usize = 512;
+
+    /// Keeps the last `size` packets (a power of two; 0 keeps none).
+    pub(crate) fn new(size: usize) -> Self {
+        debug_assert!(size == 0 || size.is_power_of_two());
+        History {
+            slots: vec![None; size],
+        }
+    }
+
+    /// Remembers a packet, replacing the one `size` sequence numbers older.
+    pub(crate) fn push(&mut self, packet: &rtp::Packet) {
+        if let Some(slot) = self.slot(packet.header.sequence_number) {
+            *slot = Some(packet.clone());
+        }
+    }
+
+    /// The packet with sequence number `seq`, if it is still kept.
+    pub(crate) fn get(&self, seq: u16) -> Option<&rtp::Packet> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let at = usize::from(seq) & (self.slots.len() - 1);
+        self.slots[at]
+            .as_ref()
+            .filter(|p| p.header.sequence_number == seq)
+    }
+
+    fn slot(&mut self, seq: u16) -> Option<&mut Option<rtp::Packet>> {
+        let mask = self.slots.len().checked_sub(1)?;
+        self.slots.get_mut(usize::from(seq) & mask)
     }
 }
 
@@ -192,6 +246,35 @@ mod tests {
         assert!(l.rewrite(&mut p));
         assert!(!p.header.extension);
         assert!(p.header.extensions.is_empty());
+    }
+
+    #[test]
+    fn leg_maps_sequence_numbers_and_times_back_and_forth() {
+        let l = leg();
+        let mut p = packet();
+        assert!(l.rewrite(&mut p));
+        assert_eq!(l.source_seq(p.header.sequence_number), 65535);
+        assert_eq!(l.rtp_time(u32::MAX), p.header.timestamp);
+    }
+
+    #[test]
+    fn history_keeps_the_last_packets_by_sequence_number() {
+        let mut h = History::new(4);
+        for seq in 65534..=65535u16 {
+            let mut p = packet();
+            p.header.sequence_number = seq;
+            h.push(&p);
+        }
+        let mut p = packet();
+        for seq in 0..3u16 {
+            p.header.sequence_number = seq;
+            h.push(&p);
+        }
+        assert!(h.get(65534).is_none(), "overwritten by 2");
+        assert_eq!(h.get(65535).map(|p| p.header.sequence_number), Some(65535));
+        assert_eq!(h.get(2).map(|p| p.header.sequence_number), Some(2));
+        assert!(h.get(3).is_none(), "not seen yet");
+        assert!(History::new(0).get(2).is_none());
     }
 
     #[test]

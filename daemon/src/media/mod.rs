@@ -13,6 +13,7 @@ mod engine;
 mod forward;
 pub(crate) mod peer;
 mod rtcp;
+mod srtp_keys;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

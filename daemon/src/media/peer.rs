@@ -10,7 +10,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder};
+use std::sync::Arc;
+
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::interceptor::NackResponderBuilder;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, register_default_interceptors,
@@ -27,7 +30,8 @@ use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 use sfu_proto::signaling::CandidateInit;
 use sfu_proto::signaling::PcKind;
 
-use super::rtcp::DeliverKeyframeRequests;
+use super::rtcp::DeliverFeedback;
+use super::srtp_keys::KeyTap;
 use super::MediaError;
 
 /// Slot of the keyframe-request marker: outside every default interceptor, so
@@ -50,15 +54,21 @@ pub(crate) struct Announced {
     pub public: Option<std::net::IpAddr>,
 }
 
-/// Builds a server peer connection with its own ICE credentials.
+/// Builds a server peer connection with its own ICE credentials. A
+/// subscribe connection also comes with the tap that learns its outgoing
+/// SRTP keys, for the forwarding fast path (see `srtp_keys`).
 pub(crate) fn build_connection(
     kind: PcKind,
     ufrag: &str,
     timeouts: IceTimeouts,
     announced: &[Announced],
-) -> Result<RTCPeerConnection, MediaError> {
+) -> Result<(RTCPeerConnection, Option<Arc<KeyTap>>), MediaError> {
     let internal = |e: rtc::shared::error::Error| MediaError::Internal(e.to_string());
-    let settings = SettingEngineBuilder::new()
+    let keys = match kind {
+        PcKind::Publish => None,
+        PcKind::Subscribe => Some(KeyTap::new().map_err(|e| MediaError::Internal(e.to_string()))?),
+    };
+    let mut settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), rtc::ice::rand::generate_pwd())
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -66,24 +76,33 @@ pub(crate) fn build_connection(
             Some(timeouts.disconnected),
             Some(timeouts.failed),
             Some(Duration::from_secs(2)),
-        )
-        .build();
+        );
+    if let Some(keys) = &keys {
+        // The 32-bit-tag profile is left out so the fast path can tell the
+        // counter-mode profile from the keys alone; browsers offer GCM and
+        // the 80-bit one.
+        settings = settings
+            .with_crypto_provider(keys.clone())
+            .with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ]);
+    }
+    let settings = settings.build();
     let mut codecs = CodecRegistry::default();
     codecs.register_default_codecs().map_err(internal)?;
-    let registry = Registry::new().with(
-        Slot::from(DELIVER_RTCP_SLOT),
-        DeliverKeyframeRequests::default(),
-    );
+    let registry = Registry::new().with(Slot::from(DELIVER_RTCP_SLOT), DeliverFeedback::default());
     let registry = match kind {
         // Receives media: NACKs to send, receiver reports, TWCC feedback for
         // the browser's bandwidth estimate.
         PcKind::Publish => {
             register_default_interceptors(registry, &mut codecs).map_err(internal)?
         }
-        // Only sends media, and every forwarded packet crosses each stage of
-        // the chain: keep the stages that act on sending (NACK answers from
-        // the send buffer, sender reports for lip sync) and leave out those
-        // that only watch received media.
+        // Only sends media, which the engine protects and sends itself (the
+        // fast path) and answers NACKs and relays sender reports for. The NACK
+        // responder stays for packets written through `rtc` when the fast
+        // path cannot start; nothing that only watches received media runs.
         PcKind::Subscribe => {
             for parameter in ["", "pli"] {
                 codecs.register_feedback(
@@ -95,9 +114,7 @@ pub(crate) fn build_connection(
                 );
             }
             configure_simulcast_extension_headers(&mut codecs).map_err(internal)?;
-            registry
-                .with(Slot::NackResponder, NackResponderBuilder::new().build())
-                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            registry.with(Slot::NackResponder, NackResponderBuilder::new().build())
         }
     };
     let config = RTCConfigurationBuilder::new()
@@ -114,7 +131,7 @@ pub(crate) fn build_connection(
         let init = candidate_for(a).map_err(internal)?;
         pc.add_local_candidate(init).map_err(internal)?;
     }
-    Ok(pc)
+    Ok((pc, keys))
 }
 
 fn candidate_for(

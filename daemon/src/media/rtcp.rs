@@ -3,9 +3,10 @@
 //! The `rtc` interceptor chain consumes inbound RTCP unless something marks it
 //! for the application. The SFU needs two kinds: a subscriber's PLI or FIR
 //! about a forwarded stream, which it relays (rate-limited) to the publisher,
-//! and a publisher's sender reports, which recordings use to keep audio and
-//! video in sync. Receiver reports and NACKs stay with the per-leg
-//! interceptors.
+//! a publisher's sender reports, which recordings use to keep audio and
+//! video in sync and subscribers get translated, and a subscriber's NACKs,
+//! which the fast path answers from the publisher track's history.
+//! Receiver reports stay with the interceptors.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -14,29 +15,31 @@ use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket}
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-/// Marks inbound RTCP that carries a keyframe request or a sender report for
-/// delivery to the application.
+/// Marks inbound RTCP that carries a keyframe request, a sender report or a
+/// NACK for delivery to the application.
 #[derive(Default)]
-pub(crate) struct DeliverKeyframeRequests {
+pub(crate) struct DeliverFeedback {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
-/// Keyframe requests (from subscribers) and sender reports (from
-/// publishers, for recording sync) are what the application acts on.
+/// Keyframe requests and NACKs (from subscribers) and sender reports (from
+/// publishers) are what the application acts on.
 fn wanted_by_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
     packets.iter().any(|p| {
         let any = p.as_any();
         any.is::<PictureLossIndication>()
             || any.is::<FullIntraRequest>()
             || any.is::<SenderReport>()
+            || any.is::<TransportLayerNack>()
     })
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverKeyframeRequests {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverFeedback {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -75,7 +78,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverKeyframeRequests {
     }
 }
 
-impl Interceptor for DeliverKeyframeRequests {
+impl Interceptor for DeliverFeedback {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

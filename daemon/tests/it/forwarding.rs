@@ -257,12 +257,60 @@ fn ip(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_whose_network_path_dies_is_removed_within_5_s() {
-    if !private_network() || !nix::unistd::Uid::effective().is_root() {
+/// A routing rule that makes the kernel refuse every datagram `from` or `to`
+/// an address, until dropped. Only in a private network namespace; one at a
+/// time (the rules are the namespace's, shared by every test in it).
+struct Blackhole(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+static RULES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Blackhole {
+    fn add(direction: &str, address: &str) -> Blackhole {
+        let guard = RULES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The local table's rule moves behind the blackhole rule.
+        assert!(ip(&["rule", "add", "pref", "100", "lookup", "local"]));
+        assert!(ip(&["rule", "del", "pref", "0"]));
+        assert!(ip(&[
+            "rule",
+            "add",
+            direction,
+            address,
+            "pref",
+            "10",
+            "blackhole"
+        ]));
+        Blackhole(guard)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        ip(&["rule", "del", "pref", "10"]);
+        ip(&["rule", "add", "pref", "0", "lookup", "local"]);
+        ip(&["rule", "del", "pref", "100"]);
+    }
+}
+
+fn can_cut_paths() -> bool {
+    let can = private_network() && nix::unistd::Uid::effective().is_root();
+    if !can {
         eprintln!(
             "skipped: needs root in a private network namespace (scripts/test runs it there)"
         );
+    }
+    can
+}
+
+async fn scrape(server: &TestServer) -> crate::metrics::Exposition {
+    let response = crate::metrics::http_get(server.http, "/metrics").await;
+    crate::metrics::parse_exposition(&response.body).expect("/metrics parses")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_network_path_dies_is_removed_within_5_s() {
+    if !can_cut_paths() {
         return;
     }
     let server = TestServer::start().await;
@@ -291,18 +339,7 @@ async fn a_peer_whose_network_path_dies_is_removed_within_5_s() {
     .expect("media flows");
     // From now on every datagram bob sends is refused by the kernel; his
     // WebSocket (from 127.0.0.1) stays up, so only ICE can notice.
-    // The local table's rule moves behind the blackhole rule.
-    assert!(ip(&["rule", "add", "pref", "100", "lookup", "local"]));
-    assert!(ip(&["rule", "del", "pref", "0"]));
-    assert!(ip(&[
-        "rule",
-        "add",
-        "from",
-        "127.0.0.2",
-        "pref",
-        "10",
-        "blackhole"
-    ]));
+    let cut = Blackhole::add("from", "127.0.0.2");
     let started = std::time::Instant::now();
     let removed = a
         .wait_for(Duration::from_secs(8), "bob's peer_left", |s| {
@@ -310,14 +347,113 @@ async fn a_peer_whose_network_path_dies_is_removed_within_5_s() {
         })
         .await;
     let took = started.elapsed();
-    ip(&["rule", "del", "pref", "10"]);
-    ip(&["rule", "add", "pref", "0", "lookup", "local"]);
-    ip(&["rule", "del", "pref", "100"]);
+    drop(cut);
     removed.expect("bob removed");
     assert!(
         took < Duration::from_secs(5),
         "a lost peer must be removed within 5 s, took {took:?}"
     );
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_misses_packets_gets_them_again() {
+    if !can_cut_paths() {
+        return;
+    }
+    let server = TestServer::start().await;
+    let (a, a_id) = speaker(&server, "nack", "alice").await;
+    // Bob's media arrives at 127.0.0.3, which a routing rule can cut
+    // without touching anyone else's traffic.
+    let options = sfu_client::ClientOptions {
+        bind_ip: "127.0.0.3".parse().expect("literal"),
+        ..Default::default()
+    };
+    let b = Client::connect_with(&server.ws_url(), options)
+        .await
+        .expect("connects");
+    b.join("nack", "bob", Role::Listener).await.expect("joins");
+    b.wait_for(MEDIA_DEADLINE, "video from alice", |s| {
+        s.packets_from(&a_id, "video") >= 30
+    })
+    .await
+    .expect("media flows");
+    let before = scrape(&server).await;
+    let dropped = r#"sfud_dropped_packets_total{cause="send"}"#;
+    // The server's datagrams to bob are refused until a few video packets
+    // were lost for good on the way.
+    let cut = Blackhole::add("to", "127.0.0.3");
+    let deadline = tokio::time::Instant::now() + MEDIA_DEADLINE;
+    while scrape(&server).await.get(dropped) < before.get(dropped) + 20.0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing dropped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(cut);
+    let gap = b
+        .snapshot()
+        .track_from(&a_id, "video")
+        .map_or(0, |t| t.packets);
+    // Bob's NACKs name what he missed; the server sends it again from the
+    // track's history and the gap fills (late packets, no loss left).
+    let s = b
+        .wait_for(MEDIA_DEADLINE, "the missed video sent again", |s| {
+            s.track_from(&a_id, "video")
+                .is_some_and(|t| t.packets > gap + 30 && t.out_of_order > 0 && t.lost == 0)
+        })
+        .await
+        .expect("the gap fills");
+    assert_clean(&s, "bob");
+    let after = scrape(&server).await;
+    let resent = "sfud_rtp_packets_retransmitted_total";
+    assert!(after.get(resent) > before.get(resent), "the server resent");
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_sender_reports_in_their_own_rtp_time() {
+    let server = TestServer::start().await;
+    let (a, a_id) = speaker(&server, "reports", "alice").await;
+    let b = Client::connect(&server.ws_url()).await.expect("connects");
+    b.join("reports", "bob", Role::Listener)
+        .await
+        .expect("joins");
+    let s = b
+        .wait_for(
+            MEDIA_DEADLINE,
+            "a sender report on each of alice's tracks",
+            |s| {
+                s.tracks_from(&a_id).count() == 2
+                    && s.tracks_from(&a_id).all(|t| t.sender_reports >= 2)
+            },
+        )
+        .await
+        .expect("sender reports arrive");
+    for t in s.tracks_from(&a_id) {
+        let sr = t.last_sender_report.expect("seen");
+        let clock_rate: u32 = if t.kind == "video" { 90_000 } else { 48_000 };
+        // The leg's RTP time (the publisher's plus the leg's random offset),
+        // so it matches the packets around it, within a second.
+        let apart = sr.rtp_time.wrapping_sub(sr.timestamp_then) as i32;
+        assert!(
+            apart.unsigned_abs() < clock_rate,
+            "{}: report at RTP time {} while packets were at {}",
+            t.kind,
+            sr.rtp_time,
+            sr.timestamp_then
+        );
+        // The leg's own counts: what was sent to bob, about what he got.
+        assert!(sr.packet_count > 0, "{}: {sr:?}", t.kind);
+        assert!(
+            u64::from(sr.packet_count) <= sr.packets_then + 50,
+            "{}: {sr:?}",
+            t.kind
+        );
+        assert!(sr.octet_count >= sr.packet_count, "{}: {sr:?}", t.kind);
+    }
     a.close().await;
     b.close().await;
     server.stop().await;

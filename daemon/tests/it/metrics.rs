@@ -317,6 +317,8 @@ async fn metrics_parse_and_move_while_media_flows() {
         ("sfud_recording_sessions", "gauge"),
         ("sfud_rtp_packets_forwarded_total", "counter"),
         ("sfud_rtp_bytes_forwarded_total", "counter"),
+        ("sfud_rtp_packets_retransmitted_total", "counter"),
+        ("sfud_fast_path_connections", "gauge"),
         ("sfud_dropped_packets_total", "counter"),
         ("sfud_signaling_refusals_total", "counter"),
         ("process_cpu_seconds_total", "counter"),
@@ -356,6 +358,11 @@ async fn metrics_parse_and_move_while_media_flows() {
     assert_eq!(busy.get("sfud_peers"), 2.0);
     assert_eq!(busy.get("sfud_tracks"), 4.0);
     assert_eq!(busy.get("sfud_peer_connections"), 4.0);
+    assert_eq!(
+        busy.get("sfud_fast_path_connections"),
+        2.0,
+        "both subscribe connections forward on the fast path"
+    );
     let forwarded = busy.get("sfud_rtp_packets_forwarded_total");
     assert!(forwarded >= 50.0, "{forwarded}");
     assert!(busy.get("sfud_rtp_bytes_forwarded_total") > forwarded * 10.0);

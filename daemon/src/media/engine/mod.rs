@@ -11,8 +11,11 @@
 //! relayed upstream rate-limited. Nothing here awaits anything but the next
 //! input, and no lock exists.
 
+mod fanout;
 mod negotiate;
 mod tap;
+
+use fanout::start_fast_path;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -23,6 +26,7 @@ use std::collections::BinaryHeap;
 // address only after its STUN request named a server-made ufrag.
 use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -37,6 +41,7 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -46,6 +51,7 @@ use rtc::rtp_transceiver::{
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::srtp::context::Context as SrtpContext;
 use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
@@ -53,8 +59,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::batch::{SendBatch, HIGH_WATER};
-use super::forward::{ExtensionMap, Leg};
+use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};
+use super::srtp_keys::KeyTap;
 use super::{
     Codec, ConnectionReport, EventSink, MediaCommand, MediaError, MediaEvent, MediaHandle,
     MediaKind, Negotiated, PeerId, PeerMediaReport, Tap, TapEvent, TrackId, TrackInfo, TrackReport,
@@ -101,6 +108,10 @@ pub struct MediaStats {
     pub dropped_leg: u64,
     /// Keyframe requests sent to publishers.
     pub plis_sent: u64,
+    /// Packets sent again for subscribers' NACKs (fast path).
+    pub rtp_retransmitted: u64,
+    /// Subscribe connections whose media the engine protects itself.
+    pub fast_path_connections: usize,
 }
 
 type ConnId = u64;
@@ -122,6 +133,13 @@ struct Conn {
     legs: HashMap<TrackId, Leg>,
     /// Subscribe side: SSRC announced to the subscriber -> track.
     by_ssrc: HashMap<u32, TrackId>,
+    /// Subscribe side: learns the outgoing SRTP keys (see `srtp_keys`).
+    keys: Option<Arc<KeyTap>>,
+    /// Subscribe side, once connected: the fast path's SRTP context.
+    srtp: Option<SrtpContext>,
+    /// Where the connection's DTLS and SRTP go: the selected candidate pair's
+    /// remote address, learnt from what `rtc` sends.
+    media_dest: Option<(usize, SocketAddr)>,
     offer_outstanding: bool,
     negotiated: bool,
     /// Whether the server's candidates went out with a description already.
@@ -148,6 +166,8 @@ struct Source {
     bitrate_bps: u64,
     payload_type: u8,
     tap: Option<Tap>,
+    /// Recent packets, for NACKs (video only).
+    history: History,
 }
 
 #[derive(Default)]
@@ -179,6 +199,8 @@ pub struct MediaEngine {
     stats: MediaStats,
     scratch_reads: Vec<RTCMessage>,
     scratch_events: Vec<RTCPeerConnectionEvent>,
+    /// A forwarded packet's plaintext, before protection.
+    scratch_rtp: Vec<u8>,
 }
 
 /// Settings the engine needs from the configuration.
@@ -246,6 +268,7 @@ impl MediaEngine {
             stats: MediaStats::default(),
             scratch_reads: Vec::new(),
             scratch_events: Vec::new(),
+            scratch_rtp: vec![0; MAX_DATAGRAM],
         };
         Ok((engine, handle))
     }
@@ -479,6 +502,7 @@ impl MediaEngine {
             RTCPeerConnectionState::Connected => {
                 conn.connected = true;
                 conn.connect_by = None;
+                start_fast_path(conn);
                 let remote = conn.addrs.last().map(|(_, a)| *a);
                 let tracks: Vec<TrackId> = conn.legs.keys().copied().collect();
                 info!(%peer, pc = ?kind, ?remote, "connected");
@@ -583,6 +607,10 @@ impl MediaEngine {
                 bitrate_bps: 0,
                 payload_type,
                 tap: None,
+                history: History::new(match kind {
+                    MediaKind::Video => History::VIDEO,
+                    MediaKind::Audio => 0,
+                }),
             },
         );
         let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
@@ -621,12 +649,18 @@ impl MediaEngine {
                     return;
                 };
                 let mut wanted = Vec::new();
+                let mut nacks = Vec::new();
                 if conn.kind == PcKind::Publish {
                     self.tap_sender_reports(&packets);
+                    self.relay_sender_reports(&packets, now);
                     return;
                 }
                 for p in &packets {
                     let any = p.as_any();
+                    if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        nacks.push(nack.clone());
+                        continue;
+                    }
                     let ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                         Some(pli.media_ssrc)
                     } else {
@@ -637,71 +671,14 @@ impl MediaEngine {
                         wanted.push(*track);
                     }
                 }
+                for nack in &nacks {
+                    self.answer_nack(id, nack);
+                }
                 for track in wanted {
                     self.request_keyframe(track, now);
                 }
             }
             _ => {}
-        }
-    }
-
-    /// The hot path: one publisher packet to every subscriber leg.
-    fn forward(&mut self, id: ConnId, core_track: &str, packet: rtc::rtp::Packet, now: Instant) {
-        self.stats.rtp_in += 1;
-        let Some(track) = self
-            .conns
-            .get(&id)
-            .and_then(|c| c.tracks.get(core_track))
-            .copied()
-        else {
-            return;
-        };
-        let Some(source) = self.sources.get_mut(&track) else {
-            return;
-        };
-        source.packets += 1;
-        source.bytes += packet.payload.len() as u64;
-        if let Some(tap) = &source.tap {
-            if tap.is_closed() {
-                source.tap = None;
-            } else if let Ok(data) = packet.marshal() {
-                tap.send(TapEvent::Rtp {
-                    track,
-                    data: data.freeze(),
-                });
-            }
-        }
-        for sub in &source.subscribers {
-            let Some(conn) = self.conns.get_mut(sub) else {
-                continue;
-            };
-            let Some(leg) = conn.legs.get_mut(&track) else {
-                continue;
-            };
-            let mut out = packet.clone();
-            if !conn.connected || !leg.rewrite(&mut out) {
-                leg.dropped += 1;
-                self.stats.dropped_leg += 1;
-                continue;
-            }
-            let bytes = out.payload.len() as u64;
-            let written = conn
-                .pc
-                .rtp_sender(leg.sender)
-                .map(|mut s| s.write_rtp(now, out));
-            match written {
-                Some(Ok(())) => {
-                    leg.packets += 1;
-                    leg.bytes += bytes;
-                    self.stats.rtp_forwarded += 1;
-                    self.stats.bytes_forwarded += bytes;
-                }
-                _ => {
-                    leg.dropped += 1;
-                    self.stats.dropped_leg += 1;
-                }
-            }
-            flush(conn, &mut self.out, &self.local_addrs);
         }
     }
 
@@ -795,6 +772,8 @@ impl MediaEngine {
             MediaCommand::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.connections = self.conns.len();
+                stats.fast_path_connections =
+                    self.conns.values().filter(|c| c.srtp.is_some()).count();
                 stats.tracks = self.sources.len();
                 let _ = reply.send(stats);
             }
@@ -896,6 +875,11 @@ fn flush(conn: &mut Conn, out: &mut SendBatch, local_addrs: &[SocketAddr]) {
                 .position(|a| *a == datagram.transport.local_addr)
                 .unwrap_or(0),
         };
+        // DTLS and SRTP go where the selected candidate pair points; STUN
+        // (first byte 0..=3) answers every pair the client checks.
+        if datagram.message.first().is_some_and(|b| *b > 3) {
+            conn.media_dest = Some((sock, datagram.transport.peer_addr));
+        }
         out.push(sock, datagram.transport.peer_addr, datagram.message);
     }
 }

@@ -20,7 +20,7 @@ impl MediaEngine {
         events: EventSink,
     ) -> Result<ConnId, MediaError> {
         let ufrag = peer::new_ufrag();
-        let pc = peer::build_connection(kind, &ufrag, self.timeouts, &self.announced)?;
+        let (pc, keys) = peer::build_connection(kind, &ufrag, self.timeouts, &self.announced)?;
         let id = self.next_conn;
         self.next_conn += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -38,6 +38,9 @@ impl MediaEngine {
                 tracks: HashMap::default(),
                 legs: HashMap::default(),
                 by_ssrc: HashMap::default(),
+                keys,
+                srtp: None,
+                media_dest: None,
                 offer_outstanding: false,
                 negotiated: false,
                 candidates_sent: false,

@@ -1,0 +1,305 @@
+//! The SRTP keys of a subscribe connection, for the forwarding fast path.
+//!
+//! `rtc` 0.21 keeps each connection's SRTP contexts to itself, and every
+//! packet written through it crosses the whole interceptor chain: about two
+//! thirds of the cost of a forwarded packet (docs/bench/analysis.md). The
+//! fast path protects forwarded RTP itself, with an SRTP context of its own
+//! keyed like `rtc`'s outgoing one. The keys come through the one public
+//! door `rtc` has for them, the crypto provider: when the DTLS handshake
+//! completes, `rtc` builds its outgoing context and then its incoming one
+//! (`update_srtp_contexts`), and each derives its session keys (RFC 3711
+//! section 4.3) by encrypting blocks with the master key, the first block
+//! being the master salt itself (label 0, index 0). [`KeyTap`] wraps the
+//! real provider, passes every call through unchanged and remembers the
+//! master key, the first block and the cipher the context then asks for.
+//!
+//! This reads an internal order of `rtc` (outgoing context first, session
+//! key first): `rtc` is pinned to one version, the unit tests below check
+//! the derivation against the real SRTP crate, and the integration tests
+//! check that Chromium and the Rust client decrypt what the fast path sends.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rtc::crypto::{
+    AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, CbcAlgorithm, CbcCipher, CryptoAlgorithm,
+    CryptoError, HashAlgorithm, HmacAlgorithm, KeyExchangeAlgorithm, Mac, PublicKey, RTCCrypto,
+    RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher, StreamCipherAlgorithm,
+};
+use rtc::srtp::context::Context;
+use rtc::srtp::protection_profile::ProtectionProfile;
+
+/// One SRTP context's master key as seen through the provider.
+#[derive(Clone)]
+struct Derivation {
+    master_key: Vec<u8>,
+    /// The first block encrypted with it: the master salt, zero-padded.
+    first_block: Vec<u8>,
+    /// What the context keyed with its session key.
+    cipher: Option<SessionCipher>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionCipher {
+    Aead(AeadAlgorithm),
+    Stream(StreamCipherAlgorithm),
+}
+
+/// A crypto provider that passes everything to the real one and remembers
+/// the SRTP master keys derived through it; see the module docs.
+pub(crate) struct KeyTap {
+    inner: Arc<dyn RTCCryptoProvider>,
+    crypto: TapCrypto,
+}
+
+struct TapCrypto {
+    inner: Arc<dyn RTCCryptoProvider>,
+    seen: Mutex<Vec<Derivation>>,
+}
+
+impl KeyTap {
+    /// Wraps the default provider.
+    pub(crate) fn new() -> Result<Arc<KeyTap>, CryptoError> {
+        Ok(Self::wrapping(rtc::crypto::default_provider()?))
+    }
+
+    fn wrapping(inner: Arc<dyn RTCCryptoProvider>) -> Arc<KeyTap> {
+        Arc::new(KeyTap {
+            inner: inner.clone(),
+            crypto: TapCrypto {
+                inner,
+                seen: Mutex::new(Vec::new()),
+            },
+        })
+    }
+
+    /// An SRTP context keyed like the connection's outgoing one, once its
+    /// DTLS handshake has completed; `None` before, or if what was observed
+    /// is not two complete derivations of a known profile.
+    pub(crate) fn outgoing_context(&self) -> Option<Context> {
+        let seen = self
+            .crypto
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Outgoing, then incoming: both must be there, or the handshake is
+        // not finished (or something unexpected derived keys).
+        let [local, _remote] = seen.as_slice() else {
+            return None;
+        };
+        let profile = match local.cipher? {
+            SessionCipher::Aead(AeadAlgorithm::Aes128Gcm) => ProtectionProfile::AeadAes128Gcm,
+            SessionCipher::Aead(AeadAlgorithm::Aes256Gcm) => ProtectionProfile::AeadAes256Gcm,
+            // The 32-bit-tag profiles are not offered (see `peer`), so a
+            // counter-mode context is the 80-bit one.
+            SessionCipher::Stream(StreamCipherAlgorithm::Aes128Ctr) => {
+                ProtectionProfile::Aes128CmHmacSha1_80
+            }
+            SessionCipher::Stream(StreamCipherAlgorithm::Aes256Ctr) => {
+                ProtectionProfile::Aes256CmHmacSha1_80
+            }
+            _ => return None,
+        };
+        if local.master_key.len() != profile.key_len() {
+            return None;
+        }
+        let salt = local.first_block.get(..profile.salt_len())?;
+        Context::new(
+            &local.master_key,
+            salt,
+            profile,
+            None,
+            None,
+            self.crypto.inner.crypto(),
+        )
+        .ok()
+    }
+}
+
+impl RTCCryptoProvider for KeyTap {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn crypto(&self) -> &dyn RTCCrypto {
+        &self.crypto
+    }
+
+    fn random(&self) -> &dyn RTCRandom {
+        self.inner.random()
+    }
+}
+
+impl TapCrypto {
+    fn note_block(&self, key: &[u8], block: &[u8]) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // Each context encrypts four or more blocks with its master key; the
+        // first one carries the salt.
+        if seen.last().is_some_and(|d| d.master_key == key) {
+            return;
+        }
+        // Bounded: a connection derives two contexts; anything past a few is
+        // not SRTP keying and is not kept.
+        if seen.len() < 4 {
+            seen.push(Derivation {
+                master_key: key.to_vec(),
+                first_block: block.to_vec(),
+                cipher: None,
+            });
+        }
+    }
+
+    fn note_cipher(&self, cipher: SessionCipher) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(last) = seen.last_mut() {
+            last.cipher.get_or_insert(cipher);
+        }
+    }
+}
+
+impl RTCCrypto for TapCrypto {
+    fn supports(&self, algorithm: CryptoAlgorithm) -> bool {
+        self.inner.crypto().supports(algorithm)
+    }
+
+    fn hash(&self, algorithm: HashAlgorithm, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.inner.crypto().hash(algorithm, data)
+    }
+
+    fn block_encrypt(
+        &self,
+        algorithm: BlockCipherAlgorithm,
+        key: &[u8],
+        block: &mut [u8],
+    ) -> Result<(), CryptoError> {
+        // Only the SRTP key derivation encrypts single blocks.
+        self.note_block(key, block);
+        self.inner.crypto().block_encrypt(algorithm, key, block)
+    }
+
+    fn new_hmac(&self, algorithm: HmacAlgorithm, key: &[u8]) -> Result<Box<dyn Mac>, CryptoError> {
+        self.inner.crypto().new_hmac(algorithm, key)
+    }
+
+    fn new_stream_cipher(
+        &self,
+        algorithm: StreamCipherAlgorithm,
+        key: &[u8],
+    ) -> Result<Box<dyn StreamCipher>, CryptoError> {
+        self.note_cipher(SessionCipher::Stream(algorithm));
+        self.inner.crypto().new_stream_cipher(algorithm, key)
+    }
+
+    fn new_aead(
+        &self,
+        algorithm: AeadAlgorithm,
+        key: &[u8],
+    ) -> Result<Box<dyn AeadCipher>, CryptoError> {
+        self.note_cipher(SessionCipher::Aead(algorithm));
+        self.inner.crypto().new_aead(algorithm, key)
+    }
+
+    fn new_cbc(
+        &self,
+        algorithm: CbcAlgorithm,
+        key: &[u8],
+    ) -> Result<Box<dyn CbcCipher>, CryptoError> {
+        self.inner.crypto().new_cbc(algorithm, key)
+    }
+
+    fn start_key_exchange(
+        &self,
+        algorithm: KeyExchangeAlgorithm,
+    ) -> Result<Box<dyn rtc::crypto::ActiveKeyExchange>, CryptoError> {
+        self.inner.crypto().start_key_exchange(algorithm)
+    }
+
+    fn generate_signing_key(
+        &self,
+        scheme: SignatureScheme,
+    ) -> Result<Arc<dyn SigningKey>, CryptoError> {
+        self.inner.crypto().generate_signing_key(scheme)
+    }
+
+    fn import_signing_key(
+        &self,
+        scheme: SignatureScheme,
+        pkcs8_der: &[u8],
+    ) -> Result<Arc<dyn SigningKey>, CryptoError> {
+        self.inner.crypto().import_signing_key(scheme, pkcs8_der)
+    }
+
+    fn verify_signature(
+        &self,
+        scheme: SignatureScheme,
+        public_key: PublicKey<'_>,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), CryptoError> {
+        self.inner
+            .crypto()
+            .verify_signature(scheme, public_key, message, signature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtp;
+    use rtc::shared::marshal::Marshal;
+
+    fn packet(ssrc: u32, seq: u16) -> (Vec<u8>, rtp::header::Header) {
+        let p = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: 90_000,
+                ssrc,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(vec![7u8; 1100]),
+        };
+        (p.marshal().expect("marshal").to_vec(), p.header)
+    }
+
+    /// What `rtc` does at the end of a handshake: an outgoing context, then
+    /// an incoming one, both through the connection's provider.
+    fn handshake(tap: &KeyTap, profile: ProtectionProfile) -> Context {
+        let key = |b: u8| vec![b; profile.key_len()];
+        let salt = |b: u8| vec![b; profile.salt_len()];
+        let outgoing = Context::new(&key(1), &salt(2), profile, None, None, tap.crypto())
+            .expect("outgoing context");
+        Context::new(&key(3), &salt(4), profile, None, None, tap.crypto())
+            .expect("incoming context");
+        outgoing
+    }
+
+    #[test]
+    fn observed_keys_protect_exactly_like_the_connection() {
+        for profile in [
+            ProtectionProfile::AeadAes128Gcm,
+            ProtectionProfile::AeadAes256Gcm,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ] {
+            let tap = KeyTap::new().expect("provider");
+            assert!(tap.outgoing_context().is_none(), "nothing derived yet");
+            let mut theirs = handshake(&tap, profile);
+            let mut ours = tap.outgoing_context().expect("keys observed");
+            // Across a sequence-number wrap, so the rollover counters agree too.
+            for seq in [65534u16, 65535, 0, 1] {
+                let (raw, header) = packet(0xdead_beef, seq);
+                let a = theirs.encrypt_rtp(&raw).expect("rtc's context");
+                let b = ours.encrypt_rtp_with_header(&raw, &header).expect("ours");
+                assert_eq!(a, b, "{profile:?} seq {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_context_is_not_enough() {
+        let tap = KeyTap::new().expect("provider");
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        Context::new(&[1; 16], &[2; 12], profile, None, None, tap.crypto()).expect("context");
+        assert!(tap.outgoing_context().is_none());
+    }
+}
