@@ -163,11 +163,16 @@ impl MediaEngine {
 }
 
 /// Takes a newly connected subscribe connection onto the fast path when its
-/// outgoing SRTP keys were observed.
+/// outgoing SRTP keys were observed. A connection that comes back after
+/// being disconnected keeps its context: the rollover counters it holds
+/// must go on where they were.
 pub(super) fn start_fast_path(conn: &mut Conn) {
     let Some(keys) = &conn.keys else {
         return;
     };
+    if conn.srtp.is_some() {
+        return;
+    }
     conn.srtp = keys.outgoing_context();
     if conn.srtp.is_none() {
         warn!(peer = %conn.peer, "SRTP keys not observed: forwarding through rtc for this connection");
