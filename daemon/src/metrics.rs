@@ -14,7 +14,7 @@ use axum::extract::{FromRef, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::media::{MediaHandle, MediaStats};
+use crate::media::{ForwardDelay, MediaHandle, MediaStats};
 use crate::recording::Recorder;
 use crate::rooms::RoomRegistry;
 use crate::signaling::gate::Gatekeeper;
@@ -133,6 +133,13 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         "sfud_rtp_packets_retransmitted_total",
         "RTP packets sent again for subscribers' NACKs.",
         s.rtp_retransmitted,
+    );
+    out.histogram(
+        "sfud_forwarding_delay_seconds",
+        "Time forwarded packets spent in sfud, from the read of the first \
+         datagram of a media loop turn to the end of that turn's sends (an \
+         upper bound per packet).",
+        &s.forward_delay,
     );
     out.gauge(
         "sfud_fast_path_connections",
@@ -341,6 +348,18 @@ impl Exposition {
     fn counter(&mut self, name: &str, help: &str, value: impl Display) {
         self.family(name, "counter", help);
         self.sample(name, &[], value);
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &ForwardDelay) {
+        self.family(name, "histogram", help);
+        let bucket = format!("{name}_bucket");
+        for (bound_us, n) in h.cumulative() {
+            let le = (bound_us as f64 / 1e6).to_string();
+            self.sample(&bucket, &[("le", &le)], n);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], h.count);
+        self.sample(&format!("{name}_sum"), &[], h.sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), &[], h.count);
     }
 }
 

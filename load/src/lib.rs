@@ -21,6 +21,7 @@ pub mod janus;
 pub mod proc;
 pub mod report;
 pub mod scenario;
+pub mod sfud_metrics;
 
 use fleet::Fleet;
 use report::{Mark, Report, Window};
@@ -174,11 +175,16 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     let cores = proc::cores();
     let mut steps: Vec<Window> = Vec::new();
     let mut stopped = None;
+    // sfud's own forwarding delay, from its /metrics (Janus has none).
+    let metrics_at = match &config.target {
+        Target::Sfud { url } => sfud_metrics::host_port(url),
+        Target::Janus { .. } => None,
+    };
     loop {
         watch(&fleet, sfu_pid, config.warmup, "warm-up", &progress).await;
-        let a = mark(&fleet, sfu_pid);
+        let a = mark(&fleet, sfu_pid, metrics_at).await;
         watch(&fleet, sfu_pid, config.duration, "measuring", &progress).await;
-        let b = mark(&fleet, sfu_pid);
+        let b = mark(&fleet, sfu_pid, metrics_at).await;
         let window = Window::between(&a, &b, scenario, fleet.len(), per_stream, cores);
         let held = window.held();
         steps.push(window);
@@ -240,8 +246,13 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     })
 }
 
-fn mark(fleet: &Fleet, sfu_pid: Option<u32>) -> Mark {
+async fn mark(fleet: &Fleet, sfu_pid: Option<u32>, metrics_at: Option<&str>) -> Mark {
+    let sfu_delay = match metrics_at {
+        Some(at) => sfud_metrics::read(at).await,
+        None => None,
+    };
     Mark {
+        sfu_delay,
         at: Instant::now(),
         totals: fleet.totals(),
         latency: fleet.histogram().counts(),
@@ -260,7 +271,7 @@ async fn watch(
     progress: &Progress,
 ) {
     let end = Instant::now() + length;
-    let mut last = mark(fleet, sfu_pid);
+    let mut last = mark(fleet, sfu_pid, None).await;
     let start = last.at;
     while Instant::now() < end {
         let left = end.saturating_duration_since(Instant::now());
@@ -268,7 +279,7 @@ async fn watch(
         if !progress.enabled {
             continue;
         }
-        let now = mark(fleet, sfu_pid);
+        let now = mark(fleet, sfu_pid, None).await;
         let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-9);
         let t = now.totals.since(&last.totals);
         let lat = now.latency.since(&last.latency);

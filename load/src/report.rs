@@ -22,6 +22,8 @@ pub struct Mark {
     pub(crate) sfu: Option<ProcSample>,
     pub(crate) generator: Option<ProcSample>,
     pub(crate) machine: Option<(u64, u64)>,
+    /// sfud's forwarding-delay histogram, when it could be read.
+    pub(crate) sfu_delay: Option<crate::sfud_metrics::DelayBuckets>,
 }
 
 /// One measurement window.
@@ -93,6 +95,21 @@ pub struct Window {
     /// other processes disturbing the measurement.
     #[serde(default)]
     pub other_load_percent_of_machine: Option<f64>,
+    /// Median time packets spent inside the SFU, by its own histogram (the
+    /// upper bound of the bucket; `u64::MAX`: over every bound), µs. sfud
+    /// only.
+    #[serde(default)]
+    pub sfu_forward_delay_p50_us: Option<u64>,
+    /// The same at the 99th percentile.
+    #[serde(default)]
+    pub sfu_forward_delay_p99_us: Option<u64>,
+}
+
+fn delay_quantile(a: &Mark, b: &Mark, q: f64) -> Option<u64> {
+    match (&a.sfu_delay, &b.sfu_delay) {
+        (Some(x), Some(y)) => y.quantile_since(x, q),
+        _ => None,
+    }
 }
 
 impl Window {
@@ -170,6 +187,8 @@ impl Window {
             machine_busy_percent: machine_busy,
             other_load_percent_of_machine: machine_busy
                 .map(|busy| (busy - sfu_share - gen_share).max(0.0)),
+            sfu_forward_delay_p50_us: delay_quantile(a, b, 0.50),
+            sfu_forward_delay_p99_us: delay_quantile(a, b, 0.99),
         }
     }
 

@@ -9,6 +9,7 @@
 //! [`MediaHandle`]; it reports back through [`MediaEvent`]s.
 
 mod batch;
+mod delay;
 mod engine;
 mod forward;
 pub(crate) mod peer;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::sync::{mpsc, oneshot};
 
+pub use delay::ForwardDelay;
 pub use engine::{MediaEngine, MediaStats};
 pub use peer::sends_media;
 

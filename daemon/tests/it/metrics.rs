@@ -319,6 +319,7 @@ async fn metrics_parse_and_move_while_media_flows() {
         ("sfud_rtp_bytes_forwarded_total", "counter"),
         ("sfud_rtp_packets_retransmitted_total", "counter"),
         ("sfud_fast_path_connections", "gauge"),
+        ("sfud_forwarding_delay_seconds", "histogram"),
         ("sfud_dropped_packets_total", "counter"),
         ("sfud_signaling_refusals_total", "counter"),
         ("process_cpu_seconds_total", "counter"),
@@ -365,6 +366,14 @@ async fn metrics_parse_and_move_while_media_flows() {
     );
     let forwarded = busy.get("sfud_rtp_packets_forwarded_total");
     assert!(forwarded >= 50.0, "{forwarded}");
+    // Every forwarded packet's time in the loop is in the histogram.
+    assert_eq!(busy.get("sfud_forwarding_delay_seconds_count"), forwarded);
+    assert_eq!(
+        busy.get(r#"sfud_forwarding_delay_seconds_bucket{le="+Inf"}"#),
+        forwarded
+    );
+    assert!(busy.get(r#"sfud_forwarding_delay_seconds_bucket{le="0.1"}"#) <= forwarded);
+    assert!(busy.get("sfud_forwarding_delay_seconds_sum") > 0.0);
     assert!(busy.get("sfud_rtp_bytes_forwarded_total") > forwarded * 10.0);
     assert!(busy.get("sfud_udp_bytes_received_total") > idle.get("sfud_udp_bytes_received_total"));
 

@@ -72,6 +72,14 @@ fn assert_clean(report: &Report) {
             "{what}"
         );
         assert!(w.generator_cpu_s.is_some(), "{what}");
+        // sfud's own histogram was read at both ends of the window.
+        assert!(
+            w.sfu_forward_delay_p50_us <= w.sfu_forward_delay_p99_us
+                && w.sfu_forward_delay_p99_us.is_some(),
+            "{what}: {:?} / {:?}",
+            w.sfu_forward_delay_p50_us,
+            w.sfu_forward_delay_p99_us
+        );
     }
     let json = serde_json::to_value(report).expect("report serializes");
     for key in [

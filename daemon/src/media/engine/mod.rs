@@ -59,6 +59,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::batch::{SendBatch, HIGH_WATER};
+use super::delay::ForwardDelay;
 use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};
 use super::srtp_keys::KeyTap;
@@ -112,6 +113,8 @@ pub struct MediaStats {
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.
     pub fast_path_connections: usize,
+    /// Time forwarded packets spent in the loop (see `delay`).
+    pub forward_delay: ForwardDelay,
 }
 
 type ConnId = u64;
@@ -278,7 +281,10 @@ impl MediaEngine {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When this turn read its first datagram, and the forwarded count then.
+        let mut turn: Option<(Instant, u64)>;
         loop {
+            turn = None;
             let next = self
                 .timers
                 .peek()
@@ -289,6 +295,7 @@ impl MediaEngine {
                     match r {
                         Ok((sock, len, from)) => {
                             let now = Instant::now();
+                            turn = Some((now, self.stats.rtp_forwarded));
                             self.on_datagram(sock, from, &buf[..len], now);
                             self.read_more(&mut buf, now);
                         }
@@ -308,6 +315,12 @@ impl MediaEngine {
                 }
             }
             self.out.send(&self.sockets, &mut self.stats);
+            if let Some((started, forwarded_before)) = turn.take() {
+                let forwarded = self.stats.rtp_forwarded - forwarded_before;
+                self.stats
+                    .forward_delay
+                    .record(started.elapsed(), forwarded);
+            }
         }
         self.close_all();
         self.out.send(&self.sockets, &mut self.stats);
