@@ -7,7 +7,7 @@
 // `node --test` here with SFUD_BIN pointing at the daemon and CHROMIUM at the browser.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -20,6 +20,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const SFUD_BIN = process.env.SFUD_BIN
   ? path.resolve(process.env.SFUD_BIN)
   : path.resolve(here, '../../target/debug/sfud');
+// sfuctl from the same build as sfud, for the operator's side of the tests.
+const SFUCTL_BIN = process.env.SFUCTL_BIN
+  ? path.resolve(process.env.SFUCTL_BIN)
+  : path.join(path.dirname(SFUD_BIN), 'sfuctl');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -72,11 +76,12 @@ class Daemon {
     this.port = await freePort();
     this.url = `http://127.0.0.1:${this.port}`;
     const config = path.join(this.dir, 'sfud.toml');
+    this.socket = path.join(this.dir, 'sfud.sock');
     await writeFile(config, [
       '[http]', `listen = "127.0.0.1:${this.port}"`, '',
       '[rtc]', 'udp_port = 0', 'bind_ips = ["127.0.0.1"]', '',
       // Its own control socket, so that it runs beside any other sfud.
-      '[control]', `socket = "${path.join(this.dir, 'sfud.sock')}"`, '',
+      '[control]', `socket = "${this.socket}"`, '',
       // Every page joins from 127.0.0.1.
       '[limits]', 'joins_per_second = 100', '',
       '[auth]', 'mode = "open"', '[[auth.keys]]', `id = "${TOKEN_KEY.id}"`, `secret = "${TOKEN_KEY.secret}"`, '',
@@ -119,6 +124,16 @@ class Daemon {
 }
 
 const daemon = new Daemon();
+
+/** Runs sfuctl against the test's daemon; resolves with what it printed. */
+function sfuctl(...args) {
+  return new Promise((resolve, reject) => {
+    execFile(SFUCTL_BIN, ['--socket', daemon.socket, ...args], { timeout: 10_000 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`sfuctl ${args.join(' ')} failed: ${err.message}\n${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
 let browser = null;
 let failed = false;
 const everyone = [];   // every participant opened, for the failure report
@@ -328,7 +343,8 @@ describe('SFU room: one speaker, two listeners', () => {
   const speaker = new Participant('sam');
   const listeners = ['lee', 'liz'].map((n) => new Participant(n, { role: 'listener' }));
   const people = [speaker, ...listeners];
-  const room = inRoom(`roles-${process.pid}`, people);
+  const roomName = `roles-${process.pid}`;
+  const room = inRoom(roomName, people);
 
   it(`each listener decodes ${MIN_FRAMES} frames and receives audio from the speaker, and publishes nothing`, { timeout: 60_000 }, track(async () => {
     let last = [];
@@ -351,6 +367,31 @@ describe('SFU room: one speaker, two listeners', () => {
       assert.equal(snap.tiles[idOf(snap, 'sam')], 'speaker');
     }
     for (const l of listeners) assert.equal(sam.tiles[idOf(sam, l.name)], 'listener');
+  }));
+
+  it('an operator promotes a listener with sfuctl and the others decode her; demoted, she stops publishing', { timeout: 90_000 }, track(async () => {
+    const leeId = (await listeners[0].snapshot()).peerId;
+    assert.ok(leeId, 'lee has a peer id');
+    await sfuctl('peers', 'role', roomName, leeId, 'speaker');
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await room.snapshots();
+      const [sam, lee, liz] = last;
+      return lee.role === 'speaker' && lee.pcs.publish === 'connected'
+        && receivesFrom(sam, 'lee') && receivesFrom(liz, 'lee');
+    }, () => `lee, promoted, did not reach sam and liz within 30 s:\n${room.report(last)}`);
+    for (const snap of last) assert.equal(snap.tiles[leeId], 'speaker', 'every page shows lee as a speaker');
+
+    await sfuctl('peers', 'role', roomName, leeId, 'listener');
+    let shown = null;
+    await waitFor(15_000, async () => {
+      last = await room.snapshots();
+      shown = JSON.parse(await sfuctl('--json', 'rooms', 'show', roomName));
+      const member = shown.members.find((m) => m.id === leeId);
+      return last[1].role === 'listener' && last[1].pcs.publish === undefined
+        && last.every((snap) => snap.tiles[leeId] === 'listener')
+        && member?.role === 'listener' && member.publish === null && member.tracks.length === 0;
+    }, () => `lee, demoted, still publishes 15 s later:\n${room.report(last)}\n${JSON.stringify(shown)}`);
   }));
 });
 

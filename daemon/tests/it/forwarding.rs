@@ -303,6 +303,25 @@ fn can_cut_paths() -> bool {
     can
 }
 
+/// A client whose peer connections bind to `ip`, joined; with its peer id.
+async fn joined_from(
+    server: &TestServer,
+    ip: &str,
+    room: &str,
+    name: &str,
+    role: Role,
+) -> (Client, String) {
+    let options = sfu_client::ClientOptions {
+        bind_ip: ip.parse().expect("an IP address"),
+        ..Default::default()
+    };
+    let client = Client::connect_with(&server.ws_url(), options)
+        .await
+        .expect("connects");
+    let id = client.join(room, name, role).await.expect("joins").peer_id;
+    (client, id)
+}
+
 async fn scrape(server: &TestServer) -> crate::metrics::Exposition {
     let response = crate::metrics::http_get(server.http, "/metrics").await;
     crate::metrics::parse_exposition(&response.body).expect("/metrics parses")
@@ -317,18 +336,7 @@ async fn a_peer_whose_network_path_dies_is_removed_within_5_s() {
     let (a, _a_id) = speaker(&server, "path", "alice").await;
     // Bob's media leaves from 127.0.0.2, which a routing rule can cut
     // without touching anyone else's traffic.
-    let options = sfu_client::ClientOptions {
-        bind_ip: "127.0.0.2".parse().expect("literal"),
-        ..Default::default()
-    };
-    let b = Client::connect_with(&server.ws_url(), options)
-        .await
-        .expect("connects");
-    let b_id = b
-        .join("path", "bob", sfu_proto::signaling::Role::Speaker)
-        .await
-        .expect("joins")
-        .peer_id;
+    let (b, b_id) = joined_from(&server, "127.0.0.2", "path", "bob", Role::Speaker).await;
     b.publish(sfu_client::PublishOptions::default())
         .await
         .expect("publishes");
@@ -367,14 +375,7 @@ async fn a_subscriber_that_misses_packets_gets_them_again() {
     let (a, a_id) = speaker(&server, "nack", "alice").await;
     // Bob's media arrives at 127.0.0.3, which a routing rule can cut
     // without touching anyone else's traffic.
-    let options = sfu_client::ClientOptions {
-        bind_ip: "127.0.0.3".parse().expect("literal"),
-        ..Default::default()
-    };
-    let b = Client::connect_with(&server.ws_url(), options)
-        .await
-        .expect("connects");
-    b.join("nack", "bob", Role::Listener).await.expect("joins");
+    let (b, _) = joined_from(&server, "127.0.0.3", "nack", "bob", Role::Listener).await;
     b.wait_for(MEDIA_DEADLINE, "video from alice", |s| {
         s.packets_from(&a_id, "video") >= 30
     })
