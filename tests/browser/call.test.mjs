@@ -291,6 +291,26 @@ describe('SFU room: three speakers', () => {
   }));
 });
 
+describe('SFU room: H264, VP9 and VP8 publishers', () => {
+  const people = [new Participant('hana', { codec: 'H264' }), new Participant('vic', { codec: 'VP9' }), new Participant('otto')];
+  const codecs = { hana: 'video/H264', vic: 'video/VP9', otto: 'video/VP8' };
+  const room = inRoom(`codecs-${process.pid}`, people);
+
+  it('each page decodes the others\' video in the codec they published', { timeout: 60_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await room.snapshots();
+      return last.every((snap, i) => people.filter((_, j) => j !== i).every((o) => receivesFrom(snap, o.name)));
+    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s:\n${room.report(last)}`);
+    for (const [i, snap] of last.entries()) {
+      for (const other of people.filter((_, j) => j !== i)) {
+        assert.equal(snap.inbound[idOf(snap, other.name)].videoCodec, codecs[other.name],
+          `${people[i].name} decodes ${other.name}'s video as ${codecs[other.name]}`);
+      }
+    }
+  }));
+});
+
 describe('mesh room: three speakers, media peer to peer', () => {
   const names = ['dave', 'erin', 'frank'];
   const people = names.map((n) => new Participant(n, { mode: 'mesh' }));

@@ -165,12 +165,19 @@ impl MediaEngine {
                 name.clone(),
                 name,
                 kind,
+                // No codec here: naming the source's codec would make this
+                // m-section offer only it, and `rtc` 0.21 takes the codecs
+                // of a subscriber's first answered video (or audio) section
+                // as the only ones the connection may ever use, so a later
+                // track in another codec (an H264 publisher after a VP8 one)
+                // could not be added. Every section offers every codec; the
+                // leg sends with the subscriber's payload type for the
+                // source's codec (`subscribe_answer`).
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         ssrc: Some(ssrc),
                         ..Default::default()
                     },
-                    codec: source.codec.clone(),
                     ..Default::default()
                 }],
             );
