@@ -68,6 +68,10 @@ pub struct ClientOptions {
     /// Where every received tagged packet's one-way latency is also counted
     /// (shared by many clients in a load generator).
     pub latency_histogram: Option<std::sync::Arc<Histogram>>,
+    /// The ICE keepalive interval, and this client's own disconnected and
+    /// failed timeouts; `None`: the webrtc crate's defaults. A long one makes
+    /// a client that sends media but (almost) no STUN checks, for tests.
+    pub ice_keepalive: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +80,7 @@ impl Default for ClientOptions {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             timeout: Duration::from_secs(10),
             latency_histogram: None,
+            ice_keepalive: None,
         }
     }
 }

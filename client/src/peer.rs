@@ -69,6 +69,7 @@ pub fn opus_codec() -> RTCRtpCodec {
 pub(crate) async fn build(
     kind: PcKind,
     bind_ip: std::net::IpAddr,
+    ice_keepalive: Option<std::time::Duration>,
     ice_servers: &[IceServer],
     handler: Arc<dyn PeerConnectionEventHandler>,
 ) -> Result<Arc<dyn PeerConnection>, ClientError> {
@@ -106,13 +107,16 @@ pub(crate) async fn build(
             registry.with(Slot::from(RTCP_TAP_SLOT), RtcpTap::new(is_sender_report))
         }
     };
-    let setting_engine = SettingEngineBuilder::new()
+    let mut setting_engine = SettingEngineBuilder::new()
         // Answer `setup:active` as browsers do: the client starts DTLS on
         // the subscribe connection and the server stays the DTLS server.
         .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_include_loopback_candidate(true)
-        .build();
+        .with_include_loopback_candidate(true);
+    if let Some(every) = ice_keepalive {
+        setting_engine = setting_engine.with_ice_timeouts(Some(every), Some(every), Some(every));
+    }
+    let setting_engine = setting_engine.build();
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(
             ice_servers

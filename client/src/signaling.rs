@@ -29,7 +29,14 @@ pub(crate) async fn new_peer_connection(
         kind,
         shared: Arc::downgrade(shared),
     });
-    let pc = peer::build(kind, shared.options.bind_ip, &shared.ice_servers(), handler).await?;
+    let pc = peer::build(
+        kind,
+        shared.options.bind_ip,
+        shared.options.ice_keepalive,
+        &shared.ice_servers(),
+        handler,
+    )
+    .await?;
     lock(shared.slot(kind)).pc = Some(Arc::clone(&pc));
     shared.set_pc_state(kind, "new".to_owned());
     Ok(pc)

@@ -144,6 +144,7 @@ impl Fleet {
                         bind_ip: self.bind_ip,
                         timeout: self.join_timeout,
                         latency_histogram: Some(Arc::clone(&self.histogram)),
+                        ..ClientOptions::default()
                     },
                     self.publish.clone(),
                 ));

@@ -452,6 +452,6 @@ pub fn engine_settings(
             .collect(),
         port: config.rtc.udp_port,
         ice_disconnected: config.rtc.ice_disconnected_timeout(),
-        ice_failed: config.rtc.ice_failed_after_disconnected(),
+        ice_failed: config.rtc.ice_failed_timeout(),
     }
 }

@@ -459,3 +459,51 @@ async fn subscribers_get_sender_reports_in_their_own_rtp_time() {
     b.close().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_ice_checks_pause_stays_while_its_media_flows() {
+    // Browsers check consent every 2.5 s (Chrome) to 5 s; one lost check
+    // must not end a call when everything else still arrives. Bob sends
+    // one check a minute: his connections live on media and RTCP alone,
+    // for well over the 4 s after which silence would count as lost.
+    let server = TestServer::start().await;
+    let (a, _) = speaker(&server, "consent", "alice").await;
+    let options = sfu_client::ClientOptions {
+        ice_keepalive: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let b = Client::connect_with(&server.ws_url(), options)
+        .await
+        .expect("connects");
+    let b_id = b
+        .join("consent", "bob", Role::Speaker)
+        .await
+        .expect("joins")
+        .peer_id;
+    b.publish(sfu_client::PublishOptions::default())
+        .await
+        .expect("publishes");
+    a.wait_for(MEDIA_DEADLINE, "media from bob", |s| {
+        receives_from(s, &b_id, 30)
+    })
+    .await
+    .expect("media flows");
+    // 1500 video packets at 150 a second: 10 s more of bob's video.
+    let before = a.snapshot().packets_from(&b_id, "video");
+    let s = a
+        .wait_for(Duration::from_secs(20), "10 s more of bob's video", |s| {
+            s.saw_peer_left(&b_id) || s.packets_from(&b_id, "video") >= before + 1500
+        })
+        .await
+        .expect("bob's media goes on");
+    assert!(
+        !s.saw_peer_left(&b_id),
+        "bob was removed while his media flowed"
+    );
+    let bob = b.snapshot();
+    assert!(!bob.closed_by_server, "bob's session was closed");
+    assert_clean(&bob, "bob");
+    a.close().await;
+    b.close().await;
+    server.stop().await;
+}

@@ -73,6 +73,14 @@ use super::{
 /// that gives up leaves the connection connecting forever, so this bounds it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// When `rtc`'s own ICE agent gives a connection up: it counts only STUN
+/// binding requests as signs of life, and browsers send one every 2.5 s
+/// (Chrome) to 5 s (RFC 7675), so one lost check must not end a call. The
+/// engine decides a connection is lost on silence of every kind instead
+/// (`MediaSettings::ice_failed`); this is the backstop, RFC 7675's consent
+/// expiry.
+const RTC_ICE_FAILED: Duration = Duration::from_secs(30);
+
 /// Least time between two keyframe requests sent to one publisher track.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// Datagrams read per wake-up before commands and timers get a turn.
@@ -149,6 +157,8 @@ struct Conn {
     candidates_sent: bool,
     /// When a negotiated connection that has not connected counts as failed.
     connect_by: Option<Instant>,
+    /// When the last datagram of any kind arrived from the peer.
+    last_rx: Instant,
 }
 
 /// One published track and who receives it.
@@ -190,6 +200,8 @@ pub struct MediaEngine {
     local_addrs: Vec<SocketAddr>,
     announced: Vec<Announced>,
     timeouts: IceTimeouts,
+    /// Silence after which a connected connection is lost.
+    lost_after: Duration,
     rx: mpsc::Receiver<MediaCommand>,
     conns: HashMap<ConnId, Conn>,
     peers: HashMap<PeerId, PeerConns>,
@@ -213,9 +225,10 @@ pub struct MediaSettings {
     pub bind: Vec<(std::net::IpAddr, Option<std::net::IpAddr>)>,
     /// UDP port (0 = any).
     pub port: u16,
-    /// ICE disconnected timeout.
+    /// ICE disconnected timeout (informational: the connection may recover).
     pub ice_disconnected: Duration,
-    /// ICE failed timeout.
+    /// How long a connected connection may go without any datagram from its
+    /// peer before it counts as lost.
     pub ice_failed: Duration,
 }
 
@@ -257,8 +270,9 @@ impl MediaEngine {
             announced,
             timeouts: IceTimeouts {
                 disconnected: settings.ice_disconnected,
-                failed: settings.ice_failed,
+                failed: RTC_ICE_FAILED,
             },
+            lost_after: settings.ice_failed,
             rx,
             conns: HashMap::default(),
             peers: HashMap::default(),
@@ -371,6 +385,7 @@ impl MediaEngine {
             self.stats.dropped_unroutable += 1;
             return;
         };
+        conn.last_rx = now;
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -457,18 +472,27 @@ impl MediaEngine {
     }
 
     fn on_housekeeping(&mut self, now: Instant) {
-        let stalled: Vec<(PeerId, PcKind)> = self
+        let lost_after = self.lost_after;
+        let stalled: Vec<(PeerId, PcKind, bool)> = self
             .conns
             .values_mut()
-            .filter(|c| c.connect_by.is_some_and(|t| t <= now) && !c.connected && !c.lost)
-            .map(|c| {
-                c.lost = true;
-                c.connect_by = None;
-                (c.peer, c.kind)
+            .filter(|c| !c.lost)
+            .filter_map(|c| {
+                let never_connected = c.connect_by.is_some_and(|t| t <= now) && !c.connected;
+                let silent = c.connected && now.duration_since(c.last_rx) > lost_after;
+                (never_connected || silent).then(|| {
+                    c.lost = true;
+                    c.connect_by = None;
+                    (c.peer, c.kind, silent)
+                })
             })
             .collect();
-        for (peer, pc) in stalled {
-            warn!(%peer, ?pc, "connection did not complete ICE and DTLS in time");
+        for (peer, pc, silent) in stalled {
+            if silent {
+                info!(%peer, ?pc, silent_ms = lost_after.as_millis() as u64, "connection lost: nothing received");
+            } else {
+                warn!(%peer, ?pc, "connection did not complete ICE and DTLS in time");
+            }
             self.emit(peer, MediaEvent::ConnectionLost { peer, pc });
         }
         for s in self.sources.values_mut() {

@@ -45,6 +45,7 @@ impl MediaEngine {
                 negotiated: false,
                 candidates_sent: false,
                 connect_by: None,
+                last_rx: Instant::now(),
             },
         );
         let entry = self.peers.entry(peer).or_default();
