@@ -253,9 +253,11 @@ impl Server {
         ));
         shutdown.await;
         info!("shutting down");
-        let _ = stop_tx.send(true);
-        // Every recording is finalized before the process exits.
+        // Every recording is finalized before the process exits, and before
+        // the peers are told to go: otherwise a room could close under its
+        // recording first, which would then end for the wrong reason.
         self.recorder.shutdown().await;
+        let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control_task).await;
         let http_result = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), media_task).await;
