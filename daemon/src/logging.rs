@@ -34,10 +34,49 @@ pub struct LogSetup {
     pub fallback: Option<String>,
 }
 
+/// The WebRTC stack's crates. Their `info` is a few lines per connection
+/// state change and their `debug` a line per packet, so a plain level asks
+/// them for `warn` at most.
+const STACK: [&str; 8] = [
+    "rtc",
+    "rtc_ice",
+    "rtc_dtls",
+    "rtc_srtp",
+    "rtc_sctp",
+    "rtc_interceptor",
+    "rtc_datachannel",
+    "webrtc",
+];
+
+/// A DTLS module that warns about every TLS extension a browser's
+/// ClientHello carries that it does not know (about 20 lines per
+/// connection); its failures are still errors.
+const CLIENT_HELLO: &str = "rtc_dtls::handshake::handshake_message_client_hello";
+
+/// The directives for `log.level`: a plain level applies to sfud and, up to
+/// `warn`, to the WebRTC stack; anything else (a directive list) is used as
+/// it is.
+fn directives(level: &str) -> String {
+    let level = level.trim();
+    let stack = match level.to_ascii_lowercase().as_str() {
+        "info" | "debug" | "trace" => "warn".to_owned(),
+        "off" | "error" | "warn" => level.to_owned(),
+        _ => return level.to_owned(),
+    };
+    let mut out = level.to_owned();
+    for target in STACK {
+        out.push_str(&format!(",{target}={stack}"));
+    }
+    if stack == "warn" {
+        out.push_str(&format!(",{CLIENT_HELLO}=error"));
+    }
+    out
+}
+
 /// The filter: `RUST_LOG` wins over the configured level.
 fn filter(level: &str) -> EnvFilter {
     EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(directives(level)))
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
@@ -104,6 +143,21 @@ pub fn init(config: &LogConfig) -> LogSetup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_level_keeps_the_webrtc_stack_at_warn_at_most() {
+        let info = directives("info");
+        assert!(info.starts_with("info,rtc=warn,rtc_ice=warn,"), "{info}");
+        assert!(info.ends_with(&format!(",{CLIENT_HELLO}=error")), "{info}");
+        assert!(directives("debug").contains(",rtc_dtls=warn,"));
+        let error = directives("error");
+        assert!(error.contains(",rtc=error,") && !error.contains(CLIENT_HELLO));
+        // Directive lists are the operator's own.
+        assert_eq!(directives("info,rtc=debug"), "info,rtc=debug");
+        for level in ["info", "warn", "error", "debug", "off", "sfud=trace"] {
+            assert!(EnvFilter::try_new(directives(level)).is_ok(), "{level}");
+        }
+    }
 
     #[test]
     fn explicit_formats_are_obeyed() {
