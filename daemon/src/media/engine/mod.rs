@@ -295,10 +295,9 @@ impl MediaEngine {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // When this turn read its first datagram, and the forwarded count then.
-        let mut turn: Option<(Instant, u64)>;
         loop {
-            turn = None;
+            // When this turn read its first datagram, and the forwarded count then.
+            let mut turn = None;
             let next = self
                 .timers
                 .peek()
@@ -329,7 +328,7 @@ impl MediaEngine {
                 }
             }
             self.out.send(&self.sockets, &mut self.stats);
-            if let Some((started, forwarded_before)) = turn.take() {
+            if let Some((started, forwarded_before)) = turn {
                 let forwarded = self.stats.rtp_forwarded - forwarded_before;
                 self.stats
                     .forward_delay
