@@ -137,6 +137,9 @@ pub struct RtcConfig {
     pub ice_failed_timeout_ms: u64,
     /// Bound, in packets, of each subscriber's outgoing queue; beyond it packets are dropped.
     pub subscriber_queue_packets: usize,
+    /// Whether sfud protects and sends forwarded media itself (the fast
+    /// path) rather than through the WebRTC stack's write pipeline.
+    pub fast_path: bool,
 }
 
 impl Default for RtcConfig {
@@ -149,6 +152,7 @@ impl Default for RtcConfig {
             ice_disconnected_timeout_ms: 2000,
             ice_failed_timeout_ms: 4000,
             subscriber_queue_packets: 512,
+            fast_path: true,
         }
     }
 }

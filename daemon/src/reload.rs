@@ -66,6 +66,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         ice_disconnected_timeout_ms,
         ice_failed_timeout_ms,
         subscriber_queue_packets,
+        fast_path,
     } = rtc;
     let RoomsConfig {
         max_peers,
@@ -148,6 +149,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         &old.rtc.subscriber_queue_packets,
         subscriber_queue_packets,
     );
+    note(restart, "rtc.fast_path", &old.rtc.fast_path, fast_path);
     note(restart, "rooms.preset", &old.rooms.preset, preset);
     note(restart, "control.socket", &old.control.socket, socket);
     note(restart, "control.group", &old.control.group, group);

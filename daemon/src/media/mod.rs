@@ -453,5 +453,6 @@ pub fn engine_settings(
         port: config.rtc.udp_port,
         ice_disconnected: config.rtc.ice_disconnected_timeout(),
         ice_failed: config.rtc.ice_failed_timeout(),
+        fast_path: config.rtc.fast_path,
     }
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::NackResponderBuilder;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, register_default_interceptors,
@@ -54,19 +53,21 @@ pub(crate) struct Announced {
     pub public: Option<std::net::IpAddr>,
 }
 
-/// Builds a server peer connection with its own ICE credentials. A
-/// subscribe connection also comes with the tap that learns its outgoing
-/// SRTP keys, for the forwarding fast path (see `srtp_keys`).
+/// Builds a server peer connection with its own ICE credentials; with
+/// `observe_keys`, also the tap that learns its outgoing SRTP keys, for the
+/// forwarding fast path (see `srtp_keys`).
 pub(crate) fn build_connection(
     kind: PcKind,
     ufrag: &str,
     timeouts: IceTimeouts,
     announced: &[Announced],
+    observe_keys: bool,
 ) -> Result<(RTCPeerConnection, Option<Arc<KeyTap>>), MediaError> {
     let internal = |e: rtc::shared::error::Error| MediaError::Internal(e.to_string());
-    let keys = match kind {
-        PcKind::Publish => None,
-        PcKind::Subscribe => Some(KeyTap::new().map_err(|e| MediaError::Internal(e.to_string()))?),
+    let keys = if observe_keys {
+        Some(KeyTap::new().map_err(|e| MediaError::Internal(e.to_string()))?)
+    } else {
+        None
     };
     let mut settings = SettingEngineBuilder::new()
         .with_lite(true)
@@ -100,9 +101,9 @@ pub(crate) fn build_connection(
             register_default_interceptors(registry, &mut codecs).map_err(internal)?
         }
         // Only sends media, which the engine protects and sends itself (the
-        // fast path) and answers NACKs and relays sender reports for. The NACK
-        // responder stays for packets written through `rtc` when the fast
-        // path cannot start; nothing that only watches received media runs.
+        // fast path), and answers NACKs (from one history per published
+        // track) and relays sender reports for, on either path: no
+        // interceptor but the RTCP marker, so no per-leg send buffer either.
         PcKind::Subscribe => {
             for parameter in ["", "pli"] {
                 codecs.register_feedback(
@@ -114,7 +115,7 @@ pub(crate) fn build_connection(
                 );
             }
             configure_simulcast_extension_headers(&mut codecs).map_err(internal)?;
-            registry.with(Slot::NackResponder, NackResponderBuilder::new().build())
+            registry
         }
     };
     let config = RTCConfigurationBuilder::new()

@@ -366,12 +366,28 @@ async fn a_peer_whose_network_path_dies_is_removed_within_5_s() {
     server.stop().await;
 }
 
+/// The test daemon, forwarding on the fast path or through `rtc`.
+async fn server_with_fast_path(fast_path: bool) -> TestServer {
+    let mut config = crate::harness::test_config();
+    config.rtc.fast_path = fast_path;
+    TestServer::start_with(config).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_misses_packets_gets_them_again() {
+    missed_packets_are_sent_again(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_rtc_a_subscriber_that_misses_packets_gets_them_again() {
+    missed_packets_are_sent_again(false).await;
+}
+
+async fn missed_packets_are_sent_again(fast_path: bool) {
     if !can_cut_paths() {
         return;
     }
-    let server = TestServer::start().await;
+    let server = server_with_fast_path(fast_path).await;
     let (a, a_id) = speaker(&server, "nack", "alice").await;
     // Bob's media arrives at 127.0.0.3, which a routing rule can cut
     // without touching anyone else's traffic.
@@ -409,6 +425,10 @@ async fn a_subscriber_that_misses_packets_gets_them_again() {
     let after = scrape(&server).await;
     let resent = "sfud_rtp_packets_retransmitted_total";
     assert!(after.get(resent) > before.get(resent), "the server resent");
+    assert_eq!(
+        after.get("sfud_fast_path_connections"),
+        f64::from(u8::from(fast_path))
+    );
     a.close().await;
     b.close().await;
     server.stop().await;
@@ -416,7 +436,16 @@ async fn a_subscriber_that_misses_packets_gets_them_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_get_sender_reports_in_their_own_rtp_time() {
-    let server = TestServer::start().await;
+    sender_reports_are_translated(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_rtc_subscribers_get_sender_reports_in_their_own_rtp_time() {
+    sender_reports_are_translated(false).await;
+}
+
+async fn sender_reports_are_translated(fast_path: bool) {
+    let server = server_with_fast_path(fast_path).await;
     let (a, a_id) = speaker(&server, "reports", "alice").await;
     let b = Client::connect(&server.ws_url()).await.expect("connects");
     b.join("reports", "bob", Role::Listener)

@@ -5,10 +5,10 @@
 //! marshalled into a scratch buffer, protected with the engine's own SRTP
 //! context for that connection and queued for the turn's batched send,
 //! without crossing `rtc`'s interceptor chain and handler pipeline. What
-//! that chain did for sent media is done here instead: NACKs are answered
-//! from the publisher track's [`History`] and the publisher's sender reports
-//! are translated for every leg. A connection without known keys goes
-//! through `rtc` (`write_rtp`) as before.
+//! that chain did for sent media is done here instead, for both paths:
+//! NACKs are answered from the publisher track's [`History`] and the
+//! publisher's sender reports are translated for every leg. A connection
+//! without known keys goes through `rtc` (`write_rtp`) as before.
 
 use super::*;
 
@@ -87,13 +87,10 @@ impl MediaEngine {
     }
 
     /// Sends again what a subscriber reports lost, from the publisher
-    /// track's history. Only on the fast path: `rtc`'s NACK responder
-    /// answers for packets written through it.
-    pub(super) fn answer_nack(&mut self, id: ConnId, nack: &TransportLayerNack) {
+    /// track's history: protected here on the fast path, written through
+    /// `rtc` otherwise (its chain keeps no send buffer of its own).
+    pub(super) fn answer_nack(&mut self, id: ConnId, nack: &TransportLayerNack, now: Instant) {
         let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let (Some(srtp), Some(dest)) = (&mut conn.srtp, conn.media_dest) else {
             return;
         };
         let Some(track) = conn.by_ssrc.get(&nack.media_ssrc) else {
@@ -107,11 +104,24 @@ impl MediaEngine {
                 continue;
             };
             let mut again = original.clone();
-            if leg.rewrite(&mut again)
-                && protect_and_queue(srtp, dest, &again, &mut self.scratch_rtp, &mut self.out)
-            {
+            if !leg.rewrite(&mut again) {
+                continue;
+            }
+            let sent = match (&mut conn.srtp, conn.media_dest) {
+                (Some(srtp), Some(dest)) => {
+                    protect_and_queue(srtp, dest, &again, &mut self.scratch_rtp, &mut self.out)
+                }
+                _ => conn
+                    .pc
+                    .rtp_sender(leg.sender)
+                    .is_some_and(|mut s| s.write_rtp(now, again).is_ok()),
+            };
+            if sent {
                 self.stats.rtp_retransmitted += 1;
             }
+        }
+        if conn.srtp.is_none() {
+            flush(conn, &mut self.out, &self.local_addrs);
         }
     }
 

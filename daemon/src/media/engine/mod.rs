@@ -202,6 +202,8 @@ pub struct MediaEngine {
     timeouts: IceTimeouts,
     /// Silence after which a connected connection is lost.
     lost_after: Duration,
+    /// Whether subscribe connections forward on the fast path.
+    fast_path: bool,
     rx: mpsc::Receiver<MediaCommand>,
     conns: HashMap<ConnId, Conn>,
     peers: HashMap<PeerId, PeerConns>,
@@ -230,6 +232,8 @@ pub struct MediaSettings {
     /// How long a connected connection may go without any datagram from its
     /// peer before it counts as lost.
     pub ice_failed: Duration,
+    /// Whether subscribe connections forward on the fast path.
+    pub fast_path: bool,
 }
 
 impl MediaEngine {
@@ -273,6 +277,7 @@ impl MediaEngine {
                 failed: RTC_ICE_FAILED,
             },
             lost_after: settings.ice_failed,
+            fast_path: settings.fast_path,
             rx,
             conns: HashMap::default(),
             peers: HashMap::default(),
@@ -708,7 +713,7 @@ impl MediaEngine {
                     }
                 }
                 for nack in &nacks {
-                    self.answer_nack(id, nack);
+                    self.answer_nack(id, nack, now);
                 }
                 for track in wanted {
                     self.request_keyframe(track, now);

@@ -20,7 +20,9 @@ impl MediaEngine {
         events: EventSink,
     ) -> Result<ConnId, MediaError> {
         let ufrag = peer::new_ufrag();
-        let (pc, keys) = peer::build_connection(kind, &ufrag, self.timeouts, &self.announced)?;
+        let observe_keys = kind == PcKind::Subscribe && self.fast_path;
+        let (pc, keys) =
+            peer::build_connection(kind, &ufrag, self.timeouts, &self.announced, observe_keys)?;
         let id = self.next_conn;
         self.next_conn += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
