@@ -135,8 +135,10 @@ pub struct RtcConfig {
     /// Milliseconds without any packet from a peer (media, RTCP or ICE)
     /// before its connection counts as lost and the peer is removed.
     pub ice_failed_timeout_ms: u64,
-    /// Bound, in packets, of each subscriber's outgoing queue; beyond it packets are dropped.
-    pub subscriber_queue_packets: usize,
+    /// No longer used: sends never queue (a full socket buffer drops and
+    /// counts). Still accepted so that files written for earlier versions
+    /// load; sfud warns when a file sets it.
+    pub subscriber_queue_packets: Option<usize>,
     /// Whether sfud protects and sends forwarded media itself (the fast
     /// path) rather than through the WebRTC stack's write pipeline.
     pub fast_path: bool,
@@ -151,7 +153,7 @@ impl Default for RtcConfig {
             ice_servers: Vec::new(),
             ice_disconnected_timeout_ms: 2000,
             ice_failed_timeout_ms: 4000,
-            subscriber_queue_packets: 512,
+            subscriber_queue_packets: None,
             fast_path: true,
         }
     }
@@ -520,10 +522,7 @@ impl RtcConfig {
                 self.ice_disconnected_timeout_ms
             )));
         }
-        at_least_one(
-            "rtc.subscriber_queue_packets",
-            self.subscriber_queue_packets as u64,
-        )
+        Ok(())
     }
 }
 
@@ -1057,7 +1056,7 @@ messages_per_second = 20
         assert_eq!(rtc.ice_servers[1].credential.as_deref(), Some("secret"));
         assert_eq!(rtc.ice_disconnected_timeout(), Duration::from_secs(1));
         assert_eq!(rtc.ice_failed_timeout(), Duration::from_secs(3));
-        assert_eq!(rtc.subscriber_queue_packets, 64);
+        assert_eq!(rtc.subscriber_queue_packets, Some(64), "still accepted");
         assert_eq!(
             config.rooms,
             RoomsConfig {
@@ -1259,7 +1258,7 @@ messages_per_second = 20
     }
 
     #[test]
-    fn ice_timeouts_and_queue_bound() {
+    fn ice_timeouts() {
         let (line, key, _) = invalid_error("[rtc]\nice_disconnected_timeout_ms = 0\n");
         assert_eq!(
             (line, key.as_str()),
@@ -1270,11 +1269,6 @@ messages_per_second = 20
         // A key left at its default is located by its section.
         let (line, key, _) = invalid_error("[rtc]\nice_disconnected_timeout_ms = 5000\n");
         assert_eq!((line, key.as_str()), (Some(1), "rtc.ice_failed_timeout_ms"));
-        let (line, key, _) = invalid_error("[rtc]\nsubscriber_queue_packets = 0\n");
-        assert_eq!(
-            (line, key.as_str()),
-            (Some(2), "rtc.subscriber_queue_packets")
-        );
 
         let rtc = RtcConfig::default();
         assert_eq!(rtc.ice_disconnected_timeout(), Duration::from_secs(2));

@@ -65,7 +65,8 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         ice_servers,
         ice_disconnected_timeout_ms,
         ice_failed_timeout_ms,
-        subscriber_queue_packets,
+        // Not used any more; changing it changes nothing.
+        subscriber_queue_packets: _,
         fast_path,
     } = rtc;
     let RoomsConfig {
@@ -142,12 +143,6 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         "rtc.ice_failed_timeout_ms",
         &old.rtc.ice_failed_timeout_ms,
         ice_failed_timeout_ms,
-    );
-    note(
-        restart,
-        "rtc.subscriber_queue_packets",
-        &old.rtc.subscriber_queue_packets,
-        subscriber_queue_packets,
     );
     note(restart, "rtc.fast_path", &old.rtc.fast_path, fast_path);
     note(restart, "rooms.preset", &old.rooms.preset, preset);
@@ -336,7 +331,7 @@ mod tests {
     fn sockets_media_and_logging_need_a_restart() {
         let old = Config::default();
         let new = parsed(
-            "[http]\nlisten = \"127.0.0.1:9999\"\n[rtc]\nudp_port = 4000\nbind_ips = [\"127.0.0.1\"]\nsubscriber_queue_packets = 9\n[control]\nsocket = \"/tmp/x.sock\"\ngroup = \"adm\"\n[recording]\ndir = \"/srv\"\n[log]\nlevel = \"debug\"\n",
+            "[http]\nlisten = \"127.0.0.1:9999\"\n[rtc]\nudp_port = 4000\nbind_ips = [\"127.0.0.1\"]\nfast_path = false\n[control]\nsocket = \"/tmp/x.sock\"\ngroup = \"adm\"\n[recording]\ndir = \"/srv\"\n[log]\nlevel = \"debug\"\n",
         );
         let plan = plan(&old, &new);
         assert!(plan.changed_live.is_empty(), "{plan:?}");
@@ -346,7 +341,7 @@ mod tests {
                 "http.listen",
                 "rtc.udp_port",
                 "rtc.bind_ips",
-                "rtc.subscriber_queue_packets",
+                "rtc.fast_path",
                 "control.socket",
                 "control.group",
                 "recording.dir",

@@ -437,6 +437,12 @@ pub fn engine_settings(
     bind_ips: &[std::net::IpAddr],
 ) -> engine::MediaSettings {
     let public = &config.rtc.public_ips;
+    if config.rtc.subscriber_queue_packets.is_some() {
+        tracing::warn!(
+            "rtc.subscriber_queue_packets is no longer used and can be removed: \
+             sends never queue, a full socket buffer drops and counts"
+        );
+    }
     engine::MediaSettings {
         bind: bind_ips
             .iter()
