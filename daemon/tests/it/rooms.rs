@@ -348,6 +348,21 @@ async fn join_tokens_are_checked_and_keys_rotate() {
         .iter()
         .any(|m| m.id == peer_id && m.name == "alice"));
 
+    // A join may leave room and name empty: the token's are used.
+    let mut only_token = RawSocket::connect(&server).await;
+    let r = only_token
+        .try_join(json!({"room": "", "name": "", "token": token("a", "dana", false)}))
+        .await;
+    let ServerMessage::Joined { room, peer_id, .. } = r else {
+        panic!("expected joined, got {r:?}")
+    };
+    assert_eq!(room, "a");
+    let detail = server.rooms.show("a").await.expect("room a");
+    assert!(detail
+        .members
+        .iter()
+        .any(|m| m.id == peer_id && m.name == "dana"));
+
     // Rotation: a token signed with the old key works while it is listed.
     let old_token = token("a", "bob", false);
     server
