@@ -315,6 +315,17 @@ async fn joined_from(
         bind_ip: ip.parse().expect("an IP address"),
         ..Default::default()
     };
+    joined_with(server, options, room, name, role).await
+}
+
+/// A client set up with `options`, joined; with its peer id.
+async fn joined_with(
+    server: &TestServer,
+    options: sfu_client::ClientOptions,
+    room: &str,
+    name: &str,
+    role: Role,
+) -> (Client, String) {
     let client = Client::connect_with(&server.ws_url(), options)
         .await
         .expect("connects");
@@ -501,14 +512,7 @@ async fn a_peer_whose_ice_checks_pause_stays_while_its_media_flows() {
         ice_keepalive: Some(Duration::from_secs(60)),
         ..Default::default()
     };
-    let b = Client::connect_with(&server.ws_url(), options)
-        .await
-        .expect("connects");
-    let b_id = b
-        .join("consent", "bob", Role::Speaker)
-        .await
-        .expect("joins")
-        .peer_id;
+    let (b, b_id) = joined_with(&server, options, "consent", "bob", Role::Speaker).await;
     b.publish(sfu_client::PublishOptions::default())
         .await
         .expect("publishes");
