@@ -125,49 +125,39 @@ impl MediaEngine {
         }
     }
 
-    /// Gives every subscriber leg of a track a sender report of its own,
-    /// translated from the publisher's: the publisher's NTP time with the
-    /// leg's RTP time, so receivers keep the publisher's audio and video in
-    /// sync, and the leg's own packet and octet counts.
-    pub(super) fn relay_sender_reports(
-        &mut self,
-        packets: &[Box<dyn rtc::rtcp::Packet>],
-        now: Instant,
-    ) {
-        for p in packets {
-            let Some(sr) = p.as_any().downcast_ref::<SenderReport>() else {
+    /// Gives every subscriber leg of `track` a sender report of its own,
+    /// translated from the publisher's `sr`: the publisher's NTP time with
+    /// the leg's RTP time, so receivers keep the publisher's audio and video
+    /// in sync, and the leg's own packet and octet counts.
+    pub(super) fn relay_sender_report(&mut self, track: TrackId, sr: &SenderReport, now: Instant) {
+        let Some(source) = self.sources.get(&track) else {
+            return;
+        };
+        for sub in &source.subscribers {
+            let Some(conn) = self.conns.get_mut(sub) else {
                 continue;
             };
-            let Some((track, source)) = self.sources.iter().find(|(_, s)| s.media_ssrc == sr.ssrc)
-            else {
+            let Some(leg) = conn.legs.get(&track) else {
                 continue;
             };
-            for sub in &source.subscribers {
-                let Some(conn) = self.conns.get_mut(sub) else {
-                    continue;
-                };
-                let Some(leg) = conn.legs.get(track) else {
-                    continue;
-                };
-                if !conn.connected || leg.packets == 0 {
-                    continue;
-                }
-                let report = SenderReport {
-                    ssrc: leg.ssrc,
-                    ntp_time: sr.ntp_time,
-                    rtp_time: leg.rtp_time(sr.rtp_time),
-                    // RFC 3550: both counts wrap modulo 2^32.
-                    packet_count: leg.packets as u32,
-                    octet_count: leg.bytes as u32,
-                    ..Default::default()
-                };
-                if let Some(mut sender) = conn.pc.rtp_sender(leg.sender) {
-                    if let Err(e) = sender.write_rtcp(now, vec![Box::new(report)]) {
-                        debug!(error = %e, "sender report not sent");
-                    }
-                }
-                flush(conn, &mut self.out, &self.local_addrs);
+            if !conn.connected || leg.packets == 0 {
+                continue;
             }
+            let report = SenderReport {
+                ssrc: leg.ssrc,
+                ntp_time: sr.ntp_time,
+                rtp_time: leg.rtp_time(sr.rtp_time),
+                // RFC 3550: both counts wrap modulo 2^32.
+                packet_count: leg.packets as u32,
+                octet_count: leg.bytes as u32,
+                ..Default::default()
+            };
+            if let Some(mut sender) = conn.pc.rtp_sender(leg.sender) {
+                if let Err(e) = sender.write_rtcp(now, vec![Box::new(report)]) {
+                    debug!(error = %e, "sender report not sent");
+                }
+            }
+            flush(conn, &mut self.out, &self.local_addrs);
         }
     }
 }

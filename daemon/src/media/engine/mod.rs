@@ -692,8 +692,7 @@ impl MediaEngine {
                 let mut wanted = Vec::new();
                 let mut nacks = Vec::new();
                 if conn.kind == PcKind::Publish {
-                    self.tap_sender_reports(&packets);
-                    self.relay_sender_reports(&packets, now);
+                    self.on_sender_reports(&packets, now);
                     return;
                 }
                 for p in &packets {
@@ -720,6 +719,25 @@ impl MediaEngine {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A publisher's sender reports, each looked up once: to the recorder's
+    /// tap of the track it describes, and translated to its subscriber legs.
+    fn on_sender_reports(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>], now: Instant) {
+        for sr in packets
+            .iter()
+            .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+        {
+            let Some(track) = self
+                .sources
+                .iter()
+                .find_map(|(id, s)| (s.media_ssrc == sr.ssrc).then_some(*id))
+            else {
+                continue;
+            };
+            self.tap_sender_report(track, sr);
+            self.relay_sender_report(track, sr, now);
         }
     }
 

@@ -46,25 +46,16 @@ impl MediaEngine {
         }
     }
 
-    /// Hands publishers' sender reports to the taps of the tracks they describe.
-    pub(super) fn tap_sender_reports(&self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
-        for p in packets {
-            let Some(sr) = p.as_any().downcast_ref::<SenderReport>() else {
-                continue;
-            };
-            let Some((track, tap)) = self
-                .sources
-                .iter()
-                .find_map(|(id, s)| (s.media_ssrc == sr.ssrc).then_some((*id, s.tap.as_ref()?)))
-            else {
-                continue;
-            };
-            if let Ok(data) = sr.marshal() {
-                tap.send(TapEvent::SenderReport {
-                    track,
-                    data: data.freeze(),
-                });
-            }
+    /// Hands a publisher's sender report about `track` to its tap, if any.
+    pub(super) fn tap_sender_report(&self, track: TrackId, sr: &SenderReport) {
+        let Some(tap) = self.sources.get(&track).and_then(|s| s.tap.as_ref()) else {
+            return;
+        };
+        if let Ok(data) = sr.marshal() {
+            tap.send(TapEvent::SenderReport {
+                track,
+                data: data.freeze(),
+            });
         }
     }
 }
