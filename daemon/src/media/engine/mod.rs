@@ -315,7 +315,7 @@ impl MediaEngine {
                             let now = Instant::now();
                             turn = Some((now, self.stats.rtp_forwarded));
                             self.on_datagram(sock, from, &buf[..len], now);
-                            self.read_more(&mut buf, now);
+                            self.read_more(&mut buf);
                         }
                         Err(e) => warn!(error = %e, "UDP receive failed"),
                     }
@@ -345,14 +345,16 @@ impl MediaEngine {
     }
 
     /// Drains what else is already queued on the sockets, up to a batch.
-    fn read_more(&mut self, buf: &mut [u8], now: Instant) {
+    fn read_more(&mut self, buf: &mut [u8]) {
         for _ in 0..READ_BATCH {
             let mut got = false;
             for sock in 0..self.sockets.len() {
                 match self.sockets[sock].try_recv_from(buf) {
                     Ok((len, from)) => {
                         got = true;
-                        self.on_datagram(sock, from, &buf[..len], now);
+                        // Each datagram's own arrival time: the TWCC feedback
+                        // publishers estimate their bandwidth from reports it.
+                        self.on_datagram(sock, from, &buf[..len], Instant::now());
                         if self.out.len() >= HIGH_WATER {
                             self.out.send(&self.sockets, &mut self.stats);
                         }
@@ -540,6 +542,14 @@ impl MediaEngine {
         debug!(peer = %conn.peer, pc = ?conn.kind, %state, "connection state");
         let (peer, kind) = (conn.peer, conn.kind);
         match state {
+            // `rtc`'s ICE agent reports disconnected whenever a consent check
+            // is later than `rtc.ice_disconnected_timeout_ms` and connected
+            // again at the next one (every 2.5 s from Chrome); media flows all
+            // along, so only the first connection is news. Asking publishers
+            // for keyframes at every such flap cost one keyframe per 2.5 s.
+            RTCPeerConnectionState::Connected if conn.connected => {
+                debug!(%peer, pc = ?kind, "connected again");
+            }
             RTCPeerConnectionState::Connected => {
                 conn.connected = true;
                 conn.connect_by = None;
