@@ -9,6 +9,8 @@
 
 use rtc::rtp;
 
+use super::simulcast::LayerSwitcher;
+
 /// Header extension URIs that describe the publisher's own transport or
 /// stream identity and must not be forwarded as they are.
 const NOT_FORWARDED: [&str; 4] = [
@@ -73,6 +75,11 @@ pub(crate) struct Leg {
     pub bytes: u64,
     /// Packets the subscriber's connection refused.
     pub dropped: u64,
+    /// For a simulcast track: which layer the leg forwards, and the
+    /// renumbering that keeps its stream continuous across switches.
+    pub switcher: Option<LayerSwitcher>,
+    /// When the switcher's target last changed.
+    pub layer_since: Option<std::time::Instant>,
 }
 
 impl Leg {
@@ -88,6 +95,8 @@ impl Leg {
             packets: 0,
             bytes: 0,
             dropped: 0,
+            switcher: None,
+            layer_since: None,
         }
     }
 

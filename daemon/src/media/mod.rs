@@ -14,6 +14,7 @@ mod engine;
 mod forward;
 pub(crate) mod peer;
 mod rtcp;
+pub(crate) mod simulcast;
 mod srtp_keys;
 
 use std::net::SocketAddr;

@@ -11,6 +11,8 @@
 //! without known keys goes through `rtc` (`write_rtp`) as before.
 
 use super::*;
+use crate::media::simulcast::{is_keyframe_start, Vp8Descriptor};
+use rtc::shared::marshal::MarshalSize;
 
 impl MediaEngine {
     pub(super) fn forward(
@@ -32,10 +34,19 @@ impl MediaEngine {
         let Some(source) = self.sources.get_mut(&track) else {
             return;
         };
-        source.packets += 1;
-        source.bytes += packet.payload.len() as u64;
-        source.history.push(&packet);
-        if let Some(tap) = &source.tap {
+        let simulcast = source.simulcast();
+        let Some(layer) = source
+            .layer_of(packet.header.ssrc)
+            .or((!simulcast).then_some(0))
+        else {
+            return;
+        };
+        let l = &mut source.layers[layer];
+        l.packets += 1;
+        l.bytes += packet.payload.len() as u64;
+        l.last_packet = Some(now);
+        l.history.push(&packet);
+        if let Some(tap) = source.tap.as_ref().filter(|_| layer == source.tap_layer) {
             if tap.is_closed() {
                 source.tap = None;
             } else if let Ok(data) = packet.marshal() {
@@ -45,6 +56,17 @@ impl MediaEngine {
                 });
             }
         }
+        // Simulcast legs switch layers at keyframes, and align timestamps
+        // across a switch by arrival time (in the codec's clock).
+        let keyframe = simulcast && is_keyframe_start(source.video_codec, &packet.payload);
+        let now_ts = if simulcast {
+            let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
+            (micros * u64::from(source.codec.clock_rate) / 1_000_000) as u32
+        } else {
+            0
+        };
+        // Layers some leg waits for a keyframe of, as bit masks: to start, to switch.
+        let (mut start_wanted, mut switch_wanted) = (0u32, 0u32);
         for sub in &source.subscribers {
             let Some(conn) = self.conns.get_mut(sub) else {
                 continue;
@@ -53,6 +75,40 @@ impl MediaEngine {
                 continue;
             };
             let mut out = packet.clone();
+            let mut vp8 = None;
+            if let Some(sw) = leg.switcher.as_mut() {
+                let switches = sw.switches();
+                // Only a keyframe of the target can start a segment.
+                let aligned = if keyframe && sw.target() == Some(layer) {
+                    sw.reference_layer()
+                        .and_then(|to| source.align(layer, packet.header.timestamp, to))
+                } else {
+                    None
+                };
+                let munged = sw.accept(
+                    layer,
+                    &packet.header,
+                    &packet.payload,
+                    keyframe,
+                    now_ts,
+                    aligned,
+                );
+                if sw.wants_keyframe() {
+                    let bit = sw.target().map_or(0, |t| 1u32 << t.min(31));
+                    if sw.current().is_some() {
+                        switch_wanted |= bit;
+                    } else {
+                        start_wanted |= bit;
+                    }
+                }
+                self.stats.layer_switches += sw.switches() - switches;
+                let Some(m) = munged else {
+                    continue;
+                };
+                out.header.sequence_number = m.sequence_number;
+                out.header.timestamp = m.timestamp;
+                vp8 = m.vp8;
+            }
             if !conn.connected || !leg.rewrite(&mut out) {
                 leg.dropped += 1;
                 self.stats.dropped_leg += 1;
@@ -61,9 +117,12 @@ impl MediaEngine {
             let bytes = out.payload.len() as u64;
             let sent = match (&mut conn.srtp, conn.media_dest) {
                 (Some(srtp), Some(dest)) => {
-                    protect_and_queue(srtp, dest, &out, &mut self.scratch_rtp, &mut self.out)
+                    protect_and_queue(srtp, dest, &out, vp8, &mut self.scratch_rtp, &mut self.out)
                 }
                 _ => {
+                    if let Some((picture_id, tl0)) = vp8 {
+                        rewrite_vp8_payload(&mut out, picture_id, tl0);
+                    }
                     let written = conn
                         .pc
                         .rtp_sender(leg.sender)
@@ -84,6 +143,14 @@ impl MediaEngine {
                 flush(conn, &mut self.out, &self.local_addrs);
             }
         }
+        for (mask, cause) in [
+            (start_wanted, KeyframeCause::NewSubscriber),
+            (switch_wanted, KeyframeCause::LayerSwitch),
+        ] {
+            for layer in (0..32).filter(|l| mask & (1 << l) != 0) {
+                self.request_layer_keyframe(track, layer, now, cause);
+            }
+        }
     }
 
     /// Sends again what a subscriber reports lost, from the publisher
@@ -100,21 +167,49 @@ impl MediaEngine {
             return;
         };
         for seq in nack.nacks.iter().flat_map(|pair| pair.into_iter()) {
-            let Some(original) = source.history.get(leg.source_seq(seq)) else {
-                continue;
+            // What the leg sent as `seq`, before its own offsets.
+            let sent = leg.source_seq(seq);
+            let (mut again, vp8) = match &leg.switcher {
+                Some(sw) => {
+                    let Some(original) = sw
+                        .source_of(sent)
+                        .and_then(|(layer, seq)| source.layers.get(layer)?.history.get(seq))
+                    else {
+                        continue;
+                    };
+                    let Some(m) = sw.resend(sent, &original.header, &original.payload) else {
+                        continue;
+                    };
+                    let mut again = original.clone();
+                    again.header.sequence_number = m.sequence_number;
+                    again.header.timestamp = m.timestamp;
+                    (again, m.vp8)
+                }
+                None => match source.layers[0].history.get(sent) {
+                    Some(original) => (original.clone(), None),
+                    None => continue,
+                },
             };
-            let mut again = original.clone();
             if !leg.rewrite(&mut again) {
                 continue;
             }
             let sent = match (&mut conn.srtp, conn.media_dest) {
-                (Some(srtp), Some(dest)) => {
-                    protect_and_queue(srtp, dest, &again, &mut self.scratch_rtp, &mut self.out)
+                (Some(srtp), Some(dest)) => protect_and_queue(
+                    srtp,
+                    dest,
+                    &again,
+                    vp8,
+                    &mut self.scratch_rtp,
+                    &mut self.out,
+                ),
+                _ => {
+                    if let Some((picture_id, tl0)) = vp8 {
+                        rewrite_vp8_payload(&mut again, picture_id, tl0);
+                    }
+                    conn.pc
+                        .rtp_sender(leg.sender)
+                        .is_some_and(|mut s| s.write_rtp(now, again).is_ok())
                 }
-                _ => conn
-                    .pc
-                    .rtp_sender(leg.sender)
-                    .is_some_and(|mut s| s.write_rtp(now, again).is_ok()),
             };
             if sent {
                 self.stats.rtp_retransmitted += 1;
@@ -129,7 +224,13 @@ impl MediaEngine {
     /// translated from the publisher's `sr`: the publisher's NTP time with
     /// the leg's RTP time, so receivers keep the publisher's audio and video
     /// in sync, and the leg's own packet and octet counts.
-    pub(super) fn relay_sender_report(&mut self, track: TrackId, sr: &SenderReport, now: Instant) {
+    pub(super) fn relay_sender_report(
+        &mut self,
+        track: TrackId,
+        layer: usize,
+        sr: &SenderReport,
+        now: Instant,
+    ) {
         let Some(source) = self.sources.get(&track) else {
             return;
         };
@@ -143,10 +244,19 @@ impl MediaEngine {
             if !conn.connected || leg.packets == 0 {
                 continue;
             }
+            // A simulcast leg reports only the layer it forwards, in the
+            // timeline that layer's segment has on the leg.
+            let offset = match &leg.switcher {
+                Some(sw) => match sw.timestamp_offset(layer) {
+                    Some(offset) => offset,
+                    None => continue,
+                },
+                None => 0,
+            };
             let report = SenderReport {
                 ssrc: leg.ssrc,
                 ntp_time: sr.ntp_time,
-                rtp_time: leg.rtp_time(sr.rtp_time),
+                rtp_time: leg.rtp_time(sr.rtp_time.wrapping_add(offset)),
                 // RFC 3550: both counts wrap modulo 2^32.
                 packet_count: leg.packets as u32,
                 octet_count: leg.bytes as u32,
@@ -185,12 +295,21 @@ fn protect_and_queue(
     srtp: &mut SrtpContext,
     (sock, to): (usize, SocketAddr),
     packet: &rtc::rtp::Packet,
+    vp8: Option<(u16, u8)>,
     scratch: &mut [u8],
     out: &mut SendBatch,
 ) -> bool {
     let Ok(len) = packet.marshal_to(scratch) else {
         return false;
     };
+    if let Some((picture_id, tl0)) = vp8 {
+        // The payload descriptor is rewritten in the marshalled copy: the
+        // publisher's payload stays shared between legs.
+        let payload = &mut scratch[packet.header.marshal_size().min(len)..len];
+        if let Some(d) = Vp8Descriptor::parse(payload) {
+            d.write(payload, picture_id, tl0);
+        }
+    }
     match srtp.encrypt_rtp_with_header(&scratch[..len], &packet.header) {
         Ok(protected) => {
             out.push(sock, to, protected);
@@ -200,5 +319,15 @@ fn protect_and_queue(
             debug!(error = %e, "SRTP protection failed");
             false
         }
+    }
+}
+
+/// Rewrites a packet's VP8 picture id and TL0PICIDX in a copy of its payload
+/// (the path through `rtc`, which takes the packet itself).
+fn rewrite_vp8_payload(packet: &mut rtc::rtp::Packet, picture_id: u16, tl0: u8) {
+    if let Some(d) = Vp8Descriptor::parse(&packet.payload) {
+        let mut payload = BytesMut::from(&packet.payload[..]);
+        d.write(&mut payload, picture_id, tl0);
+        packet.payload = payload.freeze();
     }
 }

@@ -11,11 +11,16 @@
 //! relayed upstream rate-limited. Nothing here awaits anything but the next
 //! input, and no lock exists.
 
+mod allocate;
 mod fanout;
 mod negotiate;
+mod source;
 mod tap;
 
 use fanout::start_fast_path;
+use source::{Layer, Source};
+
+use super::simulcast::VideoCodec;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -117,12 +122,55 @@ pub struct MediaStats {
     pub dropped_leg: u64,
     /// Keyframe requests sent to publishers.
     pub plis_sent: u64,
+    /// The same, by cause.
+    pub keyframe_requests: KeyframeRequests,
+    /// Times a subscriber leg moved to another simulcast layer.
+    pub layer_switches: u64,
+    /// Subscriber legs of video tracks paused (nothing of it fits their link).
+    pub paused_legs: usize,
     /// Packets sent again for subscribers' NACKs (fast path).
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.
     pub fast_path_connections: usize,
     /// Time forwarded packets spent in the loop (see `delay`).
     pub forward_delay: ForwardDelay,
+}
+
+/// Why the engine asked a publisher for a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyframeCause {
+    /// A subscriber's PLI or FIR, relayed.
+    Subscriber,
+    /// A subscriber leg that starts.
+    NewSubscriber,
+    /// A subscriber leg that moves to another simulcast layer.
+    LayerSwitch,
+    /// A recording that starts (or its depayloader asked).
+    Recording,
+}
+
+/// Keyframe requests sent to publishers, by cause (see [`KeyframeCause`]).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KeyframeRequests {
+    /// Relayed from subscribers.
+    pub subscriber: u64,
+    /// For subscriber legs that start.
+    pub new_subscriber: u64,
+    /// For simulcast layer switches.
+    pub layer_switch: u64,
+    /// For recordings.
+    pub recording: u64,
+}
+
+impl KeyframeRequests {
+    fn count(&mut self, cause: KeyframeCause) {
+        match cause {
+            KeyframeCause::Subscriber => self.subscriber += 1,
+            KeyframeCause::NewSubscriber => self.new_subscriber += 1,
+            KeyframeCause::LayerSwitch => self.layer_switch += 1,
+            KeyframeCause::Recording => self.recording += 1,
+        }
+    }
 }
 
 type ConnId = u64;
@@ -161,28 +209,6 @@ struct Conn {
     last_rx: Instant,
 }
 
-/// One published track and who receives it.
-struct Source {
-    info: TrackInfo,
-    codec: RTCRtpCodec,
-    extensions: Vec<(String, u16)>,
-    conn: ConnId,
-    receiver: RTCRtpReceiverId,
-    media_ssrc: u32,
-    subscribers: Vec<ConnId>,
-    last_pli: Option<Instant>,
-    pli_pending: bool,
-    packets: u64,
-    bytes: u64,
-    /// Bytes and time at the start of the current bitrate window.
-    rate_mark: (Instant, u64),
-    bitrate_bps: u64,
-    payload_type: u8,
-    tap: Option<Tap>,
-    /// Recent packets, for NACKs (video only).
-    history: History,
-}
-
 #[derive(Default)]
 struct PeerConns {
     publish: Option<ConnId>,
@@ -218,6 +244,8 @@ pub struct MediaEngine {
     scratch_events: Vec<RTCPeerConnectionEvent>,
     /// A forwarded packet's plaintext, before protection.
     scratch_rtp: Vec<u8>,
+    /// Origin of the arrival times simulcast legs align timestamps by.
+    epoch: Instant,
 }
 
 /// Settings the engine needs from the configuration.
@@ -291,6 +319,7 @@ impl MediaEngine {
             scratch_reads: Vec::new(),
             scratch_events: Vec::new(),
             scratch_rtp: vec![0; MAX_DATAGRAM],
+            epoch: Instant::now(),
         };
         Ok((engine, handle))
     }
@@ -502,22 +531,24 @@ impl MediaEngine {
             self.emit(peer, MediaEvent::ConnectionLost { peer, pc });
         }
         for s in self.sources.values_mut() {
-            let (since, bytes) = s.rate_mark;
-            let elapsed = now.duration_since(since);
-            if elapsed >= Duration::from_secs(1) {
-                s.bitrate_bps = ((s.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
-                s.rate_mark = (now, s.bytes);
+            for layer in &mut s.layers {
+                layer.measure(now);
             }
         }
-        let pending: Vec<TrackId> = self
+        let pending: Vec<(TrackId, usize, KeyframeCause)> = self
             .sources
             .iter()
-            .filter(|(_, s)| s.pli_pending)
-            .map(|(id, _)| *id)
+            .flat_map(|(id, s)| {
+                s.layers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, l)| l.pli_pending.map(|cause| (*id, i, cause)))
+            })
             .collect();
-        for track in pending {
-            self.request_keyframe(track, now);
+        for (track, layer, cause) in pending {
+            self.request_layer_keyframe(track, layer, now, cause);
         }
+        self.select_layers(now);
     }
 
     fn on_event(&mut self, id: ConnId, ev: RTCPeerConnectionEvent, now: Instant) {
@@ -566,7 +597,7 @@ impl MediaEngine {
                     },
                 );
                 for track in tracks {
-                    self.request_keyframe(track, now);
+                    self.request_leg_keyframe(id, track, now, KeyframeCause::NewSubscriber);
                 }
             }
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
@@ -587,12 +618,25 @@ impl MediaEngine {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.kind != PcKind::Publish || conn.tracks.contains_key(&init.track_id) {
+        if conn.kind != PcKind::Publish {
+            return;
+        }
+        if let Some(track) = conn.tracks.get(&init.track_id).copied() {
+            // Another simulcast layer of a track already open.
+            self.on_layer_open(track, &init);
             return;
         }
         let Some(mut receiver) = conn.pc.rtp_receiver(init.receiver_id) else {
             return;
         };
+        // A simulcast track lists its RIDs (lowest first); each layer's SSRC
+        // is learnt from its first packet.
+        let rids: Vec<String> = receiver
+            .track()
+            .codings()
+            .iter()
+            .filter_map(|c| Some(c.rtp_coding_parameters.rid.clone()).filter(|r| !r.is_empty()))
+            .collect();
         let kind = match receiver.track().kind() {
             RtpCodecKind::Audio => MediaKind::Audio,
             RtpCodecKind::Video => MediaKind::Video,
@@ -638,30 +682,32 @@ impl MediaEngine {
                 fmtp: codec.sdp_fmtp_line.clone(),
             },
         };
-        info!(peer = %conn.peer, track = track.0, kind = kind.as_str(), codec = %codec.mime_type, ssrc = init.ssrc, "track published");
+        info!(peer = %conn.peer, track = track.0, kind = kind.as_str(), codec = %codec.mime_type, ssrc = init.ssrc, rids = ?rids, "track published");
         let peer = conn.peer;
+        let layers = if rids.len() > 1 && kind == MediaKind::Video {
+            rids.into_iter()
+                .map(|rid| {
+                    let ssrc = (init.rid.as_deref() == Some(rid.as_str())).then_some(init.ssrc);
+                    Layer::new(Some(rid), ssrc, kind)
+                })
+                .collect()
+        } else {
+            vec![Layer::new(init.rid.clone(), Some(init.ssrc), kind)]
+        };
         self.sources.insert(
             track,
             Source {
                 info: info.clone(),
+                video_codec: VideoCodec::from_mime(&codec.mime_type),
                 codec,
                 extensions,
                 conn: id,
                 receiver: init.receiver_id,
-                media_ssrc: init.ssrc,
+                layers,
                 subscribers: Vec::new(),
-                last_pli: None,
-                pli_pending: false,
-                packets: 0,
-                bytes: 0,
-                rate_mark: (Instant::now(), 0),
-                bitrate_bps: 0,
                 payload_type,
                 tap: None,
-                history: History::new(match kind {
-                    MediaKind::Video => History::VIDEO,
-                    MediaKind::Audio => 0,
-                }),
+                tap_layer: 0,
             },
         );
         let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
@@ -669,6 +715,28 @@ impl MediaEngine {
             self.attach_tap(track, tap);
         }
         self.emit(peer, MediaEvent::TrackPublished(info));
+    }
+
+    /// The first packet of another layer of a simulcast track: its SSRC.
+    fn on_layer_open(
+        &mut self,
+        track: TrackId,
+        init: &rtc::peer_connection::event::RTCTrackEventInit,
+    ) {
+        let Some(source) = self.sources.get_mut(&track) else {
+            return;
+        };
+        let Some(layer) = init.rid.as_deref().and_then(|rid| {
+            source
+                .layers
+                .iter_mut()
+                .find(|l| l.rid.as_deref() == Some(rid))
+        }) else {
+            debug!(track = track.0, rid = ?init.rid, "packets of an unknown layer ignored");
+            return;
+        };
+        layer.ssrc = Some(init.ssrc);
+        info!(track = track.0, rid = ?init.rid, ssrc = init.ssrc, "simulcast layer opened");
     }
 
     fn on_track_close(&mut self, id: ConnId, core_track: &str) {
@@ -725,7 +793,7 @@ impl MediaEngine {
                     self.answer_nack(id, nack, now);
                 }
                 for track in wanted {
-                    self.request_keyframe(track, now);
+                    self.request_leg_keyframe(id, track, now, KeyframeCause::Subscriber);
                 }
             }
             _ => {}
@@ -739,37 +807,84 @@ impl MediaEngine {
             .iter()
             .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
         {
-            let Some(track) = self
+            let Some((track, layer)) = self
                 .sources
                 .iter()
-                .find_map(|(id, s)| (s.media_ssrc == sr.ssrc).then_some(*id))
+                .find_map(|(id, s)| s.layer_of(sr.ssrc).map(|l| (*id, l)))
             else {
                 continue;
             };
-            self.tap_sender_report(track, sr);
-            self.relay_sender_report(track, sr, now);
+            if let Some(l) = self
+                .sources
+                .get_mut(&track)
+                .and_then(|s| s.layers.get_mut(layer))
+            {
+                l.sender_report = Some((sr.ntp_time, sr.rtp_time));
+            }
+            self.tap_sender_report(track, layer, sr);
+            self.relay_sender_report(track, layer, sr, now);
         }
     }
 
-    /// Asks a publisher for a keyframe, at most once per [`PLI_INTERVAL`];
-    /// a request inside the interval is sent when it ends.
-    fn request_keyframe(&mut self, track: TrackId, now: Instant) {
+    /// Asks a publisher for a keyframe of the layer the recorder copies
+    /// (the only layer of a track that is not simulcast).
+    fn request_keyframe(&mut self, track: TrackId, now: Instant, cause: KeyframeCause) {
+        let Some(layer) = self.sources.get(&track).map(|s| s.tap_layer) else {
+            return;
+        };
+        self.request_layer_keyframe(track, layer, now, cause);
+    }
+
+    /// Asks a publisher for a keyframe of the layer subscriber connection
+    /// `sub` gets of `track` (or is about to get).
+    fn request_leg_keyframe(
+        &mut self,
+        sub: ConnId,
+        track: TrackId,
+        now: Instant,
+        cause: KeyframeCause,
+    ) {
+        let layer = self
+            .conns
+            .get(&sub)
+            .and_then(|c| c.legs.get(&track))
+            .and_then(|leg| leg.switcher.as_ref())
+            .map_or(Some(0), |sw| sw.current().or(sw.target()));
+        if let Some(layer) = layer {
+            self.request_layer_keyframe(track, layer, now, cause);
+        }
+    }
+
+    /// Asks a publisher for a keyframe of one layer, at most once per
+    /// [`PLI_INTERVAL`]; a request inside the interval is sent when it ends.
+    fn request_layer_keyframe(
+        &mut self,
+        track: TrackId,
+        layer: usize,
+        now: Instant,
+        cause: KeyframeCause,
+    ) {
         let Some(source) = self.sources.get_mut(&track) else {
             return;
         };
         if source.info.kind != MediaKind::Video {
             return;
         }
-        if source
-            .last_pli
+        let (conn_id, receiver) = (source.conn, source.receiver);
+        let Some(l) = source.layers.get_mut(layer) else {
+            return;
+        };
+        let Some(media_ssrc) = l.ssrc else {
+            return;
+        };
+        if l.last_pli
             .is_some_and(|last| now.duration_since(last) < PLI_INTERVAL)
         {
-            source.pli_pending = true;
+            l.pli_pending.get_or_insert(cause);
             return;
         }
-        source.pli_pending = false;
-        source.last_pli = Some(now);
-        let (conn_id, receiver, media_ssrc) = (source.conn, source.receiver, source.media_ssrc);
+        l.pli_pending = None;
+        l.last_pli = Some(now);
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
@@ -779,7 +894,10 @@ impl MediaEngine {
                 media_ssrc,
             };
             match r.write_rtcp(now, vec![Box::new(pli)]) {
-                Ok(()) => self.stats.plis_sent += 1,
+                Ok(()) => {
+                    self.stats.plis_sent += 1;
+                    self.stats.keyframe_requests.count(cause);
+                }
                 Err(e) => debug!(error = %e, "PLI not sent"),
             }
         }
@@ -828,7 +946,9 @@ impl MediaEngine {
             }
             MediaCommand::RemovePeer { peer } => self.remove_peer(peer),
             MediaCommand::SetTap { peer, tap } => self.set_tap(peer, tap, now),
-            MediaCommand::RequestKeyframe { track } => self.request_keyframe(track, now),
+            MediaCommand::RequestKeyframe { track } => {
+                self.request_keyframe(track, now, KeyframeCause::Recording)
+            }
             MediaCommand::ClosePublish { peer } => {
                 if let Some(id) = self.conn_of(peer, PcKind::Publish) {
                     self.drop_conn(id);
@@ -873,9 +993,9 @@ impl MediaEngine {
                 id: s.info.id.0,
                 kind: s.info.kind.as_str(),
                 codec: s.info.codec.mime_type.clone(),
-                packets: s.packets,
-                bytes: s.bytes,
-                bitrate_bps: s.bitrate_bps,
+                packets: s.packets(),
+                bytes: s.bytes(),
+                bitrate_bps: s.bitrate_bps(),
                 subscribers: s.subscribers.len(),
             })
             .collect();

@@ -3,6 +3,7 @@
 //! subscriber's answer that activates the legs, and trickled candidates.
 
 use super::*;
+use crate::media::simulcast::LayerSwitcher;
 
 impl MediaEngine {
     pub(super) fn conn_of(&self, peer: PeerId, kind: PcKind) -> Option<ConnId> {
@@ -196,7 +197,13 @@ impl MediaEngine {
                 )
                 .map_err(|e| MediaError::Internal(e.to_string()))?;
             let sender = RTCRtpSenderId::from(transceiver);
-            conn.legs.insert(want.id, Leg::new(sender, ssrc));
+            let mut leg = Leg::new(sender, ssrc);
+            if source.simulcast() {
+                let mut switcher = LayerSwitcher::new(source.video_codec, source.codec.clock_rate);
+                switcher.set_target(source.best_active(now).or(Some(0)));
+                leg.switcher = Some(switcher);
+            }
+            conn.legs.insert(want.id, leg);
             conn.by_ssrc.insert(ssrc, want.id);
             source.subscribers.push(id);
             changed = true;
@@ -286,7 +293,7 @@ impl MediaEngine {
         self.drive(id, now);
         if connected {
             for track in fresh {
-                self.request_keyframe(track, now);
+                self.request_leg_keyframe(id, track, now, KeyframeCause::NewSubscriber);
             }
         }
         Ok(())

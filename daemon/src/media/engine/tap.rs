@@ -7,12 +7,14 @@ impl MediaEngine {
     /// Starts copying one track into a tap; tells the tap what it carries.
     pub(super) fn attach_tap(&mut self, track: TrackId, tap: Tap) {
         if let Some(s) = self.sources.get_mut(&track) {
+            // A simulcast track is recorded in its best layer.
+            s.tap_layer = s.best_known();
             tap.send(TapEvent::Track {
                 track,
                 kind: s.info.kind,
                 codec: s.info.codec.clone(),
                 payload_type: s.payload_type,
-                ssrc: s.media_ssrc,
+                ssrc: s.layers[s.tap_layer].ssrc.unwrap_or_default(),
             });
             s.tap = Some(tap);
         }
@@ -35,7 +37,7 @@ impl MediaEngine {
                 Some(tap) => {
                     self.attach_tap(track, tap.clone());
                     // A recording starts on a keyframe.
-                    self.request_keyframe(track, now);
+                    self.request_keyframe(track, now, KeyframeCause::Recording);
                 }
                 None => {
                     if let Some(s) = self.sources.get_mut(&track) {
@@ -47,8 +49,13 @@ impl MediaEngine {
     }
 
     /// Hands a publisher's sender report about `track` to its tap, if any.
-    pub(super) fn tap_sender_report(&self, track: TrackId, sr: &SenderReport) {
-        let Some(tap) = self.sources.get(&track).and_then(|s| s.tap.as_ref()) else {
+    pub(super) fn tap_sender_report(&self, track: TrackId, layer: usize, sr: &SenderReport) {
+        let Some(tap) = self
+            .sources
+            .get(&track)
+            .filter(|s| s.tap_layer == layer)
+            .and_then(|s| s.tap.as_ref())
+        else {
             return;
         };
         if let Ok(data) = sr.marshal() {

@@ -1,0 +1,146 @@
+//! A published track as the engine holds it: its codec, who receives it,
+//! and its layers.
+//!
+//! A track that is not simulcast has one layer. A simulcast track (RID-based,
+//! `a=simulcast` in the offer) has one layer per RID, ordered as the offer
+//! lists them, lowest first (the order every client SDK uses for its
+//! encodings); each layer is a separate RTP stream with its own SSRC,
+//! sequence numbers, keyframes and NACK history, and subscribers get one of
+//! them at a time (`simulcast::LayerSwitcher`).
+
+use super::*;
+use crate::media::simulcast::VideoCodec;
+
+/// How long a layer may go without a packet before it counts as stopped
+/// (the publisher paused it, or its bandwidth estimate dropped it).
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+
+/// One RTP stream of a published track.
+pub(super) struct Layer {
+    /// The RID, for simulcast layers.
+    pub rid: Option<String>,
+    /// The publisher's SSRC, once its first packet arrived.
+    pub ssrc: Option<u32>,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Bytes and time at the start of the current bitrate window.
+    pub rate_mark: (Instant, u64),
+    pub bitrate_bps: u64,
+    /// When its last packet arrived.
+    pub last_packet: Option<Instant>,
+    pub last_pli: Option<Instant>,
+    /// A keyframe request that waits for the end of its interval, and why.
+    pub pli_pending: Option<KeyframeCause>,
+    /// Recent packets, for NACKs (video only).
+    pub history: History,
+    /// The publisher's last sender report: NTP time and RTP time.
+    pub sender_report: Option<(u64, u32)>,
+}
+
+impl Layer {
+    pub(super) fn new(rid: Option<String>, ssrc: Option<u32>, kind: MediaKind) -> Self {
+        Layer {
+            rid,
+            ssrc,
+            packets: 0,
+            bytes: 0,
+            rate_mark: (Instant::now(), 0),
+            bitrate_bps: 0,
+            last_packet: None,
+            last_pli: None,
+            pli_pending: None,
+            history: History::new(match kind {
+                MediaKind::Video => History::VIDEO,
+                MediaKind::Audio => 0,
+            }),
+            sender_report: None,
+        }
+    }
+
+    /// Whether the publisher is sending this layer.
+    pub(super) fn active(&self, now: Instant) -> bool {
+        self.last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
+    }
+
+    /// Updates `bitrate_bps` once a second.
+    pub(super) fn measure(&mut self, now: Instant) {
+        let (since, bytes) = self.rate_mark;
+        let elapsed = now.duration_since(since);
+        if elapsed >= Duration::from_secs(1) {
+            self.bitrate_bps = ((self.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+            self.rate_mark = (now, self.bytes);
+        }
+    }
+}
+
+/// One published track and who receives it.
+pub(super) struct Source {
+    pub info: TrackInfo,
+    pub codec: RTCRtpCodec,
+    /// Which of the switcher's codecs it is (video).
+    pub video_codec: VideoCodec,
+    pub extensions: Vec<(String, u16)>,
+    pub conn: ConnId,
+    pub receiver: RTCRtpReceiverId,
+    /// Lowest first; one for a track that is not simulcast.
+    pub layers: Vec<Layer>,
+    pub subscribers: Vec<ConnId>,
+    pub payload_type: u8,
+    pub tap: Option<Tap>,
+    /// The layer the recorder's tap copies (the best one when it attached).
+    pub tap_layer: usize,
+}
+
+impl Source {
+    /// Whether subscribers get one of several layers.
+    pub(super) fn simulcast(&self) -> bool {
+        self.layers.len() > 1
+    }
+
+    /// The layer an SSRC belongs to.
+    pub(super) fn layer_of(&self, ssrc: u32) -> Option<usize> {
+        self.layers.iter().position(|l| l.ssrc == Some(ssrc))
+    }
+
+    /// The best layer the publisher is sending now, if any.
+    pub(super) fn best_active(&self, now: Instant) -> Option<usize> {
+        self.layers.iter().rposition(|l| l.active(now))
+    }
+
+    /// The best layer whose SSRC is known (for the recorder).
+    pub(super) fn best_known(&self) -> usize {
+        self.layers
+            .iter()
+            .rposition(|l| l.ssrc.is_some())
+            .unwrap_or(0)
+    }
+
+    /// `ts` of layer `from` on the RTP timeline of layer `to`, by their
+    /// sender reports (simulcast layers of one camera share capture times,
+    /// not RTP timestamp bases).
+    pub(super) fn align(&self, from: usize, ts: u32, to: usize) -> Option<u32> {
+        let (ntp_from, rtp_from) = self.layers.get(from)?.sender_report?;
+        let (ntp_to, rtp_to) = self.layers.get(to)?.sender_report?;
+        let clock = f64::from(self.codec.clock_rate);
+        let seconds = |ntp: u64| ntp as f64 / 4_294_967_296.0;
+        let at = seconds(ntp_from) + f64::from(ts.wrapping_sub(rtp_from) as i32) / clock;
+        let ticks = ((at - seconds(ntp_to)) * clock).round() as i64;
+        Some(rtp_to.wrapping_add(ticks as u32))
+    }
+
+    /// Packets received, all layers together.
+    pub(super) fn packets(&self) -> u64 {
+        self.layers.iter().map(|l| l.packets).sum()
+    }
+
+    /// Payload bytes received, all layers together.
+    pub(super) fn bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.bytes).sum()
+    }
+
+    /// Bitrate of the last second, all layers together.
+    pub(super) fn bitrate_bps(&self) -> u64 {
+        self.layers.iter().map(|l| l.bitrate_bps).sum()
+    }
+}
