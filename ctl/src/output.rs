@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use sfu_proto::control::{
-    ConnectionReport, PeerDetail, Recording, ReloadReport, Response, RoomDetail, RoomSummary,
-    Status,
+    ConnectionReport, LayerDetail, PeerDetail, Recording, ReloadReport, Response, RoomDetail,
+    RoomSummary, Status,
 };
 use sfu_proto::signaling::{Role, RoomMode};
 
@@ -218,7 +218,9 @@ pub fn room(r: &RoomDetail) -> String {
         "BITRATE",
         "PACKETS",
         "SUBSCRIBERS",
+        "LAYERS",
     ]);
+    let mut received = Table::new(&["RECEIVER", "TRACK", "LAYER", "SWITCHING TO"]);
     for p in &r.members {
         peers.row(vec![
             p.id.clone(),
@@ -238,6 +240,15 @@ pub fn room(r: &RoomDetail) -> String {
                 bitrate(t.bitrate_bps),
                 t.packets.to_string(),
                 t.subscribers.to_string(),
+                layers(&t.layers),
+            ]);
+        }
+        for r in &p.receiving {
+            received.row(vec![
+                p.name.clone(),
+                r.track.to_string(),
+                r.layer.clone().unwrap_or_else(|| "-".to_owned()),
+                r.target.clone().unwrap_or_else(|| "-".to_owned()),
             ]);
         }
     }
@@ -247,7 +258,26 @@ pub fn room(r: &RoomDetail) -> String {
         out.push('\n');
         out.push_str(&tracks.render());
     }
+    if received.rows.len() > 1 {
+        out.push('\n');
+        out.push_str(&received.render());
+    }
     out
+}
+
+/// A simulcast track's layers, e.g. `q 150k, h 480k, f (paused)`; `-` for none.
+fn layers(layers: &[LayerDetail]) -> String {
+    if layers.is_empty() {
+        return "-".to_owned();
+    }
+    layers
+        .iter()
+        .map(|l| match l.active {
+            true => format!("{} {}", l.rid, bitrate(l.bitrate_bps)),
+            false => format!("{} (paused)", l.rid),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `sfuctl reload`.

@@ -185,10 +185,27 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
     ] {
         out.sample("sfud_dropped_packets_total", &[("cause", cause)], n);
     }
-    out.counter(
+    out.family(
         "sfud_keyframe_requests_total",
-        "Keyframe requests (PLI) sent to publishers.",
-        s.plis_sent,
+        "counter",
+        "Keyframe requests (PLI) sent to publishers, by cause: subscriber (a \
+         subscriber's PLI or FIR, relayed), new_subscriber (a forwarded track \
+         starts), layer_switch (a subscriber moves to another simulcast \
+         layer), recording.",
+    );
+    let k = &s.keyframe_requests;
+    for (cause, n) in [
+        ("subscriber", k.subscriber),
+        ("new_subscriber", k.new_subscriber),
+        ("layer_switch", k.layer_switch),
+        ("recording", k.recording),
+    ] {
+        out.sample("sfud_keyframe_requests_total", &[("cause", cause)], n);
+    }
+    out.counter(
+        "sfud_layer_switches_total",
+        "Times a subscriber started forwarding another simulcast layer of a track.",
+        s.layer_switches,
     );
 }
 

@@ -291,6 +291,32 @@ pub struct PeerDetail {
     pub subscribe: Option<ConnectionReport>,
     /// Tracks they publish.
     pub tracks: Vec<TrackDetail>,
+    /// Simulcast tracks they receive, and the layer of each.
+    #[serde(default)]
+    pub receiving: Vec<ReceivedLayer>,
+}
+
+/// A simulcast track a participant receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedLayer {
+    /// The track.
+    pub track: u64,
+    /// RID of the layer forwarded now (`None`: waiting for its first keyframe).
+    pub layer: Option<String>,
+    /// RID of the layer being switched to, if another.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// One simulcast layer of a published track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDetail {
+    /// Its RID.
+    pub rid: String,
+    /// Payload bits per second over the last second or so.
+    pub bitrate_bps: u64,
+    /// Whether the publisher is sending it.
+    pub active: bool,
 }
 
 /// One of a participant's peer connections.
@@ -320,6 +346,9 @@ pub struct TrackDetail {
     pub bitrate_bps: u64,
     /// Participants it is forwarded to.
     pub subscribers: usize,
+    /// Simulcast layers, lowest first (empty for a track sent once).
+    #[serde(default)]
+    pub layers: Vec<LayerDetail>,
 }
 
 /// What [`Request::Reload`] did.
@@ -647,6 +676,16 @@ mod tests {
                         bytes: 8000,
                         bitrate_bps: 32_000,
                         subscribers: 0,
+                        layers: vec![LayerDetail {
+                            rid: "q".into(),
+                            bitrate_bps: 150_000,
+                            active: true,
+                        }],
+                    }],
+                    receiving: vec![ReceivedLayer {
+                        track: 8,
+                        layer: Some("h".into()),
+                        target: Some("f".into()),
                     }],
                 }],
             }),

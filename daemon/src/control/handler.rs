@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sfu_proto::control::{
-    ConnectionReport, ControlError, ErrorCode, PeerDetail, Request, Response, RoomDetail,
-    RoomSummary, Status, TrackDetail,
+    ConnectionReport, ControlError, ErrorCode, LayerDetail, PeerDetail, ReceivedLayer, Request,
+    Response, RoomDetail, RoomSummary, Status, TrackDetail,
 };
 use sfu_proto::signaling::ErrorCode as RoomErrorCode;
 
@@ -259,6 +259,24 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
                 bytes: t.bytes,
                 bitrate_bps: t.bitrate_bps,
                 subscribers: t.subscribers,
+                layers: t
+                    .layers
+                    .into_iter()
+                    .map(|l| LayerDetail {
+                        rid: l.rid,
+                        bitrate_bps: l.bitrate_bps,
+                        active: l.active,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        receiving: p
+            .receiving
+            .into_iter()
+            .map(|r| ReceivedLayer {
+                track: r.track,
+                layer: r.layer,
+                target: r.target,
             })
             .collect(),
     }

@@ -304,6 +304,30 @@ pub struct TrackReport {
     pub bitrate_bps: u64,
     /// Subscriber legs it is forwarded to.
     pub subscribers: usize,
+    /// Simulcast layers, lowest first (empty for a track sent once).
+    pub layers: Vec<LayerReport>,
+}
+
+/// One simulcast layer of a published track.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerReport {
+    /// Its RID.
+    pub rid: String,
+    /// Payload bitrate over the last second or so.
+    pub bitrate_bps: u64,
+    /// Whether the publisher is sending it.
+    pub active: bool,
+}
+
+/// A simulcast track a subscriber receives, and in which layer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReceivedLayerReport {
+    /// The track.
+    pub track: u64,
+    /// RID of the layer forwarded now (`None`: waiting for a keyframe).
+    pub layer: Option<String>,
+    /// RID of the layer it is switching to, if another.
+    pub target: Option<String>,
 }
 
 /// What media knows about one peer.
@@ -318,6 +342,8 @@ pub struct PeerMediaReport {
     pub subscribe: Option<ConnectionReport>,
     /// Tracks the peer publishes.
     pub tracks: Vec<TrackReport>,
+    /// Simulcast tracks the peer receives, with their layers.
+    pub receiving: Vec<ReceivedLayerReport>,
 }
 
 /// A cheap, cloneable way to talk to the media engine.

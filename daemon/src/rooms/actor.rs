@@ -233,6 +233,7 @@ impl RoomActor {
                     publish: r.and_then(|r| r.publish.clone()),
                     subscribe: r.and_then(|r| r.subscribe.clone()),
                     tracks: r.map(|r| r.tracks.clone()).unwrap_or_default(),
+                    receiving: r.map(|r| r.receiving.clone()).unwrap_or_default(),
                 }
             })
             .collect();

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sfu_proto::signaling::{Role, RoomMode};
 
-use crate::media::{ConnectionReport, TrackReport};
+use crate::media::{ConnectionReport, ReceivedLayerReport, TrackReport};
 
 /// One room in a listing.
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +41,8 @@ pub struct PeerDetail {
     pub subscribe: Option<ConnectionReport>,
     /// Tracks the peer publishes.
     pub tracks: Vec<TrackReport>,
+    /// Simulcast tracks the peer receives, and the layer of each.
+    pub receiving: Vec<ReceivedLayerReport>,
 }
 
 /// A room in detail.

@@ -69,8 +69,9 @@ use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};
 use super::srtp_keys::KeyTap;
 use super::{
-    Codec, ConnectionReport, EventSink, MediaCommand, MediaError, MediaEvent, MediaHandle,
-    MediaKind, Negotiated, PeerId, PeerMediaReport, Tap, TapEvent, TrackId, TrackInfo, TrackReport,
+    Codec, ConnectionReport, EventSink, LayerReport, MediaCommand, MediaError, MediaEvent,
+    MediaHandle, MediaKind, Negotiated, PeerId, PeerMediaReport, ReceivedLayerReport, Tap,
+    TapEvent, TrackId, TrackInfo, TrackReport,
 };
 
 /// How long a negotiated connection may take to finish ICE and DTLS. ICE
@@ -955,7 +956,7 @@ impl MediaEngine {
                 }
             }
             MediaCommand::Reports { peers, reply } => {
-                let reports = peers.into_iter().map(|p| self.report(p)).collect();
+                let reports = peers.into_iter().map(|p| self.report(p, now)).collect();
                 let _ = reply.send(reports);
             }
             MediaCommand::Stats { reply } => {
@@ -969,7 +970,7 @@ impl MediaEngine {
         }
     }
 
-    fn report(&self, peer: PeerId) -> PeerMediaReport {
+    fn report(&self, peer: PeerId, now: Instant) -> PeerMediaReport {
         let conn_report = |id: Option<ConnId>| {
             let c = self.conns.get(&id?)?;
             Some(ConnectionReport {
@@ -997,14 +998,49 @@ impl MediaEngine {
                 bytes: s.bytes(),
                 bitrate_bps: s.bitrate_bps(),
                 subscribers: s.subscribers.len(),
+                layers: if s.simulcast() {
+                    s.layers
+                        .iter()
+                        .map(|l| LayerReport {
+                            rid: l.rid.clone().unwrap_or_default(),
+                            bitrate_bps: l.bitrate_bps,
+                            active: l.active(now),
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         tracks.sort_by_key(|t| t.id);
+        let rid = |track: &TrackId, layer: Option<usize>| {
+            let source = self.sources.get(track)?;
+            source.layers.get(layer?)?.rid.clone()
+        };
+        let mut receiving: Vec<ReceivedLayerReport> = p
+            .and_then(|p| p.subscribe)
+            .and_then(|id| self.conns.get(&id))
+            .into_iter()
+            .flat_map(|c| c.legs.iter())
+            .filter_map(|(track, leg)| {
+                let sw = leg.switcher.as_ref()?;
+                let target = (sw.target() != sw.current())
+                    .then(|| rid(track, sw.target()))
+                    .flatten();
+                Some(ReceivedLayerReport {
+                    track: track.0,
+                    layer: rid(track, sw.current()),
+                    target,
+                })
+            })
+            .collect();
+        receiving.sort_by_key(|r| r.track);
         PeerMediaReport {
             peer,
             publish: conn_report(publish),
             subscribe: conn_report(p.and_then(|p| p.subscribe)),
             tracks,
+            receiving,
         }
     }
 
