@@ -562,8 +562,9 @@ describe('simulcast: a three-layer 1280x720 publisher', () => {
     }, async () => `the listener is not on the 1280x720 layer within 20 s: ${JSON.stringify(seen)}\n`
       + `the publisher sends ${JSON.stringify(await publishStats(pub))}\n`
       + `sfud shows ${await sfuctl('--json', 'rooms', 'show', roomName)}`);
-    // Every frame the publisher sends of that layer is decoded (Chromium's fake camera
-    // captures 20 frames a second; a publisher short of bandwidth sends fewer).
+    // Every frame the publisher sends of that layer is decoded. Chromium's fake camera
+    // captures 20 frames a second; a publisher short of CPU or bandwidth sends fewer (the
+    // top layer at 14-15 frames/s in a full run of this suite on 2 cores).
     const [first, firstSent] = [await subscribeVideo(lis), await publishStats(pub)];
     await sleep(5_000);
     const [second, secondSent] = [await subscribeVideo(lis), await publishStats(pub)];
@@ -571,7 +572,6 @@ describe('simulcast: a three-layer 1280x720 publisher', () => {
     const sentFps = ((secondSent.layers[best]?.framesSent ?? 0) - (firstSent.layers[best]?.framesSent ?? 0)) / 5;
     assert.ok(fps >= 0.9 * sentFps && fps >= 10,
       `the listener decodes ${fps} frames/s of layer ${best}, of which the publisher sends ${sentFps}`);
-    if (best === 'f') assert.ok(fps >= 18, `the top layer decodes at ${fps} frames/s (the camera sends 20)`);
     // f may have come on meanwhile, and the listener moved up to it.
     const now = ['f', 'h'].find((rid) => secondSent.layers[rid]?.width === second.frameWidth);
     assert.ok(now === best || now === 'f', `still on the best layer (${best}): ${second.frameWidth} px wide`);
