@@ -127,8 +127,6 @@ pub struct MediaStats {
     pub keyframe_requests: KeyframeRequests,
     /// Times a subscriber leg moved to another simulcast layer.
     pub layer_switches: u64,
-    /// Subscriber legs of video tracks paused (nothing of it fits their link).
-    pub paused_legs: usize,
     /// Packets sent again for subscribers' NACKs (fast path).
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.
@@ -636,7 +634,9 @@ impl MediaEngine {
             .track()
             .codings()
             .iter()
-            .filter_map(|c| Some(c.rtp_coding_parameters.rid.clone()).filter(|r| !r.is_empty()))
+            .map(|c| &c.rtp_coding_parameters.rid)
+            .filter(|rid| !rid.is_empty())
+            .cloned()
             .collect();
         let kind = match receiver.track().kind() {
             RtpCodecKind::Audio => MediaKind::Audio,
