@@ -265,7 +265,7 @@ pub fn room(r: &RoomDetail) -> String {
     out
 }
 
-/// A simulcast track's layers, e.g. `q 150k, h 480k, f (paused)`; `-` for none.
+/// A simulcast track's layers, e.g. `q 148.2 kbit/s, h 480.0 kbit/s, f (paused)`; `-` for none.
 fn layers(layers: &[LayerDetail]) -> String {
     if layers.is_empty() {
         return "-".to_owned();
