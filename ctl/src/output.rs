@@ -220,7 +220,7 @@ pub fn room(r: &RoomDetail) -> String {
         "SUBSCRIBERS",
         "LAYERS",
     ]);
-    let mut received = Table::new(&["RECEIVER", "TRACK", "LAYER", "SWITCHING TO"]);
+    let mut received = Table::new(&["RECEIVER", "DOWNLINK", "TRACK", "LAYER", "SWITCHING TO"]);
     for p in &r.members {
         peers.row(vec![
             p.id.clone(),
@@ -246,6 +246,7 @@ pub fn room(r: &RoomDetail) -> String {
         for r in &p.receiving {
             received.row(vec![
                 p.name.clone(),
+                p.downlink_bps.map_or_else(|| "-".to_owned(), bitrate),
                 r.track.to_string(),
                 r.layer.clone().unwrap_or_else(|| "-".to_owned()),
                 r.target.clone().unwrap_or_else(|| "-".to_owned()),

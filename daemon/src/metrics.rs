@@ -203,6 +203,12 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         out.sample("sfud_keyframe_requests_total", &[("cause", cause)], n);
     }
     out.counter(
+        "sfud_probe_packets_total",
+        "Packets sent to probe subscribers' links for a better simulcast layer \
+         (copies on the legs' RTX streams).",
+        s.probe_packets,
+    );
+    out.counter(
         "sfud_layer_switches_total",
         "Times a subscriber started forwarding another simulcast layer of a track.",
         s.layer_switches,

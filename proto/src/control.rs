@@ -294,6 +294,9 @@ pub struct PeerDetail {
     /// Simulcast tracks they receive, and the layer of each.
     #[serde(default)]
     pub receiving: Vec<ReceivedLayer>,
+    /// Their browser's estimate of their downlink (REMB), bits per second.
+    #[serde(default)]
+    pub downlink_bps: Option<u64>,
 }
 
 /// A simulcast track a participant receives.
@@ -687,6 +690,7 @@ mod tests {
                         layer: Some("h".into()),
                         target: Some("f".into()),
                     }],
+                    downlink_bps: Some(1_200_000),
                 }],
             }),
             Response::RoomClosed {

@@ -270,6 +270,7 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
                     .collect(),
             })
             .collect(),
+        downlink_bps: p.downlink_bps,
         receiving: p
             .receiving
             .into_iter()

@@ -9,16 +9,36 @@
 
 use rtc::rtp;
 
-use super::simulcast::LayerSwitcher;
+use bytes::Bytes;
+
+use super::simulcast::{LayerSwitcher, Vp8Descriptor};
+
+/// RFC 8285's one-byte header extension profile.
+const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 
 /// Header extension URIs that describe the publisher's own transport or
 /// stream identity and must not be forwarded as they are.
-const NOT_FORWARDED: [&str; 4] = [
+const NOT_FORWARDED: [&str; 5] = [
     "urn:ietf:params:rtp-hdrext:sdes:mid",
     "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
     "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+    // The publisher's send time is not ours: the engine stamps its own.
+    ABS_SEND_TIME_URI,
 ];
+
+/// The abs-send-time header extension: when the server sent a packet, which
+/// a subscriber's browser estimates its downlink bandwidth from.
+pub(crate) const ABS_SEND_TIME_URI: &str =
+    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+
+/// An abs-send-time value for `since` (any fixed origin): seconds in 6.18
+/// fixed point, 24 bits, big-endian (wraps every 64 s).
+pub(crate) fn abs_send_time(since: std::time::Duration) -> [u8; 3] {
+    let t = ((since.as_nanos() << 18) / 1_000_000_000) as u32 & 0x00ff_ffff;
+    let [_, a, b, c] = t.to_be_bytes();
+    [a, b, c]
+}
 
 /// Maps the publisher's header extension ids to a subscriber's; 0 = drop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +87,14 @@ pub(crate) struct Leg {
     pub payload_type: Option<u8>,
     /// Header extension id translation, set with `payload_type`.
     pub extensions: ExtensionMap,
+    /// The subscriber's abs-send-time extension id (0: not negotiated).
+    pub abs_send_time: u8,
+    /// The leg's RTX SSRC (video), announced with it.
+    pub rtx_ssrc: Option<u32>,
+    /// The RTX payload type the subscriber negotiated for the leg's codec.
+    pub rtx_payload_type: Option<u8>,
+    /// Next sequence number on the RTX stream.
+    pub rtx_seq: u16,
     seq_offset: u16,
     ts_offset: u32,
     /// Packets written to this leg.
@@ -90,6 +118,10 @@ impl Leg {
             ssrc,
             payload_type: None,
             extensions: ExtensionMap::default(),
+            abs_send_time: 0,
+            rtx_ssrc: None,
+            rtx_payload_type: None,
+            rtx_seq: rand::random(),
             seq_offset: rand::random(),
             ts_offset: rand::random(),
             packets: 0,
@@ -98,6 +130,36 @@ impl Leg {
             switcher: None,
             layer_since: None,
         }
+    }
+
+    /// `packet`, as this leg sent it, once more on the leg's RTX stream
+    /// (RFC 4588: the original sequence number first, then the payload,
+    /// with the VP8 descriptor rewritten as `vp8` says); `None` when the
+    /// leg has no RTX stream negotiated.
+    pub(crate) fn rtx_copy(
+        &mut self,
+        packet: &rtp::Packet,
+        vp8: Option<(u16, u8)>,
+    ) -> Option<rtp::Packet> {
+        let (ssrc, payload_type) = (self.rtx_ssrc?, self.rtx_payload_type?);
+        let mut payload = bytes::BytesMut::with_capacity(packet.payload.len() + 2);
+        payload.extend_from_slice(&packet.header.sequence_number.to_be_bytes());
+        payload.extend_from_slice(&packet.payload);
+        if let Some((picture_id, tl0)) = vp8 {
+            if let Some(d) = Vp8Descriptor::parse(&payload[2..]) {
+                d.write(&mut payload[2..], picture_id, tl0);
+            }
+        }
+        let mut header = packet.header.clone();
+        header.ssrc = ssrc;
+        header.payload_type = payload_type;
+        header.sequence_number = self.rtx_seq;
+        header.padding = false;
+        self.rtx_seq = self.rtx_seq.wrapping_add(1);
+        Some(rtp::Packet {
+            header,
+            payload: payload.freeze(),
+        })
     }
 
     /// The publisher's sequence number of what this leg sent as `leg_seq`.
@@ -110,9 +172,10 @@ impl Leg {
         source_ts.wrapping_add(self.ts_offset)
     }
 
-    /// Rewrites a copy of the publisher's packet for this leg; `false` when
-    /// the leg cannot carry it yet.
-    pub(crate) fn rewrite(&self, packet: &mut rtp::Packet) -> bool {
+    /// Rewrites a copy of the publisher's packet for this leg, stamping
+    /// `send_time` (an [`abs_send_time`]) where the subscriber negotiated
+    /// it; `false` when the leg cannot carry it yet.
+    pub(crate) fn rewrite(&self, packet: &mut rtp::Packet, send_time: &Bytes) -> bool {
         let Some(pt) = self.payload_type else {
             return false;
         };
@@ -136,6 +199,17 @@ impl Leg {
                 h.extension = false;
                 h.extension_profile = 0;
             }
+        }
+        if self.abs_send_time != 0 && !send_time.is_empty() {
+            if !h.extension {
+                h.extension = true;
+                h.extension_profile = ONE_BYTE_PROFILE;
+                h.extensions_padding = 0;
+            }
+            h.extensions.push(rtp::header::Extension {
+                id: self.abs_send_time,
+                payload: send_time.clone(),
+            });
         }
         true
     }
@@ -188,7 +262,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
+    use rtc::shared::marshal::{Marshal, Unmarshal};
 
     const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
     const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
@@ -229,7 +303,7 @@ mod tests {
     #[test]
     fn rewrites_ssrc_pt_and_wraps_sequence_and_timestamp() {
         let mut p = packet();
-        assert!(leg().rewrite(&mut p));
+        assert!(leg().rewrite(&mut p, &Bytes::new()));
         assert_eq!(p.header.ssrc, 42);
         assert_eq!(p.header.payload_type, 109);
         assert_eq!(p.header.sequence_number, 1);
@@ -239,7 +313,7 @@ mod tests {
     #[test]
     fn translates_extension_ids_by_uri_and_drops_mid() {
         let mut p = packet();
-        assert!(leg().rewrite(&mut p));
+        assert!(leg().rewrite(&mut p, &Bytes::new()));
         assert_eq!(p.header.get_extension_ids(), vec![10]);
         assert_eq!(
             p.header.get_extension(10),
@@ -252,7 +326,7 @@ mod tests {
         let mut p = packet();
         let mut l = leg();
         l.extensions = ExtensionMap::default();
-        assert!(l.rewrite(&mut p));
+        assert!(l.rewrite(&mut p, &Bytes::new()));
         assert!(!p.header.extension);
         assert!(p.header.extensions.is_empty());
     }
@@ -261,7 +335,7 @@ mod tests {
     fn leg_maps_sequence_numbers_and_times_back_and_forth() {
         let l = leg();
         let mut p = packet();
-        assert!(l.rewrite(&mut p));
+        assert!(l.rewrite(&mut p, &Bytes::new()));
         assert_eq!(l.source_seq(p.header.sequence_number), 65535);
         assert_eq!(l.rtp_time(u32::MAX), p.header.timestamp);
     }
@@ -287,9 +361,38 @@ mod tests {
     }
 
     #[test]
+    fn stamps_the_send_time_where_negotiated() {
+        let mut l = leg();
+        l.abs_send_time = 5;
+        l.extensions = ExtensionMap::default();
+        let stamp = Bytes::copy_from_slice(&abs_send_time(std::time::Duration::from_millis(1500)));
+        let mut p = packet();
+        assert!(l.rewrite(&mut p, &stamp));
+        assert_eq!(p.header.get_extension_ids(), vec![5]);
+        // 1.5 s in 6.18 fixed point.
+        assert_eq!(
+            p.header.get_extension(5),
+            Some(Bytes::from_static(&[0x06, 0x00, 0x00]))
+        );
+        let mut bytes = vec![0u8; 1500];
+        let len = p.marshal_to(&mut bytes).expect("marshal");
+        let back = rtp::Packet::unmarshal(&mut &bytes[..len]).expect("unmarshal");
+        assert_eq!(
+            back.header.get_extension(5),
+            Some(Bytes::from_static(&[0x06, 0x00, 0x00]))
+        );
+        assert_eq!(back.payload, p.payload);
+        assert_eq!(
+            abs_send_time(std::time::Duration::from_secs(64)),
+            [0, 0, 0],
+            "wraps at 64 s"
+        );
+    }
+
+    #[test]
     fn unnegotiated_leg_refuses() {
         let mut l = leg();
         l.payload_type = None;
-        assert!(!l.rewrite(&mut packet()));
+        assert!(!l.rewrite(&mut packet(), &Bytes::new()));
     }
 }

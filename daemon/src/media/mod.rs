@@ -10,6 +10,7 @@
 
 mod batch;
 mod delay;
+mod downlink;
 mod engine;
 mod forward;
 pub(crate) mod peer;
@@ -344,6 +345,8 @@ pub struct PeerMediaReport {
     pub tracks: Vec<TrackReport>,
     /// Simulcast tracks the peer receives, with their layers.
     pub receiving: Vec<ReceivedLayerReport>,
+    /// The peer's estimate of its downlink (REMB), bits per second.
+    pub downlink_bps: Option<u64>,
 }
 
 /// A cheap, cloneable way to talk to the media engine.

@@ -25,7 +25,11 @@ use rtc::peer_connection::transport::{
     RTCIceCandidate,
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+
+use super::forward::ABS_SEND_TIME_URI;
 use sfu_proto::signaling::CandidateInit;
 use sfu_proto::signaling::PcKind;
 
@@ -115,6 +119,19 @@ pub(crate) fn build_connection(
                 );
             }
             configure_simulcast_extension_headers(&mut codecs).map_err(internal)?;
+            // The send time of each forwarded video packet, stamped by the
+            // engine, is what the subscriber's browser estimates its downlink
+            // from; it reports the estimate as REMB (`goog-remb`, in the
+            // default video feedback), which picks its simulcast layers.
+            codecs
+                .register_header_extension(
+                    RTCRtpHeaderExtensionCapability {
+                        uri: ABS_SEND_TIME_URI.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                    None,
+                )
+                .map_err(internal)?;
             registry
         }
     };

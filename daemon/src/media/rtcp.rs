@@ -5,7 +5,9 @@
 //! about a forwarded stream, which it relays (rate-limited) to the publisher,
 //! a publisher's sender reports, which recordings use to keep audio and
 //! video in sync and subscribers get translated, and a subscriber's NACKs,
-//! which the fast path answers from the publisher track's history.
+//! which the fast path answers from the publisher track's history, and a
+//! subscriber's REMB, its browser's estimate of its downlink, which chooses
+//! its simulcast layers.
 //! Receiver reports stay with the interceptors.
 
 use std::collections::VecDeque;
@@ -14,6 +16,7 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
@@ -27,8 +30,8 @@ pub(crate) struct DeliverFeedback {
     write_queue: VecDeque<TaggedPacket>,
 }
 
-/// Keyframe requests and NACKs (from subscribers) and sender reports (from
-/// publishers) are what the application acts on.
+/// Keyframe requests, NACKs and bandwidth estimates (REMB) from subscribers
+/// and sender reports from publishers are what the application acts on.
 fn wanted_by_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
     packets.iter().any(|p| {
         let any = p.as_any();
@@ -36,6 +39,7 @@ fn wanted_by_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
             || any.is::<FullIntraRequest>()
             || any.is::<SenderReport>()
             || any.is::<TransportLayerNack>()
+            || any.is::<ReceiverEstimatedMaximumBitrate>()
     })
 }
 

@@ -234,6 +234,7 @@ impl RoomActor {
                     subscribe: r.and_then(|r| r.subscribe.clone()),
                     tracks: r.map(|r| r.tracks.clone()).unwrap_or_default(),
                     receiving: r.map(|r| r.receiving.clone()).unwrap_or_default(),
+                    downlink_bps: r.and_then(|r| r.downlink_bps),
                 }
             })
             .collect();

@@ -43,6 +43,8 @@ pub struct PeerDetail {
     pub tracks: Vec<TrackReport>,
     /// Simulcast tracks the peer receives, and the layer of each.
     pub receiving: Vec<ReceivedLayerReport>,
+    /// The peer's estimate of its downlink, bits per second.
+    pub downlink_bps: Option<u64>,
 }
 
 /// A room in detail.

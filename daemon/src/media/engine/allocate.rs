@@ -1,62 +1,152 @@
 //! Which simulcast layer each subscriber leg forwards.
 //!
-//! Every leg of a simulcast track aims at the best layer the publisher is
-//! sending now; a layer that stops (the publisher paused it, or its own
-//! bandwidth estimate dropped it) moves the legs on it to the best layer
-//! still sent, and back when it returns. Switches happen at the target
-//! layer's next keyframe (`simulcast::LayerSwitcher`), which the forwarding
-//! path asks the publisher for.
+//! Per subscriber, the simulcast tracks it receives share what its link
+//! carries (`downlink::Downlink`, from the browser's REMB and the engine's
+//! probes) after the tracks sent once (audio, video without simulcast):
+//! every track gets its lowest layer first, then the rest lifts tracks one
+//! layer at a time, oldest track first (`downlink::allocate`); a track for
+//! which even its lowest layer does not fit is paused. Layers the publisher
+//! is not sending are skipped. A leg moves down at once and up no sooner
+//! than [`MIN_ON_LAYER`] after its last change, so layers do not flap.
+//! Switches happen at the target layer's next keyframe
+//! (`simulcast::LayerSwitcher`), which the forwarding path asks for.
+//!
+//! When the link is known to carry less than the next better allocation,
+//! the subscriber's link is probed for it (see `downlink`).
 
 use super::*;
+use crate::media::downlink::{allocate, cost, next_better};
 
-/// Least time a leg stays on a layer before it moves up again, so that a
-/// layer the publisher toggles does not make its subscribers flap.
+/// Least time a leg stays on a layer before it moves up again.
 const MIN_ON_LAYER: Duration = Duration::from_secs(2);
 
+/// Packet headers and SRTP on top of the payload bitrates measured.
+const OVERHEAD: f64 = 1.1;
+
+/// Most probe bytes per byte of video while probing.
+const MAX_PROBE_RATIO: f64 = 4.0;
+
+/// What a layer takes before it is measured: the demo page's encodings,
+/// as client SDKs set them (lowest first).
+fn nominal_rate(layer: usize) -> u64 {
+    const RATES: [u64; 3] = [150_000, 500_000, 2_500_000];
+    RATES[layer.min(RATES.len() - 1)]
+}
+
 impl MediaEngine {
-    /// Sets each simulcast leg's target layer (see the module docs).
+    /// Sets each simulcast leg's target layer, and each subscriber's probe
+    /// (see the module docs).
     pub(super) fn select_layers(&mut self, now: Instant) {
-        for source in self.sources.values() {
-            if !source.simulcast() {
+        let sources = &self.sources;
+        for conn in self.conns.values_mut() {
+            if conn.kind != PcKind::Subscribe || conn.legs.is_empty() {
                 continue;
             }
-            let best = source.best_active(now);
-            for sub in &source.subscribers {
-                let Some(leg) = self
-                    .conns
-                    .get_mut(sub)
-                    .and_then(|c| c.legs.get_mut(&source.info.id))
-                else {
+            // What the tracks sent once take, then each simulcast track's layers.
+            let mut fixed = 0u64;
+            let mut tracks: Vec<TrackId> = Vec::new();
+            let mut rates: Vec<Vec<Option<u64>>> = Vec::new();
+            let mut ids: Vec<&TrackId> = conn.legs.keys().collect();
+            ids.sort_unstable();
+            for track in ids {
+                let Some(source) = sources.get(track) else {
+                    continue;
+                };
+                if !source.simulcast() {
+                    fixed += (source.bitrate_bps() as f64 * OVERHEAD) as u64;
+                    continue;
+                }
+                tracks.push(*track);
+                rates.push(
+                    source
+                        .layers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| {
+                            l.active(now).then(|| {
+                                let measured = (l.bitrate_bps as f64 * OVERHEAD) as u64;
+                                if measured > 0 {
+                                    measured
+                                } else {
+                                    nominal_rate(i)
+                                }
+                            })
+                        })
+                        .collect(),
+                );
+            }
+            if tracks.is_empty() {
+                continue;
+            }
+            conn.downlink.tick(now);
+            let budget = conn.downlink.budget().saturating_sub(fixed);
+            let chosen = allocate(budget, &rates);
+            let mut current = Vec::with_capacity(tracks.len());
+            for ((track, want), layers) in tracks.iter().zip(&chosen).zip(&rates) {
+                let Some(leg) = conn.legs.get_mut(track) else {
+                    current.push(None);
                     continue;
                 };
                 let Some(sw) = leg.switcher.as_mut() else {
+                    current.push(None);
                     continue;
                 };
-                let Some(best) = best else {
+                if layers.iter().all(Option::is_none) {
                     // Nothing is sent: keep the target, the layer may resume.
+                    current.push(sw.current());
                     continue;
+                }
+                let target = sw.target();
+                let settled = leg
+                    .layer_since
+                    .is_none_or(|t| now.saturating_duration_since(t) >= MIN_ON_LAYER);
+                let target_sent =
+                    target.is_some_and(|t| layers.get(t).is_some_and(Option::is_some));
+                // Down (or to pause) at once; up once settled.
+                let change = match (*want, target) {
+                    (w, t) if w == t && target_sent => false,
+                    (Some(w), Some(t)) if w > t && target_sent => settled,
+                    _ => true,
                 };
-                let target = sw.target().unwrap_or(0);
-                let current_active = sw
-                    .current()
-                    .is_some_and(|c| source.layers.get(c).is_some_and(|l| l.active(now)));
-                let want = if best < target || !current_active {
-                    // Down at once: the layer asked for is not sent.
-                    Some(best)
-                } else if best > target
-                    && leg
-                        .layer_since
-                        .is_none_or(|t| now.saturating_duration_since(t) >= MIN_ON_LAYER)
-                {
-                    Some(best)
-                } else {
-                    None
-                };
-                if let Some(want) = want.filter(|w| Some(*w) != sw.target()) {
-                    sw.set_target(Some(want));
+                if change {
+                    sw.set_target(*want);
                     leg.layer_since = Some(now);
                 }
+                current.push(sw.current());
             }
+            // Probe for the next better allocation when the link is not
+            // known to carry it.
+            if let Some(better) = next_better(&rates, &chosen) {
+                let needed = cost(&rates, &better).saturating_add(fixed);
+                if conn.downlink.maybe_probe(needed, now) {
+                    debug!(peer = %conn.peer, needed, budget = conn.downlink.budget(), "probing the subscriber's link");
+                }
+            }
+            conn.probe_ratio = match conn.downlink.probe() {
+                Some(probe) => {
+                    let video = cost(&rates, &current);
+                    if video == 0 {
+                        0.0
+                    } else {
+                        let missing = probe.target.saturating_sub(video + fixed);
+                        (missing as f64 / video as f64).min(MAX_PROBE_RATIO)
+                    }
+                }
+                None => 0.0,
+            };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmeasured_layers_take_what_client_sdks_ask_for() {
+        assert_eq!(nominal_rate(0), 150_000);
+        assert_eq!(nominal_rate(1), 500_000);
+        assert_eq!(nominal_rate(2), 2_500_000);
+        assert_eq!(nominal_rate(5), 2_500_000);
     }
 }

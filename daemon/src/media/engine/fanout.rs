@@ -14,6 +14,9 @@ use super::*;
 use crate::media::simulcast::{is_keyframe_start, Vp8Descriptor};
 use rtc::shared::marshal::MarshalSize;
 
+use crate::media::forward::abs_send_time;
+use bytes::Bytes;
+
 impl MediaEngine {
     pub(super) fn forward(
         &mut self,
@@ -65,6 +68,13 @@ impl MediaEngine {
         } else {
             0
         };
+        // One send time for every leg: each video leg is stamped with it.
+        let send_time = match source.info.kind {
+            MediaKind::Video => {
+                Bytes::copy_from_slice(&abs_send_time(now.saturating_duration_since(self.epoch)))
+            }
+            MediaKind::Audio => Bytes::new(),
+        };
         // Layers some leg waits for a keyframe of, as bit masks: to start, to switch.
         let (mut start_wanted, mut switch_wanted) = (0u32, 0u32);
         for sub in &source.subscribers {
@@ -109,7 +119,7 @@ impl MediaEngine {
                 out.header.timestamp = m.timestamp;
                 vp8 = m.vp8;
             }
-            if !conn.connected || !leg.rewrite(&mut out) {
+            if !conn.connected || !leg.rewrite(&mut out, &send_time) {
                 leg.dropped += 1;
                 self.stats.dropped_leg += 1;
                 continue;
@@ -117,7 +127,36 @@ impl MediaEngine {
             let bytes = out.payload.len() as u64;
             let sent = match (&mut conn.srtp, conn.media_dest) {
                 (Some(srtp), Some(dest)) => {
-                    protect_and_queue(srtp, dest, &out, vp8, &mut self.scratch_rtp, &mut self.out)
+                    let sent = protect_and_queue(
+                        srtp,
+                        dest,
+                        &out,
+                        vp8,
+                        &mut self.scratch_rtp,
+                        &mut self.out,
+                    );
+                    if sent && conn.probe_ratio > 0.0 {
+                        // Probing: the same packet again on the RTX stream,
+                        // as often as the probe rate asks.
+                        conn.probe_credit += conn.probe_ratio * bytes as f64;
+                        while conn.probe_credit >= bytes as f64 && bytes > 0 {
+                            conn.probe_credit -= bytes as f64;
+                            let Some(rtx) = leg.rtx_copy(&out, vp8) else {
+                                break;
+                            };
+                            if protect_and_queue(
+                                srtp,
+                                dest,
+                                &rtx,
+                                None,
+                                &mut self.scratch_rtp,
+                                &mut self.out,
+                            ) {
+                                self.stats.probe_packets += 1;
+                            }
+                        }
+                    }
+                    sent
                 }
                 _ => {
                     if let Some((picture_id, tl0)) = vp8 {
@@ -166,6 +205,8 @@ impl MediaEngine {
         let (Some(leg), Some(source)) = (conn.legs.get(track), self.sources.get(track)) else {
             return;
         };
+        let send_time =
+            Bytes::copy_from_slice(&abs_send_time(now.saturating_duration_since(self.epoch)));
         for seq in nack.nacks.iter().flat_map(|pair| pair.into_iter()) {
             // What the leg sent as `seq`, before its own offsets.
             let sent = leg.source_seq(seq);
@@ -190,7 +231,7 @@ impl MediaEngine {
                     None => continue,
                 },
             };
-            if !leg.rewrite(&mut again) {
+            if !leg.rewrite(&mut again, &send_time) {
                 continue;
             }
             let sent = match (&mut conn.srtp, conn.media_dest) {

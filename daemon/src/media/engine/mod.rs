@@ -45,6 +45,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -65,6 +66,7 @@ use tracing::{debug, info, warn};
 
 use super::batch::{SendBatch, HIGH_WATER};
 use super::delay::ForwardDelay;
+use super::downlink::Downlink;
 use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};
 use super::srtp_keys::KeyTap;
@@ -127,6 +129,8 @@ pub struct MediaStats {
     pub keyframe_requests: KeyframeRequests,
     /// Times a subscriber leg moved to another simulcast layer.
     pub layer_switches: u64,
+    /// Packets sent to probe subscribers' links (RTX copies).
+    pub probe_packets: u64,
     /// Packets sent again for subscribers' NACKs (fast path).
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.
@@ -206,6 +210,13 @@ struct Conn {
     connect_by: Option<Instant>,
     /// When the last datagram of any kind arrived from the peer.
     last_rx: Instant,
+    /// Subscribe side: what the subscriber's link carries (see `downlink`).
+    downlink: Downlink,
+    /// Subscribe side, while probing: bytes of probe (retransmissions on
+    /// the legs' RTX streams) to send per byte of video forwarded, and the
+    /// probe bytes owed so far.
+    probe_ratio: f64,
+    probe_credit: f64,
 }
 
 #[derive(Default)]
@@ -770,6 +781,7 @@ impl MediaEngine {
                 };
                 let mut wanted = Vec::new();
                 let mut nacks = Vec::new();
+                let mut downlink = None;
                 if conn.kind == PcKind::Publish {
                     self.on_sender_reports(&packets, now);
                     return;
@@ -778,6 +790,10 @@ impl MediaEngine {
                     let any = p.as_any();
                     if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                         nacks.push(nack.clone());
+                        continue;
+                    }
+                    if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                        downlink = Some(remb.bitrate.max(0.0) as u64);
                         continue;
                     }
                     let ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
@@ -789,6 +805,9 @@ impl MediaEngine {
                     if let Some(track) = ssrc.and_then(|s| conn.by_ssrc.get(&s)) {
                         wanted.push(*track);
                     }
+                }
+                if let (Some(bps), Some(conn)) = (downlink, self.conns.get_mut(&id)) {
+                    conn.downlink.on_estimate(bps, now);
                 }
                 for nack in &nacks {
                     self.answer_nack(id, nack, now);
@@ -1041,6 +1060,9 @@ impl MediaEngine {
             subscribe: conn_report(p.and_then(|p| p.subscribe)),
             tracks,
             receiving,
+            downlink_bps: p
+                .and_then(|p| p.subscribe)
+                .and_then(|id| self.conns.get(&id)?.downlink.estimate()),
         }
     }
 

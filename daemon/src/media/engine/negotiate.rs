@@ -3,7 +3,10 @@
 //! subscriber's answer that activates the legs, and trickled candidates.
 
 use super::*;
+use crate::media::downlink::Downlink;
+use crate::media::forward::ABS_SEND_TIME_URI;
 use crate::media::simulcast::LayerSwitcher;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpRtxParameters;
 
 impl MediaEngine {
     pub(super) fn conn_of(&self, peer: PeerId, kind: PcKind) -> Option<ConnId> {
@@ -49,6 +52,9 @@ impl MediaEngine {
                 candidates_sent: false,
                 connect_by: None,
                 last_rx: Instant::now(),
+                downlink: Downlink::default(),
+                probe_ratio: 0.0,
+                probe_credit: 0.0,
             },
         );
         let entry = self.peers.entry(peer).or_default();
@@ -159,6 +165,12 @@ impl MediaEngine {
                     break s;
                 }
             };
+            let rtx_ssrc = loop {
+                let s: u32 = rand::random();
+                if s != 0 && s != ssrc && !conn.by_ssrc.contains_key(&s) {
+                    break s;
+                }
+            };
             let kind = match want.kind {
                 MediaKind::Audio => RtpCodecKind::Audio,
                 MediaKind::Video => RtpCodecKind::Video,
@@ -180,6 +192,10 @@ impl MediaEngine {
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         ssrc: Some(ssrc),
+                        // Video legs get an RTX stream: the engine probes the
+                        // subscriber's link with retransmissions on it.
+                        rtx: (want.kind == MediaKind::Video)
+                            .then_some(RTCRtpRtxParameters { ssrc: rtx_ssrc }),
                         ..Default::default()
                     },
                     ..Default::default()
@@ -198,6 +214,7 @@ impl MediaEngine {
                 .map_err(|e| MediaError::Internal(e.to_string()))?;
             let sender = RTCRtpSenderId::from(transceiver);
             let mut leg = Leg::new(sender, ssrc);
+            leg.rtx_ssrc = (want.kind == MediaKind::Video).then_some(rtx_ssrc);
             if source.simulcast() {
                 let mut switcher = LayerSwitcher::new(source.video_codec, source.codec.clock_rate);
                 switcher.set_target(source.best_active(now).or(Some(0)));
@@ -286,8 +303,27 @@ impl MediaEngine {
             if pt.is_none() {
                 warn!(%peer, track = track.0, codec = %source.codec.mime_type, "subscriber did not accept the codec");
             }
+            // The RTX payload type paired with the leg's (`apt=`).
+            leg.rtx_payload_type = pt.and_then(|pt| {
+                codecs
+                    .iter()
+                    .find(|c| {
+                        c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx")
+                            && c.rtp_codec
+                                .sdp_fmtp_line
+                                .split(';')
+                                .any(|p| p.trim() == format!("apt={pt}"))
+                    })
+                    .map(|c| c.payload_type)
+            });
+            debug!(%peer, track = track.0, payload_type = ?pt, rtx = ?leg.rtx_payload_type, rtx_ssrc = ?leg.rtx_ssrc, extensions = ?sub_ext, "leg negotiated");
             leg.payload_type = pt;
             leg.extensions = map;
+            leg.abs_send_time = sub_ext
+                .iter()
+                .find(|(uri, _)| *uri == ABS_SEND_TIME_URI)
+                .and_then(|(_, id)| u8::try_from(*id).ok())
+                .unwrap_or(0);
         }
         let connected = conn.connected;
         self.drive(id, now);
