@@ -15,23 +15,52 @@
 //! [`allocate`] then shares the capacity between the simulcast tracks a
 //! subscriber receives. Both are plain and tested without sockets.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use super::twcc::SendHistory;
 
 /// A fall of the estimate by this fraction of its recent peak is congestion.
 const FALL: f64 = 0.85;
 /// How long a peak counts as recent.
 const PEAK_WINDOW: Duration = Duration::from_secs(3);
 /// How long a probe lasts.
-const PROBE_FOR: Duration = Duration::from_millis(1500);
+const PROBE_FOR: Duration = Duration::from_millis(1000);
 /// Wait before the first probe after congestion, doubled after each probe
 /// that failed, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// A probe aims this much above what the next allocation needs.
-const PROBE_HEADROOM: f64 = 1.15;
+const PROBE_HEADROOM: f64 = 1.1;
+/// A queue that stands this long (every packet of the window delayed by
+/// more than [`STANDING_QUEUE`]) is congestion; a keyframe's burst that
+/// drains within the window is not.
+const QUEUE_WINDOW_US: i64 = 500_000;
+const STANDING_QUEUE_US: i64 = 40_000;
+/// Share of a link's capacity the allocation fills.
+const MARGIN: f64 = 0.85;
+/// With no queue at all, the link is taken to carry this much more than it
+/// delivered.
+const GROWTH: f64 = 1.25;
+/// How long a paused track waits, without congestion, to resume.
+const RESUME_AFTER: Duration = Duration::from_secs(5);
+/// How long a failed probe's queue is given to drain.
+const DRAIN: Duration = Duration::from_secs(2);
+/// Least time between two cuts of the capacity.
+const CUT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long after congestion the capacity may grow without a probe.
+const CALM: Duration = Duration::from_secs(10);
+/// Fewest packets a delivery rate is measured over.
+const MIN_PACKETS: usize = 20;
+/// Loss above this share of a feedback's packets is congestion.
+const LOSS: f64 = 0.2;
+/// How long the lowest one-way delay is remembered (two buckets of it).
+const BASE_DELAY_BUCKET: Duration = Duration::from_secs(5);
+/// A probe passes when the link delivered at least this share of its target.
+const PROBE_DELIVERED: f64 = 0.85;
 
 /// What a subscriber's link is known to carry; see the module docs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Downlink {
     /// The last estimate (REMB), bits per second.
     estimate: Option<u64>,
@@ -44,6 +73,24 @@ pub(crate) struct Downlink {
     hold_until: Option<Instant>,
     backoff: Duration,
     probe: Option<Probe>,
+    /// Packets sent, for the subscriber's transport-wide feedback (TWCC).
+    pub(crate) sent: SendHistory,
+    /// Whether the subscriber sends TWCC feedback (then probes must show
+    /// the rate delivered, not only the absence of a fall).
+    twcc: bool,
+    /// Lowest one-way delay (µs, mixing both clocks: only differences count)
+    /// of the current bucket and when it began, and of the previous bucket.
+    base_delay: Option<(i64, Instant)>,
+    previous_base_delay: Option<i64>,
+    /// Arrivals of the last second: arrival time (µs, receiver's clock),
+    /// bytes, one-way delay.
+    recent: VecDeque<(i64, u32, i64)>,
+    /// The best delivery rate measured while the current probe ran.
+    probe_delivered: u64,
+    /// When congestion was last seen.
+    last_congestion: Option<Instant>,
+    /// While a failed probe's queue drains, congestion is not news.
+    quiet_until: Option<Instant>,
 }
 
 /// A probe under way.
@@ -64,6 +111,14 @@ impl Default for Downlink {
             hold_until: None,
             backoff: FIRST_BACKOFF,
             probe: None,
+            sent: SendHistory::default(),
+            twcc: false,
+            base_delay: None,
+            previous_base_delay: None,
+            recent: VecDeque::new(),
+            probe_delivered: 0,
+            last_congestion: None,
+            quiet_until: None,
         }
     }
 }
@@ -88,14 +143,8 @@ impl Downlink {
         };
         if peak > 0 && (bps as f64) < FALL * peak as f64 {
             // Congestion: what arrived is what the link carries.
-            self.capacity = Some(bps);
             self.peak = Some((bps, now));
-            if self.probe.take().is_some() {
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            } else {
-                self.backoff = FIRST_BACKOFF;
-            }
-            self.hold_until = Some(now + self.backoff);
+            self.congestion(bps, now);
             return;
         }
         if bps >= peak {
@@ -109,23 +158,170 @@ impl Downlink {
         }
     }
 
-    /// Ends a probe whose time is up: it succeeded, since the estimate did
-    /// not fall meanwhile, so the link carries its target.
-    pub(crate) fn tick(&mut self, now: Instant) {
-        if let Some(probe) = self.probe {
-            if now >= probe.until {
-                self.probe = None;
-                self.backoff = FIRST_BACKOFF;
-                self.hold_until = Some(now + FIRST_BACKOFF);
-                self.capacity = self.capacity.map(|c| c.max(probe.target));
+    /// The link carries `bps` and no more: a probe under way failed.
+    fn congestion(&mut self, bps: u64, now: Instant) {
+        if self.probe.take().is_some() {
+            // The probe's own extra load built the queue: it failed, and
+            // what the link carried before it still holds. Its queue takes
+            // a while to drain, which is no news either.
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            self.hold_until = Some(now + self.backoff);
+            self.quiet_until = Some(now + DRAIN);
+            return;
+        }
+        if self.quiet_until.is_some_and(|t| now < t) {
+            return;
+        }
+        // One cut per [`CUT_INTERVAL`] (a queue stands through several
+        // feedbacks), and at most by half: the link is measured again next.
+        if self
+            .last_congestion
+            .is_some_and(|t| now.saturating_duration_since(t) < CUT_INTERVAL)
+        {
+            return;
+        }
+        self.capacity = Some(match self.capacity {
+            Some(c) => bps.max(c / 2),
+            None => bps,
+        });
+        self.last_congestion = Some(now);
+        self.backoff = FIRST_BACKOFF;
+        self.hold_until = Some(now + self.backoff);
+    }
+
+    /// A transport-wide feedback from the subscriber, decoded
+    /// (`twcc::arrivals`): each packet's number and arrival time (µs on the
+    /// receiver's clock), `None` if lost. A queue that stands for
+    /// [`QUEUE_WINDOW_US`] or heavy loss is congestion, and what the link
+    /// delivered meanwhile its capacity.
+    pub(crate) fn on_transport_feedback(&mut self, arrivals: &[(u16, Option<i64>)], now: Instant) {
+        self.twcc = true;
+        let (mut lost, mut got) = (0u32, 0u32);
+        for (seq, arrival) in arrivals {
+            let Some(sent) = self.sent.get(*seq) else {
+                continue;
+            };
+            let Some(arrival) = arrival else {
+                lost += 1;
+                continue;
+            };
+            got += 1;
+            let delay = arrival - sent.at_us;
+            self.note_delay(delay, now);
+            self.recent.push_back((*arrival, sent.bytes, delay));
+        }
+        let Some(&(newest, _, _)) = self.recent.back() else {
+            return;
+        };
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _, _)| *at < newest - 1_000_000)
+        {
+            self.recent.pop_front();
+        }
+        let base = match (self.base_delay, self.previous_base_delay) {
+            (Some((b, _)), Some(p)) => b.min(p),
+            (Some((b, _)), None) => b,
+            _ => return,
+        };
+        // The queue: the least delay of the window; the rate: what arrived
+        // over the whole second kept.
+        let window_start = newest - QUEUE_WINDOW_US;
+        let mut first = newest;
+        let mut standing = i64::MAX;
+        let (mut window_bytes, mut window_packets) = (0u64, 0usize);
+        for (at, size, delay) in self.recent.iter().filter(|(at, _, _)| *at >= window_start) {
+            first = first.min(*at);
+            standing = standing.min(delay - base);
+            window_bytes += u64::from(*size);
+            window_packets += 1;
+        }
+        let span = newest - first;
+        // The last half second alone: right after the link narrowed, the
+        // second kept still holds what arrived before.
+        let lately = (span >= QUEUE_WINDOW_US / 2 && window_packets >= MIN_PACKETS / 2)
+            .then(|| window_bytes * 8 * 1_000_000 / span as u64);
+        let oldest = self.recent.front().map_or(newest, |r| r.0);
+        let bytes: u64 = self.recent.iter().map(|(_, b, _)| u64::from(*b)).sum();
+        let delivered = (newest - oldest >= QUEUE_WINDOW_US && self.recent.len() >= MIN_PACKETS)
+            .then(|| bytes * 8 * 1_000_000 / (newest - oldest) as u64);
+        if let (Some(rate), Some(_)) = (delivered, self.probe) {
+            self.probe_delivered = self.probe_delivered.max(rate);
+        }
+        let queued = span >= QUEUE_WINDOW_US * 4 / 5 && standing > STANDING_QUEUE_US;
+        let lossy = lost + got >= 10 && f64::from(lost) > LOSS * f64::from(lost + got);
+        if queued || lossy {
+            if let Some(rate) = delivered {
+                tracing::debug!(rate, ?lately, standing, lost, got, queued, lossy, capacity = ?self.capacity, probe = ?self.probe.map(|p| p.target), "congestion");
+                self.congestion(lately.map_or(rate, |l| l.min(rate)), now);
+            }
+        } else if let (Some(rate), Some(capacity)) = (delivered, self.capacity) {
+            // No queue for a while: the link carries what it delivers, and
+            // some more (as a publisher's layer grows, its subscribers keep
+            // it). Not right after congestion: a draining queue delivers at
+            // exactly the link's rate.
+            let calm = self
+                .last_congestion
+                .is_none_or(|t| now.saturating_duration_since(t) >= CALM);
+            if calm && standing < STANDING_QUEUE_US / 4 && lost == 0 {
+                self.capacity = Some(capacity.max((rate as f64 * GROWTH) as u64));
             }
         }
     }
 
+    /// Keeps the lowest one-way delay of the last two buckets.
+    fn note_delay(&mut self, delay: i64, now: Instant) {
+        match self.base_delay {
+            Some((_, since)) if now.saturating_duration_since(since) >= BASE_DELAY_BUCKET => {
+                self.previous_base_delay = self.base_delay.map(|(b, _)| b);
+                self.base_delay = Some((delay, now));
+            }
+            Some((b, since)) if delay < b => self.base_delay = Some((delay, since)),
+            Some(_) => {}
+            None => self.base_delay = Some((delay, now)),
+        }
+    }
+
+    /// Ends a probe whose time is up. It passed if the link did not show
+    /// congestion meanwhile and, where the subscriber sends transport-wide
+    /// feedback, delivered most of the probe's rate; the link then carries
+    /// what it delivered.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let Some(probe) = self.probe.filter(|p| now >= p.until) else {
+            return;
+        };
+        self.probe = None;
+        let delivered = std::mem::take(&mut self.probe_delivered);
+        if self.twcc && (delivered as f64) < PROBE_DELIVERED * probe.target as f64 {
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            self.hold_until = Some(now + self.backoff);
+            self.capacity = Some(self.capacity.map_or(delivered, |c| c.max(delivered)));
+            return;
+        }
+        self.backoff = FIRST_BACKOFF;
+        self.hold_until = Some(now + FIRST_BACKOFF);
+        self.capacity = self.capacity.map(|c| c.max(probe.target));
+    }
+
     /// What the engine may send to this subscriber now, bits per second
-    /// (`u64::MAX`: no limit known).
+    /// (`u64::MAX`: no limit known): what the link carries, less a margin
+    /// so that a layer that just fits does not fill the link's queue.
     pub(crate) fn budget(&self) -> u64 {
-        self.capacity.unwrap_or(u64::MAX)
+        self.capacity
+            .map_or(u64::MAX, |c| (c as f64 * MARGIN) as u64)
+    }
+
+    /// Lets a paused track resume after a calm while: nothing it sends can
+    /// probe for it, so the link is taken to carry `needed` (what its lowest
+    /// layer takes); if it does not, congestion says so again.
+    pub(crate) fn resume(&mut self, needed: u64, now: Instant) {
+        let calm = self
+            .last_congestion
+            .is_none_or(|t| now.saturating_duration_since(t) >= RESUME_AFTER);
+        if calm && self.probe.is_none() && needed > self.budget() {
+            self.capacity = Some((needed as f64 / MARGIN) as u64 + 1);
+        }
     }
 
     /// Starts a probe for `needed` (what the next better allocation takes),
@@ -139,7 +335,8 @@ impl Downlink {
             return false;
         }
         self.probe = Some(Probe {
-            target: (needed as f64 * PROBE_HEADROOM) as u64,
+            // What the link must carry for the budget to cover `needed`.
+            target: (needed as f64 * PROBE_HEADROOM / MARGIN) as u64,
             until: now + PROBE_FOR,
         });
         true
@@ -275,9 +472,13 @@ mod tests {
         }
         assert_eq!(d.budget(), u64::MAX, "a rising estimate limits nothing");
         d.on_estimate(390_000, t + Duration::from_millis(1600));
-        assert_eq!(d.budget(), 390_000);
+        assert_eq!(d.budget(), (390_000.0 * MARGIN) as u64);
         d.on_estimate(420_000, t + Duration::from_millis(2600));
-        assert_eq!(d.budget(), 420_000, "the browser's own growth counts");
+        assert_eq!(
+            d.budget(),
+            (420_000.0 * MARGIN) as u64,
+            "the browser's own growth counts"
+        );
     }
 
     #[test]
@@ -294,10 +495,11 @@ mod tests {
         let start = after + FIRST_BACKOFF;
         assert!(d.maybe_probe(700_000, start));
         assert!(!d.maybe_probe(700_000, start), "one at a time");
-        // It fails: the estimate falls during the probe.
+        // It fails: the estimate falls during the probe; what the link
+        // carried before it still holds.
         d.on_estimate(240_000, start + Duration::from_millis(500));
         assert_eq!(d.probe(), None);
-        assert_eq!(d.budget(), 240_000);
+        assert_eq!(d.budget(), (300_000.0 * MARGIN) as u64);
         let retry = start + Duration::from_millis(500) + FIRST_BACKOFF * 2;
         assert!(
             !d.maybe_probe(700_000, retry - Duration::from_millis(1)),
@@ -307,7 +509,12 @@ mod tests {
         // This one holds.
         d.tick(retry + PROBE_FOR);
         assert_eq!(d.probe(), None);
-        assert_eq!(d.budget(), (700_000.0 * PROBE_HEADROOM) as u64);
+        let target = (700_000.0 * PROBE_HEADROOM / MARGIN) as u64;
+        assert_eq!(d.budget(), (target as f64 * MARGIN) as u64);
+        assert!(
+            d.budget() >= 700_000,
+            "the budget covers what was probed for"
+        );
         assert!(
             !d.maybe_probe(700_000, retry + PROBE_FOR + FIRST_BACKOFF),
             "the link carries it"

@@ -89,6 +89,9 @@ pub(crate) struct Leg {
     pub extensions: ExtensionMap,
     /// The subscriber's abs-send-time extension id (0: not negotiated).
     pub abs_send_time: u8,
+    /// The subscriber's transport-wide sequence number extension id (0:
+    /// not negotiated).
+    pub transport_cc: u8,
     /// The leg's RTX SSRC (video), announced with it.
     pub rtx_ssrc: Option<u32>,
     /// The RTX payload type the subscriber negotiated for the leg's codec.
@@ -119,6 +122,7 @@ impl Leg {
             payload_type: None,
             extensions: ExtensionMap::default(),
             abs_send_time: 0,
+            transport_cc: 0,
             rtx_ssrc: None,
             rtx_payload_type: None,
             rtx_seq: rand::random(),
@@ -201,17 +205,23 @@ impl Leg {
             }
         }
         if self.abs_send_time != 0 && !send_time.is_empty() {
-            if !h.extension {
-                h.extension = true;
-                h.extension_profile = ONE_BYTE_PROFILE;
-                h.extensions_padding = 0;
-            }
-            h.extensions.push(rtp::header::Extension {
-                id: self.abs_send_time,
-                payload: send_time.clone(),
-            });
+            push_extension(h, self.abs_send_time, send_time.clone());
         }
         true
+    }
+}
+
+/// Sets a header extension on a header whose extensions were rewritten
+/// (padding is recomputed when it is marshalled).
+pub(crate) fn push_extension(h: &mut rtp::header::Header, id: u8, payload: Bytes) {
+    if !h.extension {
+        h.extension = true;
+        h.extension_profile = ONE_BYTE_PROFILE;
+        h.extensions_padding = 0;
+    }
+    match h.extensions.iter_mut().find(|e| e.id == id) {
+        Some(e) => e.payload = payload,
+        None => h.extensions.push(rtp::header::Extension { id, payload }),
     }
 }
 

@@ -17,6 +17,7 @@ pub(crate) mod peer;
 mod rtcp;
 pub(crate) mod simulcast;
 mod srtp_keys;
+mod twcc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

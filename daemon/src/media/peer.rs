@@ -30,6 +30,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use super::forward::ABS_SEND_TIME_URI;
+use super::twcc::TRANSPORT_CC_URI;
 use sfu_proto::signaling::CandidateInit;
 use sfu_proto::signaling::PcKind;
 
@@ -132,6 +133,27 @@ pub(crate) fn build_connection(
                     None,
                 )
                 .map_err(internal)?;
+            // Browsers that do transport-wide congestion control (all of
+            // them now) answer with TWCC feedback instead of REMB: which
+            // packets arrived and when, what probes are judged by.
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                codecs.register_feedback(
+                    RTCPFeedback {
+                        typ: "transport-cc".to_owned(),
+                        parameter: String::new(),
+                    },
+                    kind,
+                );
+                codecs
+                    .register_header_extension(
+                        RTCRtpHeaderExtensionCapability {
+                            uri: TRANSPORT_CC_URI.to_owned(),
+                        },
+                        kind,
+                        None,
+                    )
+                    .map_err(internal)?;
+            }
             registry
         }
     };

@@ -6,8 +6,8 @@
 //! a publisher's sender reports, which recordings use to keep audio and
 //! video in sync and subscribers get translated, and a subscriber's NACKs,
 //! which the fast path answers from the publisher track's history, and a
-//! subscriber's REMB, its browser's estimate of its downlink, which chooses
-//! its simulcast layers.
+//! subscriber's REMB or TWCC feedback, what its downlink carries, which
+//! chooses its simulcast layers.
 //! Receiver reports stay with the interceptors.
 
 use std::collections::VecDeque;
@@ -18,6 +18,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -40,6 +41,7 @@ fn wanted_by_application(packets: &[Box<dyn rtc::rtcp::Packet>]) -> bool {
             || any.is::<SenderReport>()
             || any.is::<TransportLayerNack>()
             || any.is::<ReceiverEstimatedMaximumBitrate>()
+            || any.is::<TransportLayerCc>()
     })
 }
 

@@ -64,7 +64,12 @@ impl MediaEngine {
                         .enumerate()
                         .map(|(i, l)| {
                             l.active(now).then(|| {
-                                let measured = (l.bitrate_bps as f64 * OVERHEAD) as u64;
+                                // Going up needs room for a layer's peaks;
+                                // the lowest layer is kept for its average,
+                                // so that a keyframe does not pause a track.
+                                let lowest = source.layers[..i].iter().all(|l| !l.active(now));
+                                let rate = if lowest { l.bitrate_bps } else { l.peak_bps };
+                                let measured = (rate as f64 * OVERHEAD) as u64;
                                 if measured > 0 {
                                     measured
                                 } else {
@@ -113,6 +118,22 @@ impl MediaEngine {
                     leg.layer_since = Some(now);
                 }
                 current.push(sw.current());
+            }
+            // A paused track resumes on its lowest layer after a calm while.
+            if let Some(i) = chosen.iter().position(Option::is_none) {
+                let resumed: Vec<Option<usize>> = chosen
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| {
+                        if j == i {
+                            rates[i].iter().position(Option::is_some)
+                        } else {
+                            *c
+                        }
+                    })
+                    .collect();
+                conn.downlink
+                    .resume(cost(&rates, &resumed).saturating_add(fixed), now);
             }
             // Probe for the next better allocation when the link is not
             // known to carry it.

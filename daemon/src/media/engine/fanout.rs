@@ -14,7 +14,9 @@ use super::*;
 use crate::media::simulcast::{is_keyframe_start, Vp8Descriptor};
 use rtc::shared::marshal::MarshalSize;
 
-use crate::media::forward::abs_send_time;
+use crate::media::downlink::Downlink;
+use crate::media::forward::{abs_send_time, push_extension};
+use bytes::BufMut;
 use bytes::Bytes;
 
 impl MediaEngine {
@@ -75,6 +77,7 @@ impl MediaEngine {
             }
             MediaKind::Audio => Bytes::new(),
         };
+        let at_us = now.saturating_duration_since(self.epoch).as_micros() as i64;
         // Layers some leg waits for a keyframe of, as bit masks: to start, to switch.
         let (mut start_wanted, mut switch_wanted) = (0u32, 0u32);
         for sub in &source.subscribers {
@@ -127,6 +130,13 @@ impl MediaEngine {
             let bytes = out.payload.len() as u64;
             let sent = match (&mut conn.srtp, conn.media_dest) {
                 (Some(srtp), Some(dest)) => {
+                    stamp_transport_seq(
+                        &mut out,
+                        leg.transport_cc,
+                        &mut conn.downlink,
+                        &mut self.stamps,
+                        at_us,
+                    );
                     let sent = protect_and_queue(
                         srtp,
                         dest,
@@ -141,9 +151,16 @@ impl MediaEngine {
                         conn.probe_credit += conn.probe_ratio * bytes as f64;
                         while conn.probe_credit >= bytes as f64 && bytes > 0 {
                             conn.probe_credit -= bytes as f64;
-                            let Some(rtx) = leg.rtx_copy(&out, vp8) else {
+                            let Some(mut rtx) = leg.rtx_copy(&out, vp8) else {
                                 break;
                             };
+                            stamp_transport_seq(
+                                &mut rtx,
+                                leg.transport_cc,
+                                &mut conn.downlink,
+                                &mut self.stamps,
+                                at_us,
+                            );
                             if protect_and_queue(
                                 srtp,
                                 dest,
@@ -207,6 +224,7 @@ impl MediaEngine {
         };
         let send_time =
             Bytes::copy_from_slice(&abs_send_time(now.saturating_duration_since(self.epoch)));
+        let at_us = now.saturating_duration_since(self.epoch).as_micros() as i64;
         for seq in nack.nacks.iter().flat_map(|pair| pair.into_iter()) {
             // What the leg sent as `seq`, before its own offsets.
             let sent = leg.source_seq(seq);
@@ -235,14 +253,23 @@ impl MediaEngine {
                 continue;
             }
             let sent = match (&mut conn.srtp, conn.media_dest) {
-                (Some(srtp), Some(dest)) => protect_and_queue(
-                    srtp,
-                    dest,
-                    &again,
-                    vp8,
-                    &mut self.scratch_rtp,
-                    &mut self.out,
-                ),
+                (Some(srtp), Some(dest)) => {
+                    stamp_transport_seq(
+                        &mut again,
+                        leg.transport_cc,
+                        &mut conn.downlink,
+                        &mut self.stamps,
+                        at_us,
+                    );
+                    protect_and_queue(
+                        srtp,
+                        dest,
+                        &again,
+                        vp8,
+                        &mut self.scratch_rtp,
+                        &mut self.out,
+                    )
+                }
                 _ => {
                     if let Some((picture_id, tl0)) = vp8 {
                         rewrite_vp8_payload(&mut again, picture_id, tl0);
@@ -371,4 +398,28 @@ fn rewrite_vp8_payload(packet: &mut rtc::rtp::Packet, picture_id: u16, tl0: u8) 
         d.write(&mut payload, picture_id, tl0);
         packet.payload = payload.freeze();
     }
+}
+
+/// Numbers a packet on its subscriber's transport-wide sequence, where the
+/// leg negotiated it (`transport_cc` is its extension id, 0 otherwise), and
+/// remembers when it went and how big it is, for the subscriber's feedback.
+fn stamp_transport_seq(
+    packet: &mut rtc::rtp::Packet,
+    transport_cc: u8,
+    downlink: &mut Downlink,
+    stamps: &mut BytesMut,
+    at_us: i64,
+) {
+    if transport_cc == 0 {
+        return;
+    }
+    // What the link carries: the RTP packet (its transport-wide number
+    // included), the SRTP tag (16), UDP (8) and IPv4 (20) headers.
+    let bytes = (packet.header.marshal_size() + 4 + packet.payload.len() + 44) as u32;
+    let seq = downlink.sent.push(at_us, bytes);
+    if stamps.capacity() < 2 {
+        stamps.reserve(4096);
+    }
+    stamps.put_u16(seq);
+    push_extension(&mut packet.header, transport_cc, stamps.split().freeze());
 }

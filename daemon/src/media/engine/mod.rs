@@ -47,6 +47,7 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -70,6 +71,7 @@ use super::downlink::Downlink;
 use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};
 use super::srtp_keys::KeyTap;
+use super::twcc;
 use super::{
     Codec, ConnectionReport, EventSink, LayerReport, MediaCommand, MediaError, MediaEvent,
     MediaHandle, MediaKind, Negotiated, PeerId, PeerMediaReport, ReceivedLayerReport, Tap,
@@ -254,8 +256,12 @@ pub struct MediaEngine {
     scratch_events: Vec<RTCPeerConnectionEvent>,
     /// A forwarded packet's plaintext, before protection.
     scratch_rtp: Vec<u8>,
-    /// Origin of the arrival times simulcast legs align timestamps by.
+    /// Origin of the arrival times simulcast legs align timestamps by, and
+    /// of the send times subscribers' feedback is matched with.
     epoch: Instant,
+    /// Where transport-wide sequence numbers are written, two bytes each,
+    /// so that stamping one on a forwarded packet rarely allocates.
+    stamps: BytesMut,
 }
 
 /// Settings the engine needs from the configuration.
@@ -330,6 +336,7 @@ impl MediaEngine {
             scratch_events: Vec::new(),
             scratch_rtp: vec![0; MAX_DATAGRAM],
             epoch: Instant::now(),
+            stamps: BytesMut::new(),
         };
         Ok((engine, handle))
     }
@@ -782,6 +789,7 @@ impl MediaEngine {
                 let mut wanted = Vec::new();
                 let mut nacks = Vec::new();
                 let mut downlink = None;
+                let mut feedback = Vec::new();
                 if conn.kind == PcKind::Publish {
                     self.on_sender_reports(&packets, now);
                     return;
@@ -796,6 +804,10 @@ impl MediaEngine {
                         downlink = Some(remb.bitrate.max(0.0) as u64);
                         continue;
                     }
+                    if let Some(fb) = any.downcast_ref::<TransportLayerCc>() {
+                        feedback.push(twcc::arrivals(fb));
+                        continue;
+                    }
                     let ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                         Some(pli.media_ssrc)
                     } else {
@@ -806,8 +818,13 @@ impl MediaEngine {
                         wanted.push(*track);
                     }
                 }
-                if let (Some(bps), Some(conn)) = (downlink, self.conns.get_mut(&id)) {
-                    conn.downlink.on_estimate(bps, now);
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    if let Some(bps) = downlink {
+                        conn.downlink.on_estimate(bps, now);
+                    }
+                    for arrivals in &feedback {
+                        conn.downlink.on_transport_feedback(arrivals, now);
+                    }
                 }
                 for nack in &nacks {
                     self.answer_nack(id, nack, now);

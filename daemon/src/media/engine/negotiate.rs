@@ -6,6 +6,7 @@ use super::*;
 use crate::media::downlink::Downlink;
 use crate::media::forward::ABS_SEND_TIME_URI;
 use crate::media::simulcast::LayerSwitcher;
+use crate::media::twcc::TRANSPORT_CC_URI;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpRtxParameters;
 
 impl MediaEngine {
@@ -319,6 +320,11 @@ impl MediaEngine {
             debug!(%peer, track = track.0, payload_type = ?pt, rtx = ?leg.rtx_payload_type, rtx_ssrc = ?leg.rtx_ssrc, extensions = ?sub_ext, "leg negotiated");
             leg.payload_type = pt;
             leg.extensions = map;
+            leg.transport_cc = sub_ext
+                .iter()
+                .find(|(uri, _)| *uri == TRANSPORT_CC_URI)
+                .and_then(|(_, id)| u8::try_from(*id).ok())
+                .unwrap_or(0);
             leg.abs_send_time = sub_ext
                 .iter()
                 .find(|(uri, _)| *uri == ABS_SEND_TIME_URI)

@@ -26,6 +26,10 @@ pub(super) struct Layer {
     /// Bytes and time at the start of the current bitrate window.
     pub rate_mark: (Instant, u64),
     pub bitrate_bps: u64,
+    /// The highest bitrate of the last seconds, decaying by a twentieth a
+    /// second: what a subscriber must have room for (keyframes and an
+    /// encoder ramping up come on top of the last second's average).
+    pub peak_bps: u64,
     /// When its last packet arrived.
     pub last_packet: Option<Instant>,
     pub last_pli: Option<Instant>,
@@ -46,6 +50,7 @@ impl Layer {
             bytes: 0,
             rate_mark: (Instant::now(), 0),
             bitrate_bps: 0,
+            peak_bps: 0,
             last_packet: None,
             last_pli: None,
             pli_pending: None,
@@ -69,6 +74,7 @@ impl Layer {
         let elapsed = now.duration_since(since);
         if elapsed >= Duration::from_secs(1) {
             self.bitrate_bps = ((self.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+            self.peak_bps = self.bitrate_bps.max(self.peak_bps - self.peak_bps / 20);
             self.rate_mark = (now, self.bytes);
         }
     }
