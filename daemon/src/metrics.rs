@@ -209,6 +209,12 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         s.probe_packets,
     );
     out.counter(
+        "sfud_layer_pauses_total",
+        "Times a subscriber's simulcast track was paused because not even its \
+         lowest layer fitted the subscriber's link.",
+        s.layer_pauses,
+    );
+    out.counter(
         "sfud_layer_switches_total",
         "Times a subscriber started forwarding another simulcast layer of a track.",
         s.layer_switches,

@@ -25,11 +25,11 @@ const FALL: f64 = 0.85;
 /// How long a peak counts as recent.
 const PEAK_WINDOW: Duration = Duration::from_secs(3);
 /// How long a probe lasts.
-const PROBE_FOR: Duration = Duration::from_millis(1000);
+const PROBE_FOR: Duration = Duration::from_millis(600);
 /// Wait before the first probe after congestion, doubled after each probe
 /// that failed, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(8);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A probe aims this much above what the next allocation needs.
 const PROBE_HEADROOM: f64 = 1.1;
 /// A queue that stands this long (every packet of the window delayed by
@@ -52,7 +52,7 @@ const CUT_INTERVAL: Duration = Duration::from_secs(1);
 const CALM: Duration = Duration::from_secs(10);
 /// Fewest packets a delivery rate is measured over.
 const MIN_PACKETS: usize = 20;
-/// Loss above this share of a feedback's packets is congestion.
+/// Loss above this share of the last second's packets is congestion.
 const LOSS: f64 = 0.2;
 /// How long the lowest one-way delay is remembered (two buckets of it).
 const BASE_DELAY_BUCKET: Duration = Duration::from_secs(5);
@@ -91,6 +91,10 @@ pub(crate) struct Downlink {
     last_congestion: Option<Instant>,
     /// While a failed probe's queue drains, congestion is not news.
     quiet_until: Option<Instant>,
+    /// What the link delivered over the last second, per the last feedback.
+    delivered: Option<u64>,
+    /// Each feedback of the last second: when, packets lost and received.
+    losses: VecDeque<(Instant, u32, u32)>,
 }
 
 /// A probe under way.
@@ -119,14 +123,18 @@ impl Default for Downlink {
             probe_delivered: 0,
             last_congestion: None,
             quiet_until: None,
+            delivered: None,
+            losses: VecDeque::new(),
         }
     }
 }
 
 impl Downlink {
-    /// The subscriber's latest estimate, bits per second.
+    /// What the subscriber's link is estimated to carry, bits per second:
+    /// its browser's REMB, else the capacity congestion showed, else what
+    /// the link delivered lately (a lower bound).
     pub(crate) fn estimate(&self) -> Option<u64> {
-        self.estimate
+        self.estimate.or(self.capacity).or(self.delivered)
     }
 
     /// The probe under way, if any.
@@ -246,11 +254,30 @@ impl Downlink {
         let bytes: u64 = self.recent.iter().map(|(_, b, _)| u64::from(*b)).sum();
         let delivered = (newest - oldest >= QUEUE_WINDOW_US && self.recent.len() >= MIN_PACKETS)
             .then(|| bytes * 8 * 1_000_000 / (newest - oldest) as u64);
-        if let (Some(rate), Some(_)) = (delivered, self.probe) {
+        if delivered.is_some() {
+            self.delivered = delivered;
+        }
+        // A probe is judged by the last half second: the second kept still
+        // holds what came before it.
+        if let (Some(rate), Some(_)) = (lately.or(delivered), self.probe) {
             self.probe_delivered = self.probe_delivered.max(rate);
         }
         let queued = span >= QUEUE_WINDOW_US * 4 / 5 && standing > STANDING_QUEUE_US;
-        let lossy = lost + got >= 10 && f64::from(lost) > LOSS * f64::from(lost + got);
+        // Loss over the last second, not one feedback's handful of packets.
+        self.losses.push_back((now, lost, got));
+        while self
+            .losses
+            .front()
+            .is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > Duration::from_secs(1))
+        {
+            self.losses.pop_front();
+        }
+        let (lost_s, got_s) = self
+            .losses
+            .iter()
+            .fold((0u32, 0u32), |(l, g), (_, lost, got)| (l + lost, g + got));
+        let lossy = lost_s + got_s >= MIN_PACKETS as u32 * 2
+            && f64::from(lost_s) > LOSS * f64::from(lost_s + got_s);
         if queued || lossy {
             if let Some(rate) = delivered {
                 tracing::debug!(rate, ?lately, standing, lost, got, queued, lossy, capacity = ?self.capacity, probe = ?self.probe.map(|p| p.target), "congestion");
@@ -296,12 +323,16 @@ impl Downlink {
         if self.twcc && (delivered as f64) < PROBE_DELIVERED * probe.target as f64 {
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
             self.hold_until = Some(now + self.backoff);
+            self.quiet_until = Some(now + DRAIN);
             self.capacity = Some(self.capacity.map_or(delivered, |c| c.max(delivered)));
             return;
         }
         self.backoff = FIRST_BACKOFF;
         self.hold_until = Some(now + FIRST_BACKOFF);
         self.capacity = self.capacity.map(|c| c.max(probe.target));
+        // The link showed room: what it delivers from now on may raise the
+        // capacity at once (a layer's encoder ramping up after the switch).
+        self.last_congestion = None;
     }
 
     /// What the engine may send to this subscriber now, bits per second
@@ -460,6 +491,86 @@ mod tests {
         assert_eq!(next_better(&rates, &chosen), Some(vec![Some(2)]));
         assert_eq!(cost(&rates, &[Some(2)]), F);
         assert_eq!(next_better(&rates, &[Some(2)]), None);
+    }
+
+    /// A simulated link: packets of `bytes` sent every `gap_us` from `start_us`
+    /// through a bottleneck of `link_bps` (FIFO, no loss); feedback every
+    /// 100 ms of sending. Returns when the last feedback was given.
+    fn through_link(
+        d: &mut Downlink,
+        t0: Instant,
+        start_us: i64,
+        duration_us: i64,
+        gap_us: i64,
+        bytes: u32,
+        link_bps: u64,
+    ) -> Instant {
+        let mut free_at = start_us; // when the bottleneck is next idle
+        let mut batch = Vec::new();
+        let mut next_feedback = start_us + 100_000;
+        let mut at = start_us;
+        let mut last = t0;
+        while at < start_us + duration_us {
+            let seq = d.sent.push(at, bytes);
+            let serialise = (u64::from(bytes) * 8 * 1_000_000 / link_bps) as i64;
+            free_at = free_at.max(at) + serialise;
+            // The receiver's clock is offset: only differences count.
+            batch.push((seq, Some(free_at + 5_000_000)));
+            at += gap_us;
+            if at >= next_feedback {
+                last = t0 + Duration::from_micros(at as u64);
+                d.on_transport_feedback(&batch, last);
+                batch.clear();
+                next_feedback += 100_000;
+            }
+        }
+        if !batch.is_empty() {
+            last = t0 + Duration::from_micros(at as u64);
+            d.on_transport_feedback(&batch, last);
+        }
+        last
+    }
+
+    #[test]
+    fn a_link_that_keeps_up_shows_no_congestion() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        // 800 kbit/s through a 2 Mbit/s link for 3 s.
+        through_link(&mut d, t0, 0, 3_000_000, 10_000, 1000, 2_000_000);
+        assert_eq!(d.budget(), u64::MAX);
+        assert!(
+            d.estimate()
+                .is_some_and(|bps| (700_000..900_000).contains(&bps)),
+            "{:?}",
+            d.estimate()
+        );
+    }
+
+    #[test]
+    fn a_standing_queue_is_congestion_and_what_arrived_the_capacity() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        through_link(&mut d, t0, 0, 1_000_000, 10_000, 1000, 2_000_000);
+        // Then 800 kbit/s into 400 kbit/s: the queue grows and stands.
+        through_link(&mut d, t0, 1_000_000, 2_000_000, 10_000, 1000, 400_000);
+        let budget = d.budget();
+        assert!(budget < 450_000 && budget > 250_000, "budget {budget}");
+    }
+
+    #[test]
+    fn a_keyframe_burst_that_drains_is_not_congestion() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        // 300 kbit/s through 1 Mbit/s, with 40 kB bursts every 2 s (each
+        // drains in 320 ms).
+        for second in 0..4i64 {
+            let start = second * 1_000_000;
+            if second % 2 == 0 {
+                through_link(&mut d, t0, start, 40_000, 1_000, 1000, 1_000_000);
+            }
+            through_link(&mut d, t0, start + 40_000, 960_000, 26_000, 1000, 1_000_000);
+        }
+        assert_eq!(d.budget(), u64::MAX, "no standing queue");
     }
 
     #[test]

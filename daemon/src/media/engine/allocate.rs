@@ -20,11 +20,14 @@ use crate::media::downlink::{allocate, cost, next_better};
 /// Least time a leg stays on a layer before it moves up again.
 const MIN_ON_LAYER: Duration = Duration::from_secs(2);
 
+/// Least time a leg holds its lowest layer before it may be paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(3);
+
 /// Packet headers and SRTP on top of the payload bitrates measured.
 const OVERHEAD: f64 = 1.1;
 
 /// Most probe bytes per byte of video while probing.
-const MAX_PROBE_RATIO: f64 = 4.0;
+const MAX_PROBE_RATIO: f64 = 8.0;
 
 /// What a layer takes before it is measured: the demo page's encodings,
 /// as client SDKs set them (lowest first).
@@ -38,6 +41,7 @@ impl MediaEngine {
     /// (see the module docs).
     pub(super) fn select_layers(&mut self, now: Instant) {
         let sources = &self.sources;
+        let stats = &mut self.stats;
         for conn in self.conns.values_mut() {
             if conn.kind != PcKind::Subscribe || conn.legs.is_empty() {
                 continue;
@@ -108,12 +112,24 @@ impl MediaEngine {
                 let target_sent =
                     target.is_some_and(|t| layers.get(t).is_some_and(Option::is_some));
                 // Down (or to pause) at once; up once settled.
+                let lowest = layers.iter().position(Option::is_some);
                 let change = match (*want, target) {
+                    (None, None) => false,
                     (w, t) if w == t && target_sent => false,
                     (Some(w), Some(t)) if w > t && target_sent => settled,
+                    // Pause only a track that could not hold its lowest
+                    // layer for a while: one bad reading must not stop
+                    // a subscriber's video.
+                    (None, Some(t)) if Some(t) == lowest && target_sent => leg
+                        .layer_since
+                        .is_none_or(|t| now.saturating_duration_since(t) >= PAUSE_AFTER),
                     _ => true,
                 };
                 if change {
+                    debug!(peer = %conn.peer, track = track.0, from = ?target, to = ?want, budget, fixed, "layer target");
+                    if want.is_none() && target.is_some() {
+                        stats.layer_pauses += 1;
+                    }
                     sw.set_target(*want);
                     leg.layer_since = Some(now);
                 }

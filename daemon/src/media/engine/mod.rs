@@ -133,6 +133,9 @@ pub struct MediaStats {
     pub layer_switches: u64,
     /// Packets sent to probe subscribers' links (RTX copies).
     pub probe_packets: u64,
+    /// Times a subscriber leg of a simulcast track was paused for lack of
+    /// room on the subscriber's link.
+    pub layer_pauses: u64,
     /// Packets sent again for subscribers' NACKs (fast path).
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.
