@@ -29,7 +29,9 @@ const PROBE_FOR: Duration = Duration::from_millis(600);
 /// Wait before the first probe after congestion, doubled after each probe
 /// that failed, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// Wait before the next probe after one passed.
+const AFTER_PASS: Duration = Duration::from_millis(500);
 /// A probe aims this much above what the next allocation needs.
 const PROBE_HEADROOM: f64 = 1.1;
 /// A queue that stands this long (every packet of the window delayed by
@@ -327,8 +329,10 @@ impl Downlink {
             self.capacity = Some(self.capacity.map_or(delivered, |c| c.max(delivered)));
             return;
         }
+        // The next step up may be probed for soon: a link that had room
+        // for this one often has more.
         self.backoff = FIRST_BACKOFF;
-        self.hold_until = Some(now + FIRST_BACKOFF);
+        self.hold_until = Some(now + AFTER_PASS);
         self.capacity = self.capacity.map(|c| c.max(probe.target));
         // The link showed room: what it delivers from now on may raise the
         // capacity at once (a layer's encoder ramping up after the switch).

@@ -87,6 +87,15 @@ impl MediaEngine {
             if tracks.is_empty() {
                 continue;
             }
+            // A layer the publisher just (re)started measures low while its
+            // encoder ramps up: each layer costs at least twice the one below.
+            for layers in &mut rates {
+                let mut below = 0u64;
+                for rate in layers.iter_mut().flatten() {
+                    *rate = (*rate).max(below.saturating_mul(2));
+                    below = *rate;
+                }
+            }
             conn.downlink.tick(now);
             let budget = conn.downlink.budget().saturating_sub(fixed);
             let chosen = allocate(budget, &rates);
