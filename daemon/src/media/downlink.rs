@@ -1,19 +1,24 @@
 //! A subscriber's downlink: what fits on it, and how the engine finds out.
 //!
-//! The subscriber's browser estimates its downlink from the send times the
-//! engine stamps on forwarded video (abs-send-time) and reports the estimate
-//! as REMB. That estimate is reliable when it falls: the browser cuts it to
-//! what arrived when it saw queues grow. It is not when it rises: the browser
-//! raises it by about 8% a second and never above 1.5 times what it receives,
-//! so a subscriber held on a low layer would wait minutes to be allowed back
-//! up. [`Downlink`] therefore treats a fall as the capacity of the link, and
-//! learns that the link has room again by probing: for a short while the
-//! engine sends more (retransmissions of what it just sent, on the leg's RTX
-//! stream) up to what the next layer needs; if the browser's estimate does
-//! not fall meanwhile, that rate fits.
+//! Browsers answer the transport-wide sequence numbers the engine stamps on
+//! everything it sends them with feedback: which packets arrived, and when
+//! (`twcc`). [`Downlink`] reads congestion from it as a queue that stands
+//! (every packet of half a second delayed well past the lowest one-way delay
+//! seen) or heavy loss, and takes what the link delivered meanwhile as its
+//! capacity. Without congestion nothing limits a subscriber. When the link
+//! is not known to carry the next better allocation, the engine probes: for
+//! a moment it sends more (retransmissions of what it just forwarded, on the
+//! legs' RTX streams) up to what that allocation needs, and the link passes
+//! if it delivered most of it without a queue building.
 //!
-//! [`allocate`] then shares the capacity between the simulcast tracks a
-//! subscriber receives. Both are plain and tested without sockets.
+//! Clients without transport-wide feedback report their own estimate as
+//! REMB (from the abs-send-time the engine stamps). It is reliable when it
+//! falls, so a fall is congestion; it rises too slowly (about 8% a second,
+//! never above 1.5 times what arrives) to lift a subscriber, so probes
+//! decide there too, and pass when it does not fall.
+//!
+//! `allocation` then shares the capacity between the simulcast tracks a
+//! subscriber receives. All of it is plain and tested without sockets.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,7 +40,7 @@ const AFTER_PASS: Duration = Duration::from_millis(500);
 /// A probe aims this much above what the next allocation needs.
 const PROBE_HEADROOM: f64 = 1.1;
 /// A queue that stands this long (every packet of the window delayed by
-/// more than [`STANDING_QUEUE`]) is congestion; a keyframe's burst that
+/// more than [`STANDING_QUEUE_US`]) is congestion; a keyframe's burst that
 /// drains within the window is not.
 const QUEUE_WINDOW_US: i64 = 500_000;
 const STANDING_QUEUE_US: i64 = 40_000;
@@ -378,124 +383,9 @@ impl Downlink {
     }
 }
 
-/// Shares `budget` (bits per second) between simulcast tracks, most
-/// important first. `rates[i][l]` is what layer `l` of track `i` takes, or
-/// `None` when the publisher does not send it. Every track gets its lowest
-/// layer first; tracks for which even that does not fit are paused
-/// (`None`), the least important first; what is left lifts tracks one layer
-/// at a time, the most important first.
-pub(crate) fn allocate(budget: u64, rates: &[Vec<Option<u64>>]) -> Vec<Option<usize>> {
-    let mut left = budget;
-    let mut chosen: Vec<Option<usize>> = rates
-        .iter()
-        .map(|layers| {
-            let (lowest, rate) = layers
-                .iter()
-                .enumerate()
-                .find_map(|(l, r)| r.map(|r| (l, r)))?;
-            (rate <= left).then(|| {
-                left -= rate;
-                lowest
-            })
-        })
-        .collect();
-    loop {
-        let mut lifted = false;
-        for (i, layers) in rates.iter().enumerate() {
-            let Some(now) = chosen[i] else {
-                continue;
-            };
-            let current = layers[now].unwrap_or(0);
-            let Some((up, rate)) = layers
-                .iter()
-                .enumerate()
-                .skip(now + 1)
-                .find_map(|(l, r)| r.map(|r| (l, r)))
-            else {
-                continue;
-            };
-            let extra = rate.saturating_sub(current);
-            if extra <= left {
-                left -= extra;
-                chosen[i] = Some(up);
-                lifted = true;
-            }
-        }
-        if !lifted {
-            return chosen;
-        }
-    }
-}
-
-/// What one allocation costs, bits per second.
-pub(crate) fn cost(rates: &[Vec<Option<u64>>], chosen: &[Option<usize>]) -> u64 {
-    rates
-        .iter()
-        .zip(chosen)
-        .filter_map(|(layers, c)| layers.get((*c)?).copied().flatten())
-        .sum()
-}
-
-/// The next better allocation than `chosen` (the most important track that
-/// can go up, one layer up), if any: what a probe must show room for.
-pub(crate) fn next_better(
-    rates: &[Vec<Option<u64>>],
-    chosen: &[Option<usize>],
-) -> Option<Vec<Option<usize>>> {
-    for (i, layers) in rates.iter().enumerate() {
-        let from = chosen[i].map_or(0, |c| c + 1);
-        if let Some(up) = (from..layers.len()).find(|l| layers[*l].is_some()) {
-            let mut better = chosen.to_vec();
-            better[i] = Some(up);
-            return Some(better);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const Q: u64 = 150_000;
-    const H: u64 = 500_000;
-    const F: u64 = 1_500_000;
-
-    fn three() -> Vec<Option<u64>> {
-        vec![Some(Q), Some(H), Some(F)]
-    }
-
-    #[test]
-    fn everyone_gets_the_lowest_layer_before_anyone_goes_up() {
-        let rates = vec![three(), three()];
-        assert_eq!(allocate(u64::MAX, &rates), vec![Some(2), Some(2)]);
-        assert_eq!(allocate(2 * Q, &rates), vec![Some(0), Some(0)]);
-        // The first track goes up first.
-        assert_eq!(allocate(Q + H, &rates), vec![Some(1), Some(0)]);
-        assert_eq!(allocate(2 * H, &rates), vec![Some(1), Some(1)]);
-    }
-
-    #[test]
-    fn when_even_the_lowest_does_not_fit_the_least_important_pause() {
-        let rates = vec![three(), three(), three()];
-        assert_eq!(allocate(2 * Q + 10, &rates), vec![Some(0), Some(0), None]);
-        assert_eq!(allocate(Q - 1, &rates), vec![None, None, None]);
-    }
-
-    #[test]
-    fn layers_not_sent_are_skipped() {
-        let rates = vec![vec![Some(Q), None, Some(F)]];
-        assert_eq!(allocate(Q + H, &rates), vec![Some(0)]);
-        assert_eq!(allocate(F, &rates), vec![Some(2)]);
-        assert_eq!(
-            allocate(u64::MAX, &[vec![None, Some(H), None]]),
-            vec![Some(1)]
-        );
-        let chosen = vec![Some(0)];
-        assert_eq!(next_better(&rates, &chosen), Some(vec![Some(2)]));
-        assert_eq!(cost(&rates, &[Some(2)]), F);
-        assert_eq!(next_better(&rates, &[Some(2)]), None);
-    }
 
     /// A simulated link: packets of `bytes` sent every `gap_us` from `start_us`
     /// through a bottleneck of `link_bps` (FIFO, no loss); feedback every

@@ -8,6 +8,7 @@
 //! connections without leaving the loop. Rooms talk to it through
 //! [`MediaHandle`]; it reports back through [`MediaEvent`]s.
 
+mod allocation;
 mod batch;
 mod delay;
 mod downlink;

@@ -4,7 +4,7 @@
 //! carries (`downlink::Downlink`, from the browser's REMB and the engine's
 //! probes) after the tracks sent once (audio, video without simulcast):
 //! every track gets its lowest layer first, then the rest lifts tracks one
-//! layer at a time, oldest track first (`downlink::allocate`); a track for
+//! layer at a time, oldest track first (`allocation::allocate`); a track for
 //! which even its lowest layer does not fit is paused. Layers the publisher
 //! is not sending are skipped. A leg moves down at once and up no sooner
 //! than [`MIN_ON_LAYER`] after its last change, so layers do not flap.
@@ -15,7 +15,7 @@
 //! the subscriber's link is probed for it (see `downlink`).
 
 use super::*;
-use crate::media::downlink::{allocate, cost, next_better};
+use crate::media::allocation::{allocate, cost, next_better};
 
 /// Least time a leg stays on a layer before it moves up again.
 const MIN_ON_LAYER: Duration = Duration::from_secs(2);
@@ -43,7 +43,9 @@ impl MediaEngine {
         let sources = &self.sources;
         let stats = &mut self.stats;
         for conn in self.conns.values_mut() {
-            if conn.kind != PcKind::Subscribe || conn.legs.is_empty() {
+            // Only subscribers of simulcast tracks have layers to choose (and
+            // this runs ten times a second for every subscriber).
+            if conn.kind != PcKind::Subscribe || conn.legs.values().all(|l| l.switcher.is_none()) {
                 continue;
             }
             // What the tracks sent once take, then each simulcast track's layers.

@@ -78,6 +78,7 @@ impl MediaEngine {
             MediaKind::Audio => Bytes::new(),
         };
         let at_us = now.saturating_duration_since(self.epoch).as_micros() as i64;
+        let no_stamp = Bytes::new();
         // Layers some leg waits for a keyframe of, as bit masks: to start, to switch.
         let (mut start_wanted, mut switch_wanted) = (0u32, 0u32);
         for sub in &source.subscribers {
@@ -89,6 +90,14 @@ impl MediaEngine {
             };
             let mut out = packet.clone();
             let mut vp8 = None;
+            // Only a subscriber of simulcast tracks has its link measured.
+            let send_time = if conn.adaptive {
+                out.header.extensions.reserve(2);
+                &send_time
+            } else {
+                &no_stamp
+            };
+            let transport_cc = if conn.adaptive { leg.transport_cc } else { 0 };
             if let Some(sw) = leg.switcher.as_mut() {
                 let switches = sw.switches();
                 // Only a keyframe of the target can start a segment.
@@ -122,7 +131,7 @@ impl MediaEngine {
                 out.header.timestamp = m.timestamp;
                 vp8 = m.vp8;
             }
-            if !conn.connected || !leg.rewrite(&mut out, &send_time) {
+            if !conn.connected || !leg.rewrite(&mut out, send_time) {
                 leg.dropped += 1;
                 self.stats.dropped_leg += 1;
                 continue;
@@ -132,7 +141,7 @@ impl MediaEngine {
                 (Some(srtp), Some(dest)) => {
                     stamp_transport_seq(
                         &mut out,
-                        leg.transport_cc,
+                        transport_cc,
                         &mut conn.downlink,
                         &mut self.stamps,
                         at_us,
@@ -156,7 +165,7 @@ impl MediaEngine {
                             };
                             stamp_transport_seq(
                                 &mut rtx,
-                                leg.transport_cc,
+                                transport_cc,
                                 &mut conn.downlink,
                                 &mut self.stamps,
                                 at_us,
@@ -225,6 +234,8 @@ impl MediaEngine {
         let send_time =
             Bytes::copy_from_slice(&abs_send_time(now.saturating_duration_since(self.epoch)));
         let at_us = now.saturating_duration_since(self.epoch).as_micros() as i64;
+        let no_stamp = Bytes::new();
+        let transport_cc = if conn.adaptive { leg.transport_cc } else { 0 };
         for seq in nack.nacks.iter().flat_map(|pair| pair.into_iter()) {
             // What the leg sent as `seq`, before its own offsets.
             let sent = leg.source_seq(seq);
@@ -249,14 +260,17 @@ impl MediaEngine {
                     None => continue,
                 },
             };
-            if !leg.rewrite(&mut again, &send_time) {
+            if !leg.rewrite(
+                &mut again,
+                if conn.adaptive { &send_time } else { &no_stamp },
+            ) {
                 continue;
             }
             let sent = match (&mut conn.srtp, conn.media_dest) {
                 (Some(srtp), Some(dest)) => {
                     stamp_transport_seq(
                         &mut again,
-                        leg.transport_cc,
+                        transport_cc,
                         &mut conn.downlink,
                         &mut self.stamps,
                         at_us,

@@ -215,6 +215,10 @@ struct Conn {
     connect_by: Option<Instant>,
     /// When the last datagram of any kind arrived from the peer.
     last_rx: Instant,
+    /// Subscribe side: whether any leg is simulcast, so that the link is
+    /// measured (send times and transport-wide numbers stamped, feedback
+    /// read): a subscriber with nothing to adapt costs nothing more.
+    adaptive: bool,
     /// Subscribe side: what the subscriber's link carries (see `downlink`).
     downlink: Downlink,
     /// Subscribe side, while probing: bytes of probe (retransmissions on

@@ -53,6 +53,7 @@ impl MediaEngine {
                 candidates_sent: false,
                 connect_by: None,
                 last_rx: Instant::now(),
+                adaptive: false,
                 downlink: Downlink::default(),
                 probe_ratio: 0.0,
                 probe_credit: 0.0,
@@ -226,6 +227,7 @@ impl MediaEngine {
             source.subscribers.push(id);
             changed = true;
         }
+        conn.adaptive = conn.legs.values().any(|l| l.switcher.is_some());
         if !changed && (conn.negotiated || conn.legs.is_empty()) {
             return Ok(None);
         }
