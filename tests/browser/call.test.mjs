@@ -702,12 +702,18 @@ describe('simulcast: a listener whose downlink is shaped with tc', () => {
       await waitFor(5_000, async () => (await subscribeVideo(lis)).frameWidth === 1280,
         async () => `on f but not decoding 1280 px: ${JSON.stringify(await subscribeVideo(lis))}`);
     }
+    // A steady link and a steady publisher: Chromium pauses f now and then (CPU), and
+    // sfud rightly follows it; only a publisher that kept sending every layer counts.
     const switchesBefore = await metric('sfud_layer_switches_total');
+    const sentBefore = await publishStats(pub);
     await sleep(8_000);
-    const settled = await bestSent();
-    if (settled === best) {
-      assert.equal(await metric('sfud_layer_switches_total'), switchesBefore,
-        'no layer switch on a steady link once settled');
+    const sentAfter = await publishStats(pub);
+    const sentOver = (rid) => (sentAfter.layers[rid]?.framesSent ?? 0) - (sentBefore.layers[rid]?.framesSent ?? 0);
+    const switches = (await metric('sfud_layer_switches_total')) - switchesBefore;
+    if (sentOver(best) >= 0.9 * sentOver('q')) {
+      assert.equal(switches, 0, `layer switches on a steady link once settled (publisher sent ${JSON.stringify(['q', 'h', 'f'].map(sentOver))})`);
+    } else {
+      console.log(`# the publisher paused ${best} meanwhile (${JSON.stringify(['q', 'h', 'f'].map(sentOver))} frames): ${switches} switches not judged`);
     }
 
     // Down again: a lower layer within 5 s, frozen for under a second.
