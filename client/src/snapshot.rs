@@ -245,5 +245,6 @@ fn message_label(m: &ServerMessage) -> String {
         ServerMessage::Error { code, .. } => format!("error({code})"),
         ServerMessage::RoleChanged { peer_id, role } => format!("role_changed({peer_id},{role:?})"),
         ServerMessage::Signal { from, .. } => format!("signal({from})"),
+        ServerMessage::Layers { track, .. } => format!("layers({track})"),
     }
 }

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use sfu_proto::control::{
-    ConnectionReport, LayerDetail, PeerDetail, Recording, ReloadReport, Response, RoomDetail,
-    RoomSummary, Status,
+    ConnectionReport, LayerDetail, PeerDetail, ReceivedLayer, Recording, ReloadReport, Response,
+    RoomDetail, RoomSummary, Status,
 };
 use sfu_proto::signaling::{Role, RoomMode};
 
@@ -220,7 +220,14 @@ pub fn room(r: &RoomDetail) -> String {
         "SUBSCRIBERS",
         "LAYERS",
     ]);
-    let mut received = Table::new(&["RECEIVER", "DOWNLINK", "TRACK", "LAYER", "SWITCHING TO"]);
+    let mut received = Table::new(&[
+        "RECEIVER",
+        "DOWNLINK",
+        "TRACK",
+        "LAYER",
+        "SWITCHING TO",
+        "ASKED FOR",
+    ]);
     for p in &r.members {
         peers.row(vec![
             p.id.clone(),
@@ -250,6 +257,7 @@ pub fn room(r: &RoomDetail) -> String {
                 r.track.to_string(),
                 r.layer.clone().unwrap_or_else(|| "-".to_owned()),
                 r.target.clone().unwrap_or_else(|| "-".to_owned()),
+                asked_for(r),
             ]);
         }
     }
@@ -266,16 +274,37 @@ pub fn room(r: &RoomDetail) -> String {
     out
 }
 
-/// A simulcast track's layers, e.g. `q 148.2 kbit/s, h 480.0 kbit/s, f (paused)`; `-` for none.
+/// What a receiver asked of a track: `paused`, `640x480`, `layer <= 1`; `-` for nothing.
+fn asked_for(r: &ReceivedLayer) -> String {
+    if r.paused {
+        return "paused".to_owned();
+    }
+    let mut parts = Vec::new();
+    if r.max_width.is_some() || r.max_height.is_some() {
+        let side = |v: Option<u32>| v.map_or_else(|| "any".to_owned(), |v| v.to_string());
+        parts.push(format!("{}x{}", side(r.max_width), side(r.max_height)));
+    }
+    if let Some(l) = r.max_layer {
+        parts.push(format!("layer <= {l}"));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// A simulcast track's layers, e.g. `q 148.2 kbit/s, h 480.0 kbit/s, f (paused: unused)`; `-` for none.
 fn layers(layers: &[LayerDetail]) -> String {
     if layers.is_empty() {
         return "-".to_owned();
     }
     layers
         .iter()
-        .map(|l| match l.active {
-            true => format!("{} {}", l.rid, bitrate(l.bitrate_bps)),
-            false => format!("{} (paused)", l.rid),
+        .map(|l| match (l.active, l.paused) {
+            (true, _) => format!("{} {}", l.rid, bitrate(l.bitrate_bps)),
+            (false, true) => format!("{} (paused: unused)", l.rid),
+            (false, false) => format!("{} (not sent)", l.rid),
         })
         .collect::<Vec<_>>()
         .join(", ")

@@ -309,6 +309,18 @@ pub struct ReceivedLayer {
     /// RID of the layer being switched to, if another.
     #[serde(default)]
     pub target: Option<String>,
+    /// The participant paused it (its tile is hidden).
+    #[serde(default)]
+    pub paused: bool,
+    /// The size the participant shows it at, as it said.
+    #[serde(default)]
+    pub max_width: Option<u32>,
+    /// See `max_width`.
+    #[serde(default)]
+    pub max_height: Option<u32>,
+    /// The highest layer it asked for, 0 the lowest.
+    #[serde(default)]
+    pub max_layer: Option<u8>,
 }
 
 /// One simulcast layer of a published track.
@@ -320,6 +332,9 @@ pub struct LayerDetail {
     pub bitrate_bps: u64,
     /// Whether the publisher is sending it.
     pub active: bool,
+    /// Whether the publisher was asked to stop sending it (nobody receives it).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// One of a participant's peer connections.
@@ -683,12 +698,17 @@ mod tests {
                             rid: "q".into(),
                             bitrate_bps: 150_000,
                             active: true,
+                            paused: false,
                         }],
                     }],
                     receiving: vec![ReceivedLayer {
                         track: 8,
                         layer: Some("h".into()),
                         target: Some("f".into()),
+                        paused: false,
+                        max_width: Some(640),
+                        max_height: Some(480),
+                        max_layer: None,
                     }],
                     downlink_bps: Some(1_200_000),
                 }],

@@ -104,6 +104,26 @@ pub enum ClientMessage {
         /// Anything the clients agree on (offers, answers, candidates).
         data: serde_json::Value,
     },
+    /// How the subscriber wants one video track it receives: paused (its
+    /// tile is hidden), or no bigger than its tile needs. Replaces what was
+    /// asked before for that track.
+    TrackSettings {
+        /// The track's id as the subscribe offer names it (`video-7`).
+        track: String,
+        /// Stop forwarding the track until a later message resumes it.
+        #[serde(default)]
+        paused: bool,
+        /// Width in pixels the receiver shows it at: the smallest layer
+        /// at least this wide and high is enough.
+        #[serde(default)]
+        max_width: Option<u32>,
+        /// Height in pixels the receiver shows it at.
+        #[serde(default)]
+        max_height: Option<u32>,
+        /// Highest simulcast layer to receive, 0 the lowest.
+        #[serde(default)]
+        max_layer: Option<u8>,
+    },
     /// Leave the room; the server closes the socket.
     Leave,
 }
@@ -196,6 +216,15 @@ pub enum ServerMessage {
         /// The candidate, or `None` at the end.
         candidate: Option<CandidateInit>,
     },
+    /// The simulcast layers of one of the receiver's own tracks that
+    /// someone receives: the publisher should send those and pause the
+    /// others (`RTCRtpEncodingParameters.active`), until told again.
+    Layers {
+        /// The track's id in the publisher's offer (its `a=msid` track id).
+        track: String,
+        /// Every layer of the track by RID: whether to send it.
+        active: std::collections::BTreeMap<String, bool>,
+    },
     /// A request failed; the session carries on unless the code says otherwise.
     Error {
         /// Stable snake_case code.
@@ -257,6 +286,8 @@ pub enum ErrorCode {
     RateLimited,
     /// No such participant in the room.
     UnknownPeer,
+    /// The participant receives no such track.
+    UnknownTrack,
     /// Something failed inside the server.
     Internal,
 }
@@ -289,6 +320,7 @@ impl ErrorCode {
             Self::TokenRequired => "token_required",
             Self::RateLimited => "rate_limited",
             Self::UnknownPeer => "unknown_peer",
+            Self::UnknownTrack => "unknown_track",
             Self::Internal => "internal",
         }
     }
@@ -351,11 +383,29 @@ mod tests {
     }
 
     #[test]
+    fn track_settings_default_to_unpaused_and_uncapped() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"track_settings","track":"video-7","max_width":320}"#)
+                .expect("parses");
+        assert_eq!(
+            m,
+            ClientMessage::TrackSettings {
+                track: "video-7".into(),
+                paused: false,
+                max_width: Some(320),
+                max_height: None,
+                max_layer: None,
+            }
+        );
+    }
+
+    #[test]
     fn error_codes_serialize_as_their_wire_names() {
         for code in [
             ErrorCode::BadRequest,
             ErrorCode::RoomFull,
             ErrorCode::OutOfOrder,
+            ErrorCode::UnknownTrack,
         ] {
             let json = serde_json::to_string(&code).expect("serializes");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -492,7 +492,8 @@ function publishStats(participant) {
       if (r.type === 'outbound-rtp' && r.kind === 'video') {
         out.pliCount += r.pliCount ?? 0;
         out.layers[r.rid ?? '-'] = {
-          width: r.frameWidth ?? 0, framesSent: r.framesSent ?? 0, limit: r.qualityLimitationReason, active: r.active,
+          width: r.frameWidth ?? 0, height: r.frameHeight ?? 0, framesSent: r.framesSent ?? 0,
+          limit: r.qualityLimitationReason, active: r.active,
         };
       }
     });
@@ -518,6 +519,18 @@ function subscribeVideo(participant) {
     });
     return out;
   });
+}
+
+/**
+ * Clicks `subject`'s tile on `viewer`'s page, as a user does to see someone big: the tile
+ * spans the page and asks sfud for the video at that size.
+ */
+async function spotlight(viewer, subject) {
+  const id = (await subject.snapshot()).peerId;
+  const tile = `.tile.has-video[data-peer-id="${id}"]`;
+  await viewer.page.waitForSelector(tile, { timeout: 20_000 });
+  await viewer.page.click(tile);
+  await viewer.page.waitForSelector(`${tile}.spotlight`, { timeout: 5_000 });
 }
 
 describe('publisher feedback: a 1280x720 publisher ramps like peer to peer', () => {
@@ -571,6 +584,8 @@ describe('simulcast: a three-layer 1280x720 publisher', () => {
   const room = inRoom(roomName, [pub, lis]);
 
   it('sends three layers, and an unconstrained listener decodes the best one sent at full rate', { timeout: 60_000 }, track(async () => {
+    // A tile as big as the page: the top layer is what it needs.
+    await spotlight(lis, pub);
     let sent;
     await waitFor(20_000, async () => {
       sent = await publishStats(pub);
@@ -617,7 +632,9 @@ describe('simulcast: a three-layer 1280x720 publisher', () => {
     assert.deepEqual(video.layers.map((l) => l.active), ['q', 'h', 'f'].map((rid) => rid === 'q' || rid === 'h' || best === 'f'),
       `sfuctl shows which layers are sent: ${JSON.stringify(video)}`);
     const got = shown.members.find((m) => m.name === 'sim-lis').receiving;
-    assert.deepEqual(got, [{ track: video.id, layer: best, target: null }], `sfuctl shows the listener on ${best}: ${JSON.stringify(got)}`);
+    assert.deepEqual(got.map(({ track, layer, target, paused }) => ({ track, layer, target, paused })),
+      [{ track: video.id, layer: best, target: null, paused: false }], `sfuctl shows the listener on ${best}: ${JSON.stringify(got)}`);
+    assert.ok(got[0].max_width >= 1000, `sfuctl shows the size the listener asked for: ${JSON.stringify(got)}`);
     assert.ok(second.packetsLost <= 0, `no layer mixing: nothing looks lost (${second.packetsLost})`);
   }));
 });
@@ -678,6 +695,7 @@ describe('simulcast: a listener whose downlink is shaped with tc', () => {
   };
 
   it('under h\'s rate it gets the lowest layer without freezing, back on the best within 15 s of the limit lifting, down within 5 s of it returning', { timeout: 150_000 }, track(async () => {
+    await spotlight(lis, pub);
     let me;
     await waitFor(20_000, async () => {
       me = await shown();
@@ -759,5 +777,86 @@ describe('simulcast: a listener whose downlink is shaped with tc', () => {
       `the drop froze the listener's video for ${(d.freezeSeconds - c.freezeSeconds).toFixed(2)} s`);
     assert.ok(d.framesDecoded > c.framesDecoded + 50, `the listener kept decoding: ${JSON.stringify([c, d])}`);
     console.log(`# shaped listener at ${limit} kbit/s: up ${upAfter.toFixed(1)} s after the limit lifted (to ${best}), down ${downAfter.toFixed(1)} s after it returned`);
+  }));
+});
+
+describe('adaptive video: tiles ask for what they show, unused layers pause at the publisher', () => {
+  const pub = new Participant('tile-pub');
+  const lis = new Participant('tile-lis', { role: 'listener' });
+  const roomName = `tiles-${process.pid}`;
+  inRoom(roomName, [pub, lis]);
+  const received = async () => (await roomShown(roomName))?.members.find((m) => m.name === 'tile-lis')?.receiving?.[0];
+  const layersShown = async () => (await roomShown(roomName))?.members.find((m) => m.name === 'tile-pub')
+    ?.tracks.find((t) => t.kind === 'video')?.layers;
+  /** The size of the publisher's tile on the listener's page, in device pixels. */
+  const tileSize = (id) => lis.page.evaluate((peer) => {
+    const tile = document.querySelector(`.tile[data-peer-id="${peer}"]`);
+    return { width: Math.round(tile.clientWidth * devicePixelRatio), height: Math.round(tile.clientHeight * devicePixelRatio) };
+  }, id);
+  const setTileShown = (id, shown) => lis.page.evaluate(([peer, on]) => {
+    document.querySelector(`.tile[data-peer-id="${peer}"]`).style.display = on ? '' : 'none';
+  }, [id, shown]);
+
+  it('a grid tile gets the smallest layer that covers it, f pauses at the publisher, a spotlit tile brings it back, a hidden tile gets nothing', { timeout: 150_000 }, track(async () => {
+    const pubId = (await pub.snapshot()).peerId ?? await waitFor(20_000, async () => (await pub.snapshot()).peerId,
+      () => 'the publisher did not join within 20 s');
+    // In the grid (4 tiles a row at 1280 px) the tile needs much less than 1280x720.
+    let got;
+    let sent;
+    let want;
+    await waitFor(30_000, async () => {
+      got = await received();
+      sent = await publishStats(pub);
+      const tile = await tileSize(pubId);
+      // The smallest layer at least as big as the tile; sfud learns the sizes from key frames.
+      want = ['q', 'h', 'f'].find((rid) => sent.layers[rid]?.width >= tile.width && sent.layers[rid]?.height >= tile.height) ?? 'f';
+      return got?.max_width === tile.width && got.max_height === tile.height && got.layer === want;
+    }, () => `the listener's grid tile does not get the layer that covers it within 30 s: sfud shows ${JSON.stringify(got)}, want ${want} of ${JSON.stringify(sent?.layers)}`);
+    assert.notEqual(want, 'f', 'a grid tile is smaller than the top layer');
+    const small = await subscribeVideo(lis);
+    assert.ok(small.frameWidth > 0 && small.frameWidth === sent.layers[want].width,
+      `the listener decodes ${want}: ${JSON.stringify(small)}`);
+
+    // Nobody receives f: 10 s later sfud asks the publisher to stop encoding it.
+    let layers;
+    await waitFor(25_000, async () => {
+      sent = await publishStats(pub);
+      layers = await layersShown();
+      return sent.layers.f?.active === false && layers?.find((l) => l.rid === 'f')?.paused === true;
+    }, () => `f is not paused at the publisher within 25 s: sfud shows ${JSON.stringify(layers)}, the publisher ${JSON.stringify(sent?.layers)}`);
+    const pausedAt = await publishStats(pub);
+    await sleep(2_000);
+    const stillPaused = await publishStats(pub);
+    assert.ok(stillPaused.layers.f.framesSent - pausedAt.layers.f.framesSent <= 1,
+      `a paused layer is not encoded: ${JSON.stringify([pausedAt.layers.f, stillPaused.layers.f])}`);
+
+    // Spotlit, the tile needs f: sfud asks for it again and switches the listener to it.
+    await spotlight(lis, pub);
+    const spotlit = Date.now();
+    let seen;
+    await waitFor(20_000, async () => {
+      got = await received();
+      seen = await subscribeVideo(lis);
+      sent = await publishStats(pub);
+      return got?.layer === 'f' && seen.frameWidth === sent.layers.f?.width && sent.layers.f?.active === true;
+    }, () => `20 s after the spotlight the listener is not on f: sfud shows ${JSON.stringify(got)}, it decodes ${JSON.stringify(seen)}, the publisher ${JSON.stringify(sent?.layers)}`);
+    const backAfter = (Date.now() - spotlit) / 1000;
+
+    // Hidden, the tile gets nothing; shown again, video comes back.
+    await setTileShown(pubId, false);
+    await waitFor(5_000, async () => {
+      got = await received();
+      return got?.paused === true && got.layer === null;
+    }, () => `5 s after the tile was hidden sfud still forwards: ${JSON.stringify(got)}`);
+    const hidden = await subscribeVideo(lis);
+    await sleep(2_000);
+    const stillHidden = await subscribeVideo(lis);
+    assert.ok(stillHidden.framesDecoded - hidden.framesDecoded <= 1,
+      `a hidden tile decodes nothing: ${JSON.stringify([hidden, stillHidden])}`);
+    await setTileShown(pubId, true);
+    const shownAgain = Date.now();
+    await waitFor(5_000, async () => (await subscribeVideo(lis)).framesDecoded > stillHidden.framesDecoded + 10,
+      async () => `5 s after the tile was shown again the listener decodes nothing new: ${JSON.stringify(await subscribeVideo(lis))}`);
+    console.log(`# adaptive tiles: grid tile on ${want}, f back ${backAfter.toFixed(1)} s after the spotlight, video back ${((Date.now() - shownAgain) / 1000).toFixed(1)} s after the tile showed`);
   }));
 });

@@ -424,7 +424,7 @@ async fn session(
             } => {}
             ClientMessage::Leave => break,
             // This fake server is an SFU: mesh relaying is not its business.
-            ClientMessage::Signal { .. } => {}
+            ClientMessage::Signal { .. } | ClientMessage::TrackSettings { .. } => {}
         }
     }
     for spc in [publish, subscribe].into_iter().flatten() {

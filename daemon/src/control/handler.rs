@@ -266,6 +266,7 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
                         rid: l.rid,
                         bitrate_bps: l.bitrate_bps,
                         active: l.active,
+                        paused: l.paused,
                     })
                     .collect(),
             })
@@ -278,6 +279,10 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
                 track: r.track,
                 layer: r.layer,
                 target: r.target,
+                paused: r.prefs.paused,
+                max_width: r.prefs.max_width,
+                max_height: r.prefs.max_height,
+                max_layer: r.prefs.max_layer,
             })
             .collect(),
     }

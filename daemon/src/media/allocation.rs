@@ -78,9 +78,65 @@ pub(crate) fn next_better(
     None
 }
 
+/// The highest layer a subscriber's `track_settings` leave wanted: its
+/// `max_layer`, and the smallest layer at least as wide and high as the
+/// size it shows the track at (`sizes`: each layer's, lowest first, where
+/// known). `None`: no cap (or no layer big enough is known).
+pub(crate) fn layer_cap(
+    prefs: &crate::media::TrackPrefs,
+    sizes: impl IntoIterator<Item = Option<(u32, u32)>>,
+) -> Option<usize> {
+    let by_layer = prefs.max_layer.map(usize::from);
+    if prefs.max_width.is_none() && prefs.max_height.is_none() {
+        return by_layer;
+    }
+    let (w, h) = (prefs.max_width.unwrap_or(0), prefs.max_height.unwrap_or(0));
+    let by_size = sizes
+        .into_iter()
+        .position(|s| s.is_some_and(|(lw, lh)| lw >= w && lh >= h));
+    match (by_layer, by_size) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::TrackPrefs;
+
+    #[test]
+    fn a_tile_caps_at_the_smallest_layer_that_covers_it() {
+        let sizes = [Some((320, 180)), Some((640, 360)), Some((1280, 720))];
+        let tile = |w, h| TrackPrefs {
+            max_width: Some(w),
+            max_height: Some(h),
+            ..Default::default()
+        };
+        assert_eq!(layer_cap(&tile(160, 90), sizes), Some(0));
+        assert_eq!(layer_cap(&tile(320, 180), sizes), Some(0));
+        // A 4:3 tile covered by 16:9 video needs the height.
+        assert_eq!(layer_cap(&tile(300, 225), sizes), Some(1));
+        assert_eq!(layer_cap(&tile(1280, 720), sizes), Some(2));
+        // Bigger than any layer: no cap.
+        assert_eq!(layer_cap(&tile(1920, 1080), sizes), None);
+        // A layer not seen yet does not count.
+        assert_eq!(
+            layer_cap(&tile(200, 100), [None, Some((640, 360)), None]),
+            Some(1)
+        );
+        assert_eq!(layer_cap(&TrackPrefs::default(), sizes), None);
+        let both = TrackPrefs {
+            max_layer: Some(1),
+            ..tile(1280, 720)
+        };
+        assert_eq!(layer_cap(&both, sizes), Some(1));
+        let width_only = TrackPrefs {
+            max_width: Some(600),
+            ..Default::default()
+        };
+        assert_eq!(layer_cap(&width_only, sizes), Some(1));
+    }
 
     const Q: u64 = 150_000;
     const H: u64 = 500_000;

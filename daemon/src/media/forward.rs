@@ -111,6 +111,24 @@ pub(crate) struct Leg {
     pub switcher: Option<LayerSwitcher>,
     /// When the switcher's target last changed.
     pub layer_since: Option<std::time::Instant>,
+    /// What the subscriber asked for this track (`track_settings`).
+    pub prefs: crate::media::TrackPrefs,
+    /// A leg without a switcher that the subscriber paused forwards
+    /// nothing, and resumes at a key frame.
+    pub hold: Hold,
+    /// The sequence number after the last one forwarded.
+    pub next_seq: u16,
+}
+
+/// Whether a leg without a switcher forwards (see [`Leg::hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Every packet.
+    Forwarding,
+    /// Nothing.
+    Paused,
+    /// Nothing until the next key frame.
+    Resuming,
 }
 
 impl Leg {
@@ -133,7 +151,18 @@ impl Leg {
             dropped: 0,
             switcher: None,
             layer_since: None,
+            prefs: Default::default(),
+            hold: Hold::Forwarding,
+            next_seq: 0,
         }
+    }
+
+    /// Resumes a held leg with the packet `source_seq` (a key frame's
+    /// first): the subscriber sees the numbers run on from the last packet
+    /// it got, with no gap to ask retransmissions for.
+    pub(crate) fn resume_at(&mut self, source_seq: u16) {
+        self.seq_offset = self.next_seq.wrapping_sub(source_seq);
+        self.hold = Hold::Forwarding;
     }
 
     /// `packet`, as this leg sent it, once more on the leg's RTX stream

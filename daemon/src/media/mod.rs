@@ -89,6 +89,21 @@ pub struct TrackInfo {
     pub codec: Codec,
 }
 
+/// What a subscriber asked of one video track it receives (signaling's
+/// `track_settings`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrackPrefs {
+    /// Forward nothing of it.
+    pub paused: bool,
+    /// The size it is shown at: the smallest simulcast layer at least this
+    /// wide and high is enough.
+    pub max_width: Option<u32>,
+    /// See `max_width`.
+    pub max_height: Option<u32>,
+    /// The highest simulcast layer wanted, 0 the lowest.
+    pub max_layer: Option<u8>,
+}
+
 /// What media reports to the room that owns a peer.
 #[derive(Debug)]
 pub enum MediaEvent {
@@ -107,6 +122,16 @@ pub enum MediaEvent {
         peer: PeerId,
         /// Which of its two connections.
         pc: PcKind,
+    },
+    /// Which layers of a simulcast track anyone receives changed: the
+    /// publisher should send just those.
+    LayersWanted {
+        /// Who publishes the track.
+        publisher: PeerId,
+        /// The track's id in the publisher's offer (`a=msid`).
+        track: String,
+        /// Each layer's RID, and whether to send it.
+        active: Vec<(String, bool)>,
     },
     /// A peer connection finished ICE and DTLS.
     Connected {
@@ -272,6 +297,12 @@ pub(crate) enum MediaCommand {
     SetTap { peer: PeerId, tap: Option<Tap> },
     /// Ask the publisher of `track` for a keyframe (rate-limited).
     RequestKeyframe { track: TrackId },
+    /// How a subscriber wants one of its video legs.
+    TrackSettings {
+        peer: PeerId,
+        track: TrackId,
+        prefs: TrackPrefs,
+    },
     /// Snapshot of counters.
     Stats { reply: oneshot::Sender<MediaStats> },
     /// What media knows about some peers.
@@ -320,6 +351,8 @@ pub struct LayerReport {
     pub bitrate_bps: u64,
     /// Whether the publisher is sending it.
     pub active: bool,
+    /// Whether the publisher was asked to stop sending it.
+    pub paused: bool,
 }
 
 /// A simulcast track a subscriber receives, and in which layer.
@@ -331,6 +364,8 @@ pub struct ReceivedLayerReport {
     pub layer: Option<String>,
     /// RID of the layer it is switching to, if another.
     pub target: Option<String>,
+    /// What the subscriber asked for it.
+    pub prefs: TrackPrefs,
 }
 
 /// What media knows about one peer.
@@ -449,6 +484,14 @@ impl MediaHandle {
     /// track every 500 ms; does not wait).
     pub async fn request_keyframe(&self, track: TrackId) {
         let _ = self.tx.send(MediaCommand::RequestKeyframe { track }).await;
+    }
+
+    /// How `peer` wants `track` forwarded to it; does not wait.
+    pub async fn track_settings(&self, peer: PeerId, track: TrackId, prefs: TrackPrefs) {
+        let _ = self
+            .tx
+            .send(MediaCommand::TrackSettings { peer, track, prefs })
+            .await;
     }
 
     /// Counters.

@@ -126,6 +126,15 @@ impl RoomActor {
                 let r = self.signal(peer, &to, data);
                 let _ = reply.send(r);
             }
+            RoomMsg::TrackSettings {
+                peer,
+                track,
+                prefs,
+                reply,
+            } => {
+                let r = self.track_settings(peer, &track, prefs).await;
+                let _ = reply.send(r);
+            }
             RoomMsg::SetRole { peer, role, reply } => {
                 let r = self.set_role(&peer, role).await;
                 let _ = reply.send(r);
@@ -370,6 +379,37 @@ impl RoomActor {
         Ok(())
     }
 
+    /// Passes a subscriber's wishes for one of its video tracks to media.
+    async fn track_settings(
+        &mut self,
+        peer: PeerId,
+        track: &str,
+        prefs: crate::media::TrackPrefs,
+    ) -> Result<(), Refusal> {
+        if self.room.mode != RoomMode::Sfu {
+            return Err(self.wrong_mode(
+                "`track_settings` is for SFU rooms; in a mesh room the peers send to each other",
+            ));
+        }
+        let wanted = self.room.wanted_tracks(peer);
+        let info = track
+            .strip_prefix("video-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(|n| wanted.iter().find(|t| t.id.0 == n))
+            .filter(|t| t.kind == crate::media::MediaKind::Video)
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownTrack,
+                    format!(
+                        "you receive no video track `{track}` in room `{}`",
+                        self.room.name
+                    ),
+                )
+            })?;
+        self.media.track_settings(peer, info.id, prefs).await;
+        Ok(())
+    }
+
     /// Changes a role live: a demoted speaker stops being forwarded and its
     /// publish connection closes; everyone is renegotiated and told.
     async fn set_role(&mut self, peer: &str, role: Role) -> Result<(), Refusal> {
@@ -476,6 +516,20 @@ impl RoomActor {
                     let why = format!("the {pc:?} connection failed (ICE or DTLS)").to_lowercase();
                     self.remove(peer, Some((ErrorCode::Internal, why))).await;
                 }
+            }
+            MediaEvent::LayersWanted {
+                publisher,
+                track,
+                active,
+            } => {
+                debug!(room = %self.room.name, %publisher, %track, ?active, "layers wanted");
+                self.send(
+                    publisher,
+                    ServerMessage::Layers {
+                        track,
+                        active: active.into_iter().collect(),
+                    },
+                );
             }
             MediaEvent::Connected { peer, pc, remote } => {
                 debug!(room = %self.room.name, %peer, ?pc, ?remote, "media connected");

@@ -103,6 +103,12 @@ pub(crate) enum RoomMsg {
         data: serde_json::Value,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
+    TrackSettings {
+        peer: PeerId,
+        track: String,
+        prefs: crate::media::TrackPrefs,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
     SetRole {
         peer: String,
         role: Role,
@@ -202,6 +208,22 @@ impl RoomHandle {
             peer,
             to,
             data,
+            reply,
+        })
+        .await
+    }
+
+    /// How `peer` wants one of the video tracks it receives.
+    pub async fn track_settings(
+        &self,
+        peer: PeerId,
+        track: String,
+        prefs: crate::media::TrackPrefs,
+    ) -> Result<(), Refusal> {
+        self.call(|reply| RoomMsg::TrackSettings {
+            peer,
+            track,
+            prefs,
             reply,
         })
         .await

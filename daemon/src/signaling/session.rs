@@ -222,6 +222,23 @@ impl Session {
                 m.room.signal(m.peer, to, data).await?;
                 Ok(Flow::Continue)
             }
+            ClientMessage::TrackSettings {
+                track,
+                paused,
+                max_width,
+                max_height,
+                max_layer,
+            } => {
+                let m = self.joined.as_ref().ok_or_else(not_joined)?;
+                let prefs = crate::media::TrackPrefs {
+                    paused,
+                    max_width,
+                    max_height,
+                    max_layer,
+                };
+                m.room.track_settings(m.peer, track, prefs).await?;
+                Ok(Flow::Continue)
+            }
             ClientMessage::Leave => {
                 if let Some(m) = self.joined.take() {
                     m.room.leave(m.peer).await;

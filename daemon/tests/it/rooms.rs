@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sfu_client::{Client, PublishOptions, Snapshot};
-use sfu_proto::signaling::{ErrorCode, Role, RoomMode, ServerMessage};
+use sfu_proto::signaling::{ClientMessage, ErrorCode, Role, RoomMode, ServerMessage};
 
 use crate::harness::{speaker, test_config, RawSocket, TestServer, MEDIA_DEADLINE};
 
@@ -458,5 +458,127 @@ async fn rate_limits_and_origins_refuse_without_disturbing_others() {
         "https://meet.example.org".parse().expect("header"),
     );
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    server.stop().await;
+}
+
+/// What the engine reports `peer` receiving, by track.
+async fn receiving(server: &TestServer, peer: &str) -> Vec<sfud::media::ReceivedLayerReport> {
+    let id = u64::from_str_radix(peer, 16).expect("peer ids are hex");
+    let reports = server
+        .media
+        .reports(vec![sfud::media::PeerId(id)])
+        .await
+        .expect("media reports");
+    reports.into_iter().flat_map(|r| r.receiving).collect()
+}
+
+fn settings(track: &str, paused: bool) -> ClientMessage {
+    ClientMessage::TrackSettings {
+        track: track.to_owned(),
+        paused,
+        max_width: None,
+        max_height: None,
+        max_layer: None,
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_pauses_and_resumes_a_video_track_and_nothing_else() {
+    let server = TestServer::start().await;
+    let (publisher, pub_id) = speaker(&server, "prefs", "pub").await;
+    let (sub, sub_id) = listener(&server, "prefs", "sub").await;
+    let s = sub
+        .wait_for(MEDIA_DEADLINE, "audio and video from pub", |s| {
+            ["audio", "video"]
+                .iter()
+                .all(|k| s.track_from(&pub_id, k).is_some_and(|t| t.packets >= 50))
+        })
+        .await
+        .expect("media flows");
+    let video = s.track_from(&pub_id, "video").expect("video").clone();
+    let audio = s.track_from(&pub_id, "audio").expect("audio").clone();
+
+    // Paused: the video stops, the audio goes on, the operator sees it.
+    sub.send(&settings(&video.track_id, true))
+        .await
+        .expect("sends");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = receiving(&server, &sub_id).await;
+        if r.iter().any(|r| r.prefs.paused && r.layer.is_none()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "media does not report the track paused: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = sub.snapshot();
+    let v0 = before.track_from(&pub_id, "video").expect("video").packets;
+    let a0 = before.track_from(&pub_id, "audio").expect("audio").packets;
+    // A window to count in, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = sub.snapshot();
+    let v1 = after.track_from(&pub_id, "video").expect("video").packets;
+    let a1 = after.track_from(&pub_id, "audio").expect("audio").packets;
+    assert!(
+        v1 - v0 <= 3,
+        "a paused track is not forwarded: {v0} -> {v1}"
+    );
+    assert!(a1 - a0 >= 20, "audio goes on: {a0} -> {a1}");
+
+    // Resumed: at a key frame, which the publisher is asked for.
+    let keyframes = after.track_from(&pub_id, "video").expect("video").keyframes;
+    sub.send(&settings(&video.track_id, false))
+        .await
+        .expect("sends");
+    sub.wait_for(MEDIA_DEADLINE, "video again, from a key frame", |s| {
+        s.track_from(&pub_id, "video")
+            .is_some_and(|t| t.packets >= v1 + 50 && t.keyframes > keyframes)
+    })
+    .await
+    .expect("video resumes");
+    assert!(receiving(&server, &sub_id).await.is_empty());
+
+    // Tracks the subscriber does not receive, audio, and nonsense are refused.
+    for track in [
+        audio.track_id.as_str(),
+        "video-999",
+        "video-",
+        "screen",
+        "video-18446744073709551616",
+    ] {
+        let from = sub.message_count();
+        sub.send(&settings(track, true)).await.expect("sends");
+        let (code, message) = sub
+            .next_error(from, Duration::from_secs(5))
+            .await
+            .expect("an error");
+        assert_eq!(code, ErrorCode::UnknownTrack, "{track}: {message}");
+    }
+    // The publisher receives nothing: its own track is not one it may set.
+    let from = publisher.message_count();
+    publisher
+        .send(&settings(&video.track_id, true))
+        .await
+        .expect("sends");
+    let (code, _) = publisher
+        .next_error(from, Duration::from_secs(5))
+        .await
+        .expect("an error");
+    assert_eq!(code, ErrorCode::UnknownTrack);
+    // And the video still flows after all that.
+    let v2 = sub
+        .snapshot()
+        .track_from(&pub_id, "video")
+        .expect("video")
+        .packets;
+    sub.wait_for(MEDIA_DEADLINE, "video still flowing", |s| {
+        s.track_from(&pub_id, "video")
+            .is_some_and(|t| t.packets >= v2 + 50)
+    })
+    .await
+    .expect("video flows");
     server.stop().await;
 }

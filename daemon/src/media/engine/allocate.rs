@@ -15,7 +15,7 @@
 //! the subscriber's link is probed for it (see `downlink`).
 
 use super::*;
-use crate::media::allocation::{allocate, cost, next_better};
+use crate::media::allocation::{allocate, cost, layer_cap, next_better};
 
 /// Least time a leg stays on a layer before it moves up again.
 const MIN_ON_LAYER: Duration = Duration::from_secs(2);
@@ -42,6 +42,9 @@ impl MediaEngine {
     pub(super) fn select_layers(&mut self, now: Instant) {
         let sources = &self.sources;
         let stats = &mut self.stats;
+        // Layers some leg forwards or waits for: the publisher must go on
+        // sending them (see `layers`).
+        let mut wanted: Vec<(TrackId, usize)> = Vec::new();
         for conn in self.conns.values_mut() {
             // Only subscribers of simulcast tracks have layers to choose (and
             // this runs ten times a second for every subscriber).
@@ -58,10 +61,22 @@ impl MediaEngine {
                 let Some(source) = sources.get(track) else {
                     continue;
                 };
+                let prefs = conn.legs.get(track).map(|l| l.prefs).unwrap_or_default();
                 if !source.simulcast() {
-                    fixed += (source.bitrate_bps() as f64 * OVERHEAD) as u64;
+                    if !prefs.paused {
+                        fixed += (source.bitrate_bps() as f64 * OVERHEAD) as u64;
+                    }
                     continue;
                 }
+                // A track its subscriber paused takes nothing (below).
+                if prefs.paused {
+                    continue;
+                }
+                let lowest = source.layers.iter().position(|l| l.available(now));
+                // No higher than the subscriber's tile needs, but never
+                // nothing for want of a small enough layer.
+                let cap = layer_cap(&prefs, source.layers.iter().map(|l| l.size))
+                    .map(|c| c.max(lowest.unwrap_or(0)));
                 tracks.push(*track);
                 rates.push(
                     source
@@ -69,12 +84,17 @@ impl MediaEngine {
                         .iter()
                         .enumerate()
                         .map(|(i, l)| {
-                            l.active(now).then(|| {
+                            (l.available(now) && cap.is_none_or(|c| i <= c)).then(|| {
                                 // Going up needs room for a layer's peaks;
                                 // the lowest layer is kept for its average,
                                 // so that a keyframe does not pause a track.
-                                let lowest = source.layers[..i].iter().all(|l| !l.active(now));
-                                let rate = if lowest { l.bitrate_bps } else { l.peak_bps };
+                                // A layer the publisher was told to pause
+                                // takes what it took before.
+                                let rate = match l.paused {
+                                    Some(before) => before,
+                                    None if Some(i) == lowest => l.bitrate_bps,
+                                    None => l.peak_bps,
+                                };
                                 let measured = (rate as f64 * OVERHEAD) as u64;
                                 if measured > 0 {
                                     measured
@@ -85,6 +105,17 @@ impl MediaEngine {
                         })
                         .collect(),
                 );
+            }
+            // Paused by the subscriber (its tile is hidden): at once.
+            for (track, leg) in conn.legs.iter_mut() {
+                let Some(sw) = leg.switcher.as_mut() else {
+                    continue;
+                };
+                if leg.prefs.paused && sw.target().is_some() {
+                    debug!(peer = %conn.peer, track = track.0, "paused by the subscriber");
+                    sw.set_target(None);
+                    leg.layer_since = Some(now);
+                }
             }
             if tracks.is_empty() {
                 continue;
@@ -145,6 +176,12 @@ impl MediaEngine {
                     leg.layer_since = Some(now);
                 }
                 current.push(sw.current());
+                wanted.extend(
+                    sw.target()
+                        .into_iter()
+                        .chain(sw.current())
+                        .map(|l| (*track, l)),
+                );
             }
             // A paused track resumes on its lowest layer after a calm while.
             if let Some(i) = chosen.iter().position(Option::is_none) {
@@ -183,6 +220,7 @@ impl MediaEngine {
                 None => 0.0,
             };
         }
+        self.publisher_layers(&wanted, now);
     }
 }
 

@@ -11,7 +11,8 @@
 //! without known keys goes through `rtc` (`write_rtp`) as before.
 
 use super::*;
-use crate::media::simulcast::{is_keyframe_start, Vp8Descriptor};
+use crate::media::forward::Hold;
+use crate::media::simulcast::{frame_size, is_keyframe_start, Vp8Descriptor};
 use rtc::shared::marshal::MarshalSize;
 
 use crate::media::downlink::Downlink;
@@ -64,6 +65,12 @@ impl MediaEngine {
         // Simulcast legs switch layers at keyframes, and align timestamps
         // across a switch by arrival time (in the codec's clock).
         let keyframe = simulcast && is_keyframe_start(source.video_codec, &packet.payload);
+        if keyframe {
+            // What a subscriber's tile size is compared with.
+            if let Some(size) = frame_size(source.video_codec, &packet.payload) {
+                source.layers[layer].size = Some(size);
+            }
+        }
         let now_ts = if simulcast {
             let micros = now.saturating_duration_since(self.epoch).as_micros() as u64;
             (micros * u64::from(source.codec.clock_rate) / 1_000_000) as u32
@@ -88,6 +95,17 @@ impl MediaEngine {
             let Some(leg) = conn.legs.get_mut(&track) else {
                 continue;
             };
+            match leg.hold {
+                Hold::Forwarding => {}
+                Hold::Paused => continue,
+                Hold::Resuming => {
+                    if !is_keyframe_start(source.video_codec, &packet.payload) {
+                        start_wanted |= 1;
+                        continue;
+                    }
+                    leg.resume_at(packet.header.sequence_number);
+                }
+            }
             let mut out = packet.clone();
             let mut vp8 = None;
             // Only a subscriber of simulcast tracks has its link measured.
@@ -136,6 +154,7 @@ impl MediaEngine {
                 self.stats.dropped_leg += 1;
                 continue;
             }
+            leg.next_seq = out.header.sequence_number.wrapping_add(1);
             let bytes = out.payload.len() as u64;
             let sent = match (&mut conn.srtp, conn.media_dest) {
                 (Some(srtp), Some(dest)) => {

@@ -14,6 +14,7 @@
 mod allocate;
 mod fanout;
 mod negotiate;
+mod prefs;
 mod source;
 mod tap;
 
@@ -734,6 +735,7 @@ impl MediaEngine {
                 payload_type,
                 tap: None,
                 tap_layer: 0,
+                msid_track: init.track_id.clone(),
             },
         );
         let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
@@ -990,6 +992,9 @@ impl MediaEngine {
             }
             MediaCommand::RemovePeer { peer } => self.remove_peer(peer),
             MediaCommand::SetTap { peer, tap } => self.set_tap(peer, tap, now),
+            MediaCommand::TrackSettings { peer, track, prefs } => {
+                self.set_track_prefs(peer, track, prefs, now)
+            }
             MediaCommand::RequestKeyframe { track } => {
                 self.request_keyframe(track, now, KeyframeCause::Recording)
             }
@@ -1048,6 +1053,7 @@ impl MediaEngine {
                             rid: l.rid.clone().unwrap_or_default(),
                             bitrate_bps: l.bitrate_bps,
                             active: l.active(now),
+                            paused: l.paused.is_some(),
                         })
                         .collect()
                 } else {
@@ -1066,7 +1072,16 @@ impl MediaEngine {
             .into_iter()
             .flat_map(|c| c.legs.iter())
             .filter_map(|(track, leg)| {
-                let sw = leg.switcher.as_ref()?;
+                let prefs = leg.prefs;
+                let Some(sw) = leg.switcher.as_ref() else {
+                    // A track sent once is listed when its subscriber paused it.
+                    return leg.prefs.paused.then_some(ReceivedLayerReport {
+                        track: track.0,
+                        layer: None,
+                        target: None,
+                        prefs,
+                    });
+                };
                 let target = (sw.target() != sw.current())
                     .then(|| rid(track, sw.target()))
                     .flatten();
@@ -1074,6 +1089,7 @@ impl MediaEngine {
                     track: track.0,
                     layer: rid(track, sw.current()),
                     target,
+                    prefs,
                 })
             })
             .collect();

@@ -15,6 +15,10 @@ use crate::media::simulcast::VideoCodec;
 /// (the publisher paused it, or its bandwidth estimate dropped it).
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
 
+/// How long a layer the publisher was asked to send again counts as
+/// available before its first packet.
+const RESUME_GRACE: Duration = Duration::from_secs(3);
+
 /// One RTP stream of a published track.
 pub(super) struct Layer {
     /// The RID, for simulcast layers.
@@ -39,6 +43,15 @@ pub(super) struct Layer {
     pub history: History,
     /// The publisher's last sender report: NTP time and RTP time.
     pub sender_report: Option<(u64, u32)>,
+    /// Width and height of its last key frame, where the codec tells.
+    pub size: Option<(u32, u32)>,
+    /// When a subscriber (or the recorder) last received it or waited for
+    /// it (see `layers`).
+    pub wanted_at: Instant,
+    /// Set while the publisher is told not to send it: what it took before.
+    pub paused: Option<u64>,
+    /// When the publisher was last told to send it again.
+    pub resumed_at: Option<Instant>,
 }
 
 impl Layer {
@@ -59,6 +72,10 @@ impl Layer {
                 MediaKind::Audio => 0,
             }),
             sender_report: None,
+            size: None,
+            wanted_at: Instant::now(),
+            paused: None,
+            resumed_at: None,
         }
     }
 
@@ -66,6 +83,17 @@ impl Layer {
     pub(super) fn active(&self, now: Instant) -> bool {
         self.last_packet
             .is_some_and(|t| now.saturating_duration_since(t) < LAYER_IDLE)
+    }
+
+    /// Whether a subscriber can be given it: the publisher sends it, or
+    /// was told not to (and will again when asked), or was just asked to
+    /// send it again and may still be starting its encoder.
+    pub(super) fn available(&self, now: Instant) -> bool {
+        self.active(now)
+            || self.paused.is_some()
+            || self
+                .resumed_at
+                .is_some_and(|t| now.saturating_duration_since(t) < RESUME_GRACE)
     }
 
     /// Updates `bitrate_bps` once a second.
@@ -96,6 +124,9 @@ pub(super) struct Source {
     pub tap: Option<Tap>,
     /// The layer the recorder's tap copies (the best one when it attached).
     pub tap_layer: usize,
+    /// The track's id in the publisher's offer (`a=msid`), which the
+    /// publisher is told which layers to send by.
+    pub msid_track: String,
 }
 
 impl Source {

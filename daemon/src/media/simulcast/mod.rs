@@ -14,14 +14,13 @@
 //! arguments), no allocation per packet, and no panics on any payload, since
 //! payloads come from the network.
 
-// Nothing outside this module uses it until the media engine forwards
-// simulcast through it; remove with the first use.
-
 mod keyframe;
+mod size;
 mod switcher;
 mod vp8;
 
 pub(crate) use keyframe::{is_keyframe_start, VideoCodec};
+pub(crate) use size::frame_size;
 pub(crate) use switcher::LayerSwitcher;
 #[cfg(test)]
 pub(crate) use switcher::Munged;

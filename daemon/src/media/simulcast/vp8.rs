@@ -96,6 +96,11 @@ impl Vp8Descriptor {
         Some(d)
     }
 
+    /// Where the VP8 payload (its frame header) starts after the descriptor.
+    pub(super) fn payload_offset(&self) -> usize {
+        self.payload_at
+    }
+
     /// Whether the packet is the first of a key frame: it starts partition
     /// 0 and the VP8 payload header's P bit says "key frame". `payload` is
     /// the bytes this descriptor was parsed from.
