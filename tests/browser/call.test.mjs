@@ -526,7 +526,8 @@ function subscribeVideo(participant) {
  * spans the page and asks sfud for the video at that size.
  */
 async function spotlight(viewer, subject) {
-  const id = (await subject.snapshot()).peerId;
+  const id = await waitFor(20_000, async () => (await subject.snapshot()).peerId,
+    () => `${subject.name} has not joined within 20 s`);
   const tile = `.tile.has-video[data-peer-id="${id}"]`;
   await viewer.page.waitForSelector(tile, { timeout: 20_000 });
   await viewer.page.click(tile);
@@ -798,7 +799,7 @@ describe('adaptive video: tiles ask for what they show, unused layers pause at t
   }, [id, shown]);
 
   it('a grid tile gets the smallest layer that covers it, f pauses at the publisher, a spotlit tile brings it back, a hidden tile gets nothing', { timeout: 150_000 }, track(async () => {
-    const pubId = (await pub.snapshot()).peerId ?? await waitFor(20_000, async () => (await pub.snapshot()).peerId,
+    const pubId = await waitFor(20_000, async () => (await pub.snapshot()).peerId,
       () => 'the publisher did not join within 20 s');
     // In the grid (4 tiles a row at 1280 px) the tile needs much less than 1280x720.
     let got;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::{NackGeneratorBuilder, Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_simulcast_extension_headers, register_default_interceptors,
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine as CodecRegistry;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -102,8 +102,20 @@ pub(crate) fn build_connection(
     let registry = match kind {
         // Receives media: NACKs to send, receiver reports, TWCC feedback for
         // the browser's bandwidth estimate.
+        // rtc's defaults but with a NACK generator that asks for a packet at
+        // most 10 times (as libwebrtc's receiver does): it cannot tell a
+        // retransmission SRTP rejected as a replay from none at all, and
+        // would otherwise ask until the packet leaves its 512-packet window.
+        // The default codecs already list `nack` and `nack pli`.
         PcKind::Publish => {
-            register_default_interceptors(registry, &mut codecs).map_err(internal)?
+            configure_simulcast_extension_headers(&mut codecs).map_err(internal)?;
+            let registry = configure_twcc_receiver_only(registry, &mut codecs).map_err(internal)?;
+            configure_rtcp_reports(registry).with(
+                Slot::NackGenerator,
+                NackGeneratorBuilder::new()
+                    .with_max_nacks_per_packet(10)
+                    .build(),
+            )
         }
         // Only sends media, which the engine protects and sends itself (the
         // fast path), and answers NACKs (from one history per published
@@ -280,6 +292,86 @@ pub fn sends_media(sdp: &str) -> bool {
     any || current == Some(true)
 }
 
+/// The publish answer as the publisher gets it: only the feedback sfud
+/// gives, and no RTX where the publisher simulcasts.
+///
+/// - `goog-remb` and `ccm fir` go: sfud sends publishers transport-wide
+///   feedback, NACKs and PLIs, never REMB nor FIR. (`rtc`'s default codecs
+///   list them all, and its answer echoes what the offer has of them.)
+/// - A video section with `a=simulcast` loses its RTX payload types. Its
+///   layers come without `a=ssrc` lines, so their RTX streams would be known
+///   by the repaired-RID extension alone, which `rtc` 0.21.1 does not bind:
+///   it drops them, and a lost packet would never be repaired. Without RTX
+///   the publisher retransmits on each layer's own SSRC, which arrives like
+///   any late packet and reaches the subscribers that lost it.
+pub(crate) fn publish_answer(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let sections = split_sections(sdp);
+    for section in sections {
+        let simulcast_video = section.first().is_some_and(|l| l.starts_with("m=video"))
+            && section.iter().any(|l| l.starts_with("a=simulcast:"));
+        let rtx: Vec<&str> = if simulcast_video {
+            section
+                .iter()
+                .filter_map(|l| {
+                    let (pt, codec) = l.strip_prefix("a=rtpmap:")?.split_once(' ')?;
+                    codec.to_ascii_lowercase().starts_with("rtx/").then_some(pt)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for line in section {
+            if let Some(fb) = line.strip_prefix("a=rtcp-fb:") {
+                let kind = fb.split_once(' ').map_or("", |(_, k)| k);
+                if kind == "goog-remb" || kind == "ccm fir" {
+                    continue;
+                }
+            }
+            if !rtx.is_empty() {
+                if let Some(m) = line.strip_prefix("m=video ") {
+                    // m=video <port> <proto> <formats...>
+                    let kept: Vec<&str> = m
+                        .split(' ')
+                        .enumerate()
+                        .filter(|(i, f)| *i < 2 || !rtx.contains(f))
+                        .map(|(_, f)| f)
+                        .collect();
+                    out.push_str("m=video ");
+                    out.push_str(&kept.join(" "));
+                    out.push_str("\r\n");
+                    continue;
+                }
+                let names_rtx = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|prefix| {
+                    line.strip_prefix(prefix)
+                        .and_then(|rest| rest.split([' ', ':']).next())
+                        .is_some_and(|pt| rtx.contains(&pt))
+                });
+                if names_rtx {
+                    continue;
+                }
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+/// An SDP's lines, the session part first, then one group per m-section.
+fn split_sections(sdp: &str) -> Vec<Vec<&str>> {
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in sdp.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        if let Some(section) = sections.last_mut() {
+            section.push(line);
+        }
+    }
+    sections
+}
+
 /// A fresh ICE username fragment, unique enough to route by.
 pub(crate) fn new_ufrag() -> String {
     rtc::ice::rand::generate_ufrag()
@@ -294,6 +386,47 @@ mod tests {
         m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:v1\r\n\
         m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:v2\r\na=inactive\r\n\
         m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:d\r\n";
+
+    #[test]
+    fn publish_answers_drop_feedback_never_sent_and_rtx_of_simulcast_sections() {
+        let answer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n\
+            a=rtcp-fb:111 transport-cc\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97 98 99\r\na=mid:1\r\n\
+            a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 goog-remb\r\na=rtcp-fb:96 ccm fir\r\n\
+            a=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 transport-cc\r\n\
+            a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+            a=rtpmap:98 H264/90000\r\na=fmtp:98 profile-level-id=42e01f\r\n\
+            a=rtpmap:99 rtx/90000\r\na=fmtp:99 apt=98\r\n\
+            a=rid:q recv\r\na=rid:h recv\r\na=simulcast:recv q;h\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:2\r\n\
+            a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 goog-remb\r\na=rtcp-fb:96 nack\r\n\
+            a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+        let got = publish_answer(answer);
+        assert!(
+            !got.contains("goog-remb") && !got.contains("ccm fir"),
+            "{got}"
+        );
+        assert!(
+            got.contains("a=rtcp-fb:96 nack pli\r\n")
+                && got.contains("a=rtcp-fb:96 transport-cc\r\n")
+        );
+        assert!(got.contains("a=rtcp-fb:111 transport-cc\r\n"));
+        let sections: Vec<&str> = got.split("m=").collect();
+        // The simulcast section keeps its codecs, not their RTX.
+        assert!(
+            sections[2].starts_with("video 9 UDP/TLS/RTP/SAVPF 96 98\r\n"),
+            "{}",
+            sections[2]
+        );
+        assert!(!sections[2].contains("rtx") && !sections[2].contains("apt="));
+        assert!(sections[2].contains("a=fmtp:98 profile-level-id=42e01f\r\n"));
+        assert!(sections[2].contains("a=simulcast:recv q;h\r\n"));
+        // A section sent once keeps RTX.
+        assert!(sections[3].starts_with("video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"));
+        assert!(sections[3].contains("a=fmtp:97 apt=96\r\n"));
+        assert!(got.starts_with("v=0\r\n") && got.ends_with("apt=96\r\n"));
+    }
 
     #[test]
     fn first_mid_is_the_first_m_sections() {

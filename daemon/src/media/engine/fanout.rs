@@ -47,6 +47,19 @@ impl MediaEngine {
         else {
             return;
         };
+        if simulcast && packet.payload.is_empty() {
+            // Padding only: a publisher without RTX (simulcast sections
+            // negotiate none, see `peer::publish_answer`) probes its uplink
+            // with it. Nobody downstream needs it.
+            skip_padding(
+                &mut self.conns,
+                source,
+                track,
+                layer,
+                packet.header.sequence_number,
+            );
+            return;
+        }
         let l = &mut source.layers[layer];
         l.packets += 1;
         l.bytes += packet.payload.len() as u64;
@@ -369,6 +382,25 @@ impl MediaEngine {
                 }
             }
             flush(conn, &mut self.out, &self.local_addrs);
+        }
+    }
+}
+
+/// Closes every switcher leg of `track` over a padding-only packet of `layer`.
+fn skip_padding(
+    conns: &mut HashMap<ConnId, Conn>,
+    source: &Source,
+    track: TrackId,
+    layer: usize,
+    seq: u16,
+) {
+    for sub in &source.subscribers {
+        let sw = conns
+            .get_mut(sub)
+            .and_then(|c| c.legs.get_mut(&track))
+            .and_then(|leg| leg.switcher.as_mut());
+        if let Some(sw) = sw {
+            sw.skip_padding(layer, seq);
         }
     }
 }

@@ -105,7 +105,8 @@ impl MediaEngine {
             .pc
             .create_answer(None)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let described = describe(conn, answer, &self.announced, now)?;
+        let mut described = describe(conn, answer, &self.announced, now)?;
+        described.sdp = peer::publish_answer(&described.sdp);
         let (_, usable) = peer::media_sections(&described.sdp);
         if offered > 0 && usable == 0 {
             return Err(MediaError::NoUsableCodec);

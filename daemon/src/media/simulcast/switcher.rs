@@ -275,6 +275,35 @@ impl LayerSwitcher {
         Some(self.start_segment(layer, header, vp8, now_ts, aligned_ts))
     }
 
+    /// A packet of `layer` that carries only padding (what a publisher
+    /// without RTX probes its link with): not forwarded, and the leg's
+    /// numbering closes over it, so the subscriber sees no gap to ask
+    /// retransmissions for. The next packet starts a continuation segment
+    /// whose sequence offset is one less; a run of padding shares one, so
+    /// the segment before the run still answers NACKs (`previous`). A late
+    /// padding packet is left as a gap.
+    pub(crate) fn skip_padding(&mut self, layer: usize, seq: u16) {
+        let Some(current) = self.current.as_mut().filter(|s| s.layer == layer) else {
+            return;
+        };
+        if !seq_newer(seq, current.highest_in) {
+            return;
+        }
+        let continuation = Segment {
+            seq_offset: current.seq_offset.wrapping_sub(1),
+            first_in: seq.wrapping_add(1),
+            highest_in: seq,
+            span: 0,
+            ..*current
+        };
+        // A continuation that forwarded nothing yet just moves on (packets
+        // lost upstream between two paddings keep their gap).
+        if current.first_in != current.highest_in.wrapping_add(1) {
+            self.previous = Some(*current);
+        }
+        self.current = Some(continuation);
+    }
+
     /// Starts forwarding `layer` at this key frame packet: the new offsets
     /// continue the leg's numbering from its last packet.
     fn start_segment(

@@ -363,3 +363,33 @@ fn random_switching_keeps_the_stream_continuous() {
         );
     }
 }
+
+#[test]
+fn padding_is_skipped_without_a_gap_and_nacks_still_map() {
+    let mut sw = LayerSwitcher::new(VideoCodec::Vp8, 90_000);
+    let mut l0 = Layer::new(0, 65_530, 0, 1, 1);
+    sw.set_target(Some(0));
+    let first = all(send(&mut sw, &mut l0, 3, true, 0));
+    let mut last = *first.last().expect("sent");
+    // A run of padding (three packets), across the sequence number wrap.
+    for _ in 0..3 {
+        sw.skip_padding(0, l0.seq);
+        l0.seq = l0.seq.wrapping_add(1);
+    }
+    let after = send(&mut sw, &mut l0, 2, false, 1);
+    chain(&mut last, after.clone());
+    // Padding again, then a late padding packet: no effect.
+    sw.skip_padding(0, l0.seq);
+    l0.seq = l0.seq.wrapping_add(1);
+    sw.skip_padding(0, l0.seq.wrapping_sub(10));
+    chain(&mut last, send(&mut sw, &mut l0, 2, false, 2));
+    // NACKs of what went before the last padding map to their sources.
+    let sent = all(after);
+    assert_eq!(
+        sw.source_of(sent[0].sequence_number),
+        Some((0, 65_530u16.wrapping_add(6)))
+    );
+    // Padding on a layer not forwarded is ignored.
+    sw.skip_padding(1, 5);
+    assert_eq!(sw.current(), Some(0));
+}
