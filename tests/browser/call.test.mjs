@@ -805,18 +805,19 @@ describe('adaptive video: tiles ask for what they show, unused layers pause at t
     let got;
     let sent;
     let want;
+    let small;
     await waitFor(30_000, async () => {
       got = await received();
       sent = await publishStats(pub);
+      small = await subscribeVideo(lis);
       const tile = await tileSize(pubId);
       // The smallest layer at least as big as the tile; sfud learns the sizes from key frames.
       want = ['q', 'h', 'f'].find((rid) => sent.layers[rid]?.width >= tile.width && sent.layers[rid]?.height >= tile.height) ?? 'f';
-      return got?.max_width === tile.width && got.max_height === tile.height && got.layer === want;
-    }, () => `the listener's grid tile does not get the layer that covers it within 30 s: sfud shows ${JSON.stringify(got)}, want ${want} of ${JSON.stringify(sent?.layers)}`);
+      return got?.max_width === tile.width && got.max_height === tile.height && got.layer === want
+        && small.frameWidth > 0 && small.frameWidth === sent.layers[want]?.width;
+    }, () => `the listener's grid tile does not get the layer that covers it within 30 s: sfud shows ${JSON.stringify(got)}, `
+      + `want ${want} of ${JSON.stringify(sent?.layers)}, the listener decodes ${JSON.stringify(small)}`);
     assert.notEqual(want, 'f', 'a grid tile is smaller than the top layer');
-    const small = await subscribeVideo(lis);
-    assert.ok(small.frameWidth > 0 && small.frameWidth === sent.layers[want].width,
-      `the listener decodes ${want}: ${JSON.stringify(small)}`);
 
     // Nobody receives f: 10 s later sfud asks the publisher to stop encoding it.
     let layers;
@@ -859,5 +860,51 @@ describe('adaptive video: tiles ask for what they show, unused layers pause at t
     await waitFor(5_000, async () => (await subscribeVideo(lis)).framesDecoded > stillHidden.framesDecoded + 10,
       async () => `5 s after the tile was shown again the listener decodes nothing new: ${JSON.stringify(await subscribeVideo(lis))}`);
     console.log(`# adaptive tiles: grid tile on ${want}, f back ${backAfter.toFixed(1)} s after the spotlight, video back ${((Date.now() - shownAgain) / 1000).toFixed(1)} s after the tile showed`);
+  }));
+});
+
+describe('adaptive video: on a narrow link the spotlit tile goes up first', () => {
+  const [a, b] = [new Participant('prio-a'), new Participant('prio-b')];
+  const lis = new Participant('prio-lis', { role: 'listener' });
+  const roomName = `prio-${process.pid}`;
+  inRoom(roomName, [a, b, lis]);
+  let shaped = null;
+  after(() => shaped?.remove());
+
+  it('the listener gets a better layer of whoever it spotlights, the other stays on q', { timeout: 150_000 }, track(async () => {
+    // Both publishers ramped: sfud sees their layers' rates.
+    let room;
+    const member = (name) => room?.members.find((m) => m.name === name);
+    const layers = (name) => member(name)?.tracks.find((t) => t.kind === 'video')?.layers ?? [];
+    const rate = (name, rid) => layers(name).find((l) => l.rid === rid)?.bitrate_bps ?? 0;
+    await waitFor(30_000, async () => {
+      room = await roomShown(roomName);
+      return member('prio-lis')?.subscribe?.state === 'connected' && member('prio-lis').receiving.length === 2
+        && ['prio-a', 'prio-b'].every((n) => rate(n, 'h') >= 250_000 && rate(n, 'q') > 0);
+    }, () => `the publishers do not send h at 250 kbit/s, or the listener does not receive both, within 30 s: ${JSON.stringify(room)}`);
+    // A link with room for both q and one h, not two (payload rates plus headers and two
+    // audio tracks, filled to 85%).
+    const kbps = (bps) => bps / 1000;
+    const q = Math.max(kbps(rate('prio-a', 'q')), kbps(rate('prio-b', 'q')));
+    const h = Math.max(kbps(rate('prio-a', 'h')), kbps(rate('prio-b', 'h')));
+    const oneUp = 1.1 * (h + q) + 90;
+    const twoUp = 1.1 * 2 * h + 90;
+    const limit = Math.round((oneUp + twoUp) / 2 / 0.85);
+    shaped = new ShapedPort(Number(member('prio-lis').subscribe.remote.split(':').pop()));
+    shaped.limit(limit);
+
+    // Tall enough that the other tiles stay on screen below a spotlit one (off screen,
+    // the page pauses them).
+    await lis.page.setViewportSize({ width: 1280, height: 1400 });
+    const trackOf = (name) => member(name).tracks.find((t) => t.kind === 'video').id;
+    const layerOf = (name) => member('prio-lis').receiving.find((r) => r.track === trackOf(name))?.layer;
+    for (const [big, small] of [[a, b], [b, a]]) {
+      await spotlight(lis, big);
+      await waitFor(30_000, async () => {
+        room = await roomShown(roomName);
+        return ['h', 'f'].includes(layerOf(big.name)) && layerOf(small.name) === 'q';
+      }, () => `at ${limit} kbit/s with ${big.name} spotlit the listener gets ${big.name} on ${layerOf(big.name)} and ${small.name} on ${layerOf(small.name)}: ${JSON.stringify(member('prio-lis'))}`);
+    }
+    console.log(`# spotlight priority at ${limit} kbit/s (q ${q.toFixed(0)}, h ${h.toFixed(0)} kbit/s)`);
   }));
 });

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use sfu_client::{Client, Snapshot};
-use sfu_proto::signaling::{Role, ServerMessage};
+use sfu_client::{Client, PublishOptions, Snapshot};
+use sfu_proto::signaling::{ClientMessage, Role, ServerMessage};
 
 use crate::harness::{speaker, TestServer, MEDIA_DEADLINE};
 
@@ -204,6 +204,160 @@ async fn a_new_subscriber_makes_the_publisher_send_a_keyframe() {
     .expect("PLI relayed");
     a.close().await;
     b.close().await;
+    server.stop().await;
+}
+
+/// What media reports about `peer` (a hex peer id).
+async fn media_report(server: &TestServer, peer: &str) -> sfud::media::PeerMediaReport {
+    let id = u64::from_str_radix(peer, 16).expect("peer ids are hex");
+    let mut reports = server
+        .media
+        .reports(vec![sfud::media::PeerId(id)])
+        .await
+        .expect("media reports");
+    assert_eq!(reports.len(), 1, "one report for {peer}");
+    reports.remove(0)
+}
+
+/// Polls media's report of `peer` until `pred` holds (reports change
+/// without an event to wait for).
+async fn wait_report(
+    server: &TestServer,
+    peer: &str,
+    what: &str,
+    pred: impl Fn(&sfud::media::PeerMediaReport) -> bool,
+) -> sfud::media::PeerMediaReport {
+    let deadline = tokio::time::Instant::now() + MEDIA_DEADLINE;
+    loop {
+        let report = media_report(server, peer).await;
+        if pred(&report) {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {MEDIA_DEADLINE:?}: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulcast_publisher_is_received_in_the_layer_asked_for() {
+    let server = TestServer::start().await;
+    let publisher = Client::connect(&server.ws_url()).await.expect("connects");
+    let pub_id = publisher
+        .join("simulcast", "pub", Role::Speaker)
+        .await
+        .expect("joins")
+        .peer_id;
+    publisher
+        .publish(PublishOptions {
+            simulcast: true,
+            ..PublishOptions::default()
+        })
+        .await
+        .expect("publishes");
+    let answer = publisher
+        .snapshot()
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Answer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("the publish answer");
+    assert!(
+        answer.contains("a=simulcast:recv q;h;f"),
+        "the answer receives the three layers:\n{answer}"
+    );
+
+    // sfud learns every layer's SSRC from its rtp-stream-id and measures it.
+    let report = wait_report(&server, &pub_id, "three layers, each flowing", |r| {
+        r.tracks.iter().any(|t| {
+            t.kind == "video"
+                && t.layers.len() == 3
+                && t.layers.iter().all(|l| l.active && l.bitrate_bps > 0)
+        })
+    })
+    .await;
+    let video = report
+        .tracks
+        .iter()
+        .find(|t| t.kind == "video")
+        .expect("a video track");
+    let rids: Vec<&str> = video.layers.iter().map(|l| l.rid.as_str()).collect();
+    assert_eq!(rids, ["q", "h", "f"], "lowest first");
+    let rates: Vec<u64> = video.layers.iter().map(|l| l.bitrate_bps).collect();
+    assert!(
+        rates[0] < rates[1] && rates[1] < rates[2],
+        "q, h and f at rising rates: {rates:?}"
+    );
+
+    let sub = Client::connect(&server.ws_url()).await.expect("connects");
+    let sub_id = sub
+        .join("simulcast", "sub", Role::Listener)
+        .await
+        .expect("joins")
+        .peer_id;
+    let s = sub
+        .wait_for(MEDIA_DEADLINE, "video from a layer of pub", |s| {
+            s.track_from(&pub_id, "video")
+                .is_some_and(|t| t.packets >= 30 && t.layer.is_some() && t.keyframes > 0)
+        })
+        .await
+        .expect("video flows");
+    let track_id = s
+        .track_from(&pub_id, "video")
+        .expect("video")
+        .track_id
+        .clone();
+
+    // Each layer the listener asks for reaches it, through a keyframe of
+    // that layer's SSRC, and media reports it.
+    for (max_layer, rid) in [(0u8, "q"), (1, "h"), (2, "f")] {
+        sub.send(&ClientMessage::TrackSettings {
+            track: track_id.clone(),
+            paused: false,
+            max_width: None,
+            max_height: None,
+            max_layer: Some(max_layer),
+        })
+        .await
+        .expect("sends");
+        let before = sub
+            .snapshot()
+            .track_from(&pub_id, "video")
+            .map_or(0, |t| t.packets);
+        sub.wait_for(MEDIA_DEADLINE, &format!("layer {rid} from pub"), |s| {
+            s.track_from(&pub_id, "video")
+                .is_some_and(|t| t.layer == Some(max_layer) && t.packets >= before + 20)
+        })
+        .await
+        .expect("the layer asked for arrives");
+        wait_report(&server, &sub_id, &format!("sub receives {rid}"), |r| {
+            r.receiving
+                .iter()
+                .any(|l| l.track == video.id && l.layer.as_deref() == Some(rid))
+        })
+        .await;
+    }
+    let s = sub.snapshot();
+    eprintln!("DEBUG pub report {:?}\nDEBUG sub {}\nDEBUG sub report {:?}\nDEBUG pub {}", media_report(&server, &pub_id).await, s.summary(), media_report(&server, &sub_id).await, publisher.snapshot().summary());
+    assert_clean(&s, "sub");
+    let t = s.track_from(&pub_id, "video").expect("video");
+    assert_eq!(
+        (t.lost, t.duplicates),
+        (0, 0),
+        "each layer's packets counted on their own: {t:?}"
+    );
+    assert!(t.layer_changes >= 2, "switched twice at least: {t:?}");
+    assert!(
+        publisher.snapshot().keyframe_requests > 0,
+        "layer switches asked the publisher for keyframes"
+    );
+    assert_clean(&publisher.snapshot(), "pub");
+    publisher.close().await;
+    sub.close().await;
     server.stop().await;
 }
 

@@ -4,7 +4,8 @@
 //! carries (`downlink::Downlink`, from the browser's REMB and the engine's
 //! probes) after the tracks sent once (audio, video without simulcast):
 //! every track gets its lowest layer first, then the rest lifts tracks one
-//! layer at a time, oldest track first (`allocation::allocate`); a track for
+//! layer at a time, the track shown biggest first (a spotlit tile, by the
+//! subscriber's `track_settings`), then the oldest (`allocation::allocate`); a track for
 //! which even its lowest layer does not fit is paused. Layers the publisher
 //! is not sending are skipped. A leg moves down at once and up no sooner
 //! than [`MIN_ON_LAYER`] after its last change, so layers do not flap.
@@ -55,8 +56,16 @@ impl MediaEngine {
             let mut fixed = 0u64;
             let mut tracks: Vec<TrackId> = Vec::new();
             let mut rates: Vec<Vec<Option<u64>>> = Vec::new();
+            // Most important first: the tracks shown biggest (a spotlit
+            // tile), then the oldest.
             let mut ids: Vec<&TrackId> = conn.legs.keys().collect();
-            ids.sort_unstable();
+            ids.sort_unstable_by_key(|t| {
+                let shown = conn.legs.get(*t).map_or(0, |l| {
+                    let p = &l.prefs;
+                    u64::from(p.max_width.unwrap_or(0)) * u64::from(p.max_height.unwrap_or(0))
+                });
+                (std::cmp::Reverse(shown), **t)
+            });
             for track in ids {
                 let Some(source) = sources.get(track) else {
                     continue;
