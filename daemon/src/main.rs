@@ -59,6 +59,7 @@ fn main() -> ExitCode {
     if let Some(why) = &log.fallback {
         warn!("{why}; logging to stderr instead");
     }
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sfud")
@@ -84,6 +85,21 @@ fn main() -> ExitCode {
             eprintln!("sfud: {}", error_chain(e.as_ref()));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (the packaged unit
+/// sets both with `LimitNOFILE`): every participant holds a socket or two,
+/// and the default soft limit (1024) runs out long before the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open file limit"),
+            Err(e) => warn!(error = %e, soft, hard, "cannot raise the open file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open file limit"),
     }
 }
 

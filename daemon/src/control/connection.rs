@@ -1,4 +1,5 @@
-//! One control connection: the handshake, then requests answered in order,
+//! One control connection: the handshake, due within
+//! [`FIRST_FRAME_DEADLINE`] of connecting, then requests answered in order,
 //! each frame due within [`REQUEST_DEADLINE`] of the previous answer.
 
 use std::time::Duration;
@@ -12,9 +13,13 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::access::{AccessPolicy, Peer};
 use super::handler::{self, daemon_name, Context};
 
-/// Time a client has to send a complete frame, counted from the connection
-/// or from the previous answer; a silent client is dropped after it.
+/// Time a client has to send a complete frame, counted from the previous
+/// answer; a silent client is dropped after it.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Time a new connection has to send its first frame (`sfuctl` sends it at
+/// once): a client that connects and says nothing holds a slot this long.
+pub const FIRST_FRAME_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Reads one frame; `Closed` when the client hung up between frames.
 async fn read_frame(stream: &mut UnixStream) -> Result<Request, FrameError> {
@@ -59,8 +64,8 @@ enum Next {
     Gone,
 }
 
-async fn next(stream: &mut UnixStream) -> Next {
-    match tokio::time::timeout(REQUEST_DEADLINE, read_frame(stream)).await {
+async fn next(stream: &mut UnixStream, deadline: Duration) -> Next {
+    match tokio::time::timeout(deadline, read_frame(stream)).await {
         Ok(Ok(request)) => Next::Request(request),
         Ok(Err(FrameError::Closed)) => Next::Gone,
         Ok(Err(FrameError::Io(e))) => {
@@ -78,7 +83,7 @@ async fn next(stream: &mut UnixStream) -> Next {
             ErrorCode::Timeout,
             format!(
                 "no complete request within {} s; closing",
-                REQUEST_DEADLINE.as_secs()
+                deadline.as_secs()
             ),
         )),
     }
@@ -96,8 +101,9 @@ pub async fn serve(mut stream: UnixStream, peer: Peer, access: &AccessPolicy, ct
         );
     }
     let mut greeted = false;
+    let mut deadline = FIRST_FRAME_DEADLINE;
     loop {
-        let request = match next(&mut stream).await {
+        let request = match next(&mut stream, deadline).await {
             Next::Request(request) => request,
             Next::Error(error) => {
                 debug!(code = %error.code, message = %error.message, "bad control frame");
@@ -113,6 +119,7 @@ pub async fn serve(mut stream: UnixStream, peer: Peer, access: &AccessPolicy, ct
             }
             Next::Gone => return,
         };
+        deadline = REQUEST_DEADLINE;
         let response = if !allowed {
             Response::Error(ControlError::new(
                 ErrorCode::PermissionDenied,

@@ -613,7 +613,7 @@ async fn malformed_and_oversized_frames_get_errors_and_the_daemon_carries_on() {
     .await
     .expect("silent client");
     assert!(
-        message.contains("no complete request within 5 s"),
+        message.contains("no complete request within 1 s"),
         "{message}"
     );
 
@@ -711,5 +711,32 @@ async fn tokens_from_sfuctl_admit_and_roles_change_live() {
     )
     .await;
     assert_eq!(run.code, 2, "a bad duration is a usage error: {run}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_control_connections_neither_block_others_nor_stay() {
+    let server = TestServer::start().await;
+    // 64 clients that connect and say nothing.
+    let mut idle: Vec<RawControl> = (0..64).map(|_| RawControl::connect(&server)).collect();
+    // Meanwhile an operator is served at once, not after the idle ones time out.
+    let started = std::time::Instant::now();
+    ctl(&server, &["status"]).await.ok();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "sfuctl status took {took:?} with 64 idle control connections open"
+    );
+    // A connection that never speaks is told so and closed about a second later.
+    for conn in idle.iter_mut().take(3) {
+        let message = conn.expect_error("timeout");
+        assert!(message.contains("within 1 s"), "{message}");
+        conn.expect_closed();
+    }
+    // One that greeted gets the usual time between requests.
+    let mut talker = RawControl::connect(&server);
+    talker.hello();
+    talker.send(&Request::Status);
+    assert!(matches!(talker.recv(), Response::Status(_)));
     server.stop().await;
 }
