@@ -133,3 +133,44 @@ async fn a_full_room_refuses_and_an_abrupt_close_tells_the_others() {
     assert_eq!(left, ServerMessage::PeerLeft { peer_id: b_id });
     server.stop().await;
 }
+
+/// A legal offer whose send section names its track by `a=msid` only, with
+/// no `a=ssrc` lines (as RID simulcast offers and some WHIP clients do).
+const MSID_ONLY_OFFER: &str = "v=0\r\n\
+o=- 4611731400430051337 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+a=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\n\
+a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:sha-256 3A:1B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=sendonly\r\n\
+a=msid:stream-1 track-1\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:96 VP8/90000\r\n";
+
+#[tokio::test]
+async fn an_offer_that_names_its_track_by_msid_alone_is_answered() {
+    let server = TestServer::start().await;
+    let mut ws = RawSocket::connect(&server).await;
+    ws.join("msid-only", "pub").await;
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":MSID_ONLY_OFFER}))
+        .await;
+    let answer = ws
+        .recv_until("the publish answer or an error", |m| {
+            matches!(m, ServerMessage::Answer { .. } | ServerMessage::Error { .. })
+        })
+        .await;
+    assert!(
+        matches!(answer, ServerMessage::Answer { .. }),
+        "got {answer:?}"
+    );
+    server.stop().await;
+}
