@@ -165,7 +165,10 @@ async fn an_offer_that_names_its_track_by_msid_alone_is_answered() {
         .await;
     let answer = ws
         .recv_until("the publish answer or an error", |m| {
-            matches!(m, ServerMessage::Answer { .. } | ServerMessage::Error { .. })
+            matches!(
+                m,
+                ServerMessage::Answer { .. } | ServerMessage::Error { .. }
+            )
         })
         .await;
     assert!(
