@@ -84,6 +84,11 @@ pub struct LimitsConfig {
     pub joins_per_second: u32,
     /// WebSocket messages per second on one connection (bursts of twice that).
     pub messages_per_second: u32,
+    /// Seconds a WebSocket may stay open without joining a room.
+    pub join_timeout_secs: u64,
+    /// Seconds of silence (no frame, not even the answer to the server's
+    /// pings, sent every third of it) after which a WebSocket is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -91,6 +96,8 @@ impl Default for LimitsConfig {
         Self {
             joins_per_second: 5,
             messages_per_second: 100,
+            join_timeout_secs: 10,
+            idle_timeout_secs: 30,
         }
     }
 }
@@ -439,6 +446,8 @@ impl Config {
             "limits.messages_per_second",
             u64::from(self.limits.messages_per_second),
         )?;
+        at_least_one("limits.join_timeout_secs", self.limits.join_timeout_secs)?;
+        at_least_one("limits.idle_timeout_secs", self.limits.idle_timeout_secs)?;
         for (i, o) in self.http.allowed_origins.iter().enumerate() {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
                 return Err(invalid(

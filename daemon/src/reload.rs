@@ -83,6 +83,8 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     let LimitsConfig {
         joins_per_second,
         messages_per_second,
+        join_timeout_secs,
+        idle_timeout_secs,
     } = limits;
 
     // Room limits apply to joins and rooms created from now on; ICE
@@ -123,6 +125,18 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         "limits.messages_per_second",
         &old.limits.messages_per_second,
         messages_per_second,
+    );
+    note(
+        live,
+        "limits.join_timeout_secs",
+        &old.limits.join_timeout_secs,
+        join_timeout_secs,
+    );
+    note(
+        live,
+        "limits.idle_timeout_secs",
+        &old.limits.idle_timeout_secs,
+        idle_timeout_secs,
     );
 
     // Sockets, the media engine's settings, preset rooms and the logger are

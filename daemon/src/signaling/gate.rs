@@ -53,6 +53,8 @@ pub struct Gatekeeper {
     origins: RwLock<Vec<String>>,
     joins_per_second: RwLock<u32>,
     messages_per_second: RwLock<u32>,
+    /// Join deadline and idle timeout of WebSockets.
+    timeouts: RwLock<(Duration, Duration)>,
     joins: Mutex<HashMap<IpAddr, RateLimit>>,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -73,6 +75,7 @@ impl Gatekeeper {
             origins: RwLock::new(Vec::new()),
             joins_per_second: RwLock::new(1),
             messages_per_second: RwLock::new(1),
+            timeouts: RwLock::new((Duration::ZERO, Duration::ZERO)),
             joins: Mutex::new(HashMap::new()),
             refusals: Mutex::new(BTreeMap::new()),
         };
@@ -86,6 +89,23 @@ impl Gatekeeper {
         write(&self.origins, config.http.allowed_origins.clone());
         write(&self.joins_per_second, config.limits.joins_per_second);
         write(&self.messages_per_second, config.limits.messages_per_second);
+        write(
+            &self.timeouts,
+            (
+                Duration::from_secs(config.limits.join_timeout_secs),
+                Duration::from_secs(config.limits.idle_timeout_secs),
+            ),
+        );
+    }
+
+    /// How long a WebSocket may stay open without joining.
+    pub fn join_timeout(&self) -> Duration {
+        read(&self.timeouts).0
+    }
+
+    /// How long a WebSocket may stay silent before it is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        read(&self.timeouts).1
     }
 
     /// Whether a page from `origin` may open a socket.

@@ -56,6 +56,15 @@ impl Session {
         let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(MAILBOX);
         let mut shutdown = self.state.shutdown.clone();
         let mut close: Option<Option<(ErrorCode, String)>> = None;
+        // A socket that never joins, or a peer that went away without
+        // closing, must not hold a connection (and its memory) for ever.
+        let join_timeout = self.state.gate.join_timeout();
+        let join_by = tokio::time::Instant::now() + join_timeout;
+        let idle_timeout = self.state.gate.idle_timeout();
+        let mut pings = tokio::time::interval(idle_timeout / 3);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings.tick().await;
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -77,7 +86,23 @@ impl Session {
                     close = Some(Some((ErrorCode::ShuttingDown, "the server is shutting down".into())));
                     break;
                 }
+                _ = tokio::time::sleep_until(join_by), if self.joined.is_none() => {
+                    let why = format!("no join within {} s; closing", join_timeout.as_secs());
+                    close = Some(Some((ErrorCode::NotJoined, why)));
+                    break;
+                }
+                _ = pings.tick() => {
+                    if heard.elapsed() >= idle_timeout {
+                        debug!("nothing heard from the client, not even a pong: closing");
+                        close = Some(None);
+                        break;
+                    }
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
                 frame = stream.next() => {
+                    heard = tokio::time::Instant::now();
                     let text = match frame {
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,

@@ -177,3 +177,68 @@ async fn an_offer_that_names_its_track_by_msid_alone_is_answered() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_join_or_fall_silent_are_closed_and_a_call_carries_on() {
+    let mut config = crate::harness::test_config();
+    config.limits.join_timeout_secs = 1;
+    config.limits.idle_timeout_secs = 3;
+    let server = TestServer::start_with(config).await;
+    let (alice, alice_id) = crate::harness::speaker(&server, "busy", "alice").await;
+    let (bob, _) = crate::harness::speaker(&server, "busy", "bob").await;
+    let flowing = |packets: u64| {
+        let alice_id = alice_id.clone();
+        move |s: &sfu_client::Snapshot| {
+            s.track_from(&alice_id, "video")
+                .is_some_and(|t| t.packets >= packets)
+        }
+    };
+    bob.wait_for(
+        crate::harness::MEDIA_DEADLINE,
+        "media from alice",
+        flowing(50),
+    )
+    .await
+    .expect("media flows");
+
+    // 100 sockets that never join: each is told and closed after a second.
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(RawSocket::connect(&server).await);
+    }
+    for ws in &mut silent {
+        let message = ws.expect_error("not_joined").await;
+        assert!(message.contains("within 1 s"), "{message}");
+        ws.expect_closed().await;
+    }
+
+    // A participant whose client stops reading (no pongs) is closed as dead
+    // and leaves the room; the others hear it.
+    let mut witness = RawSocket::connect(&server).await;
+    witness.join("busy", "witness").await;
+    let mut ghost = RawSocket::connect(&server).await;
+    let ghost_id = ghost.join("busy", "ghost").await;
+    let left = witness
+        .recv_until(
+            "the silent participant leaving",
+            |m| matches!(m, ServerMessage::PeerLeft { peer_id } if *peer_id == ghost_id),
+        )
+        .await;
+    assert!(matches!(left, ServerMessage::PeerLeft { .. }));
+    drop(ghost);
+
+    // The call went on all along.
+    let now = bob
+        .snapshot()
+        .track_from(&alice_id, "video")
+        .map_or(0, |t| t.packets);
+    bob.wait_for(
+        crate::harness::MEDIA_DEADLINE,
+        "media from alice still",
+        flowing(now + 50),
+    )
+    .await
+    .expect("media still flows");
+    drop(alice);
+    server.stop().await;
+}
