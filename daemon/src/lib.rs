@@ -219,6 +219,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let media_task = tokio::spawn(self.engine.run(stop_rx.clone()));
+        tokio::spawn(logging::budget::report_suppressed(stop_rx.clone()));
         let app = signaling::router(signaling::AppState {
             rooms: self.rooms.clone(),
             gate: self.gate.clone(),

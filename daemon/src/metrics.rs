@@ -73,6 +73,12 @@ impl MetricsSource {
         let mut out = Exposition::default();
         write_daemon(&mut out, &counts, &stats);
         write_refusals(&mut out, self.gate.refusals());
+        out.counter(
+            "sfud_log_lines_suppressed_total",
+            "Log lines not written because one place in the code logged more \
+             than 20 a second (a flood someone outside can cause).",
+            crate::logging::budget::global().suppressed_total(),
+        );
         write_process(&mut out, self.started, &ProcessSample::read());
         Ok(out.text)
     }

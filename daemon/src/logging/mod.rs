@@ -13,6 +13,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+pub mod budget;
+
 /// journald's native protocol socket.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
@@ -134,6 +136,7 @@ pub fn init(config: &LogConfig) -> LogSetup {
     });
     let _ = tracing_subscriber::registry()
         .with(filter(&config.level))
+        .with(budget::BudgetLayer)
         .with(journal)
         .with(console)
         .try_init();
