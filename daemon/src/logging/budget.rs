@@ -70,7 +70,7 @@ impl LogBudget {
             .filter(|s| s.suppressed > 0)
             .map(|s| (s.place.clone(), std::mem::take(&mut s.suppressed)))
             .collect();
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         out
     }
 
