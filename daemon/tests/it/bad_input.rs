@@ -1,6 +1,8 @@
 //! Bad input on the signaling socket: each gets an `error` with a stable
 //! code, and the socket, the room and the other participants carry on.
 
+use std::time::Duration;
+
 use serde_json::json;
 use sfu_proto::signaling::ServerMessage;
 
@@ -241,4 +243,114 @@ async fn sockets_that_never_join_or_fall_silent_are_closed_and_a_call_carries_on
     .expect("media still flows");
     drop(alice);
     server.stop().await;
+}
+
+/// CPU seconds `pid` has used (user and system), from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_sfud_neither_spins_nor_floods_its_log_and_recovers() {
+    use std::io::Read as _;
+    use std::net::TcpStream;
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("sfud-fds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = http.local_addr().expect("address").port();
+    drop(http);
+    let socket = dir.join("sfud.sock");
+    let log = dir.join("sfud.log");
+    std::fs::write(
+        dir.join("sfud.toml"),
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n[rtc]\nudp_port = 0\nbind_ips = [\"127.0.0.1\"]\n\
+             [control]\nsocket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .expect("config written");
+    // 128 descriptors at most: a few hundred connections exhaust them.
+    let mut daemon = std::process::Command::new("prlimit")
+        .arg("--nofile=128:128")
+        .arg(env!("CARGO_BIN_EXE_sfud"))
+        .arg("--config")
+        .arg(dir.join("sfud.toml"))
+        .stdout(std::fs::File::create(&log).expect("log file"))
+        .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
+        .spawn()
+        .expect("sfud starts under prlimit");
+    let up = std::time::Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(up.elapsed() < Duration::from_secs(10), "sfud did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(1),
+        ) {
+            Ok(s) => held.push(Box::new(s) as Box<dyn std::any::Any>),
+            Err(_) => break,
+        }
+    }
+    for _ in 0..100 {
+        let Ok(s) = UnixStream::connect(&socket) else {
+            break;
+        };
+        held.push(Box::new(s));
+    }
+    assert!(held.len() > 128, "only {} connections held", held.len());
+    // A window to measure in: no spinning core, no log flood.
+    let lines = || {
+        let mut text = String::new();
+        let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut text));
+        let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        text.lines().count() + stderr.lines().count()
+    };
+    let (cpu0, lines0) = (cpu_seconds(daemon.id()), lines());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu1, lines1) = (cpu_seconds(daemon.id()), lines());
+    let cpu = (cpu1 - cpu0) / 3.0;
+    assert!(
+        cpu < 0.3,
+        "sfud used {:.0}% of a core with no descriptor left",
+        cpu * 100.0
+    );
+    assert!(
+        lines1 - lines0 <= 30,
+        "sfud logged {} lines in 3 s with no descriptor left",
+        lines1 - lines0
+    );
+    // Once they close, it serves again.
+    drop(held);
+    let again = std::time::Instant::now();
+    loop {
+        let status = std::process::Command::new(crate::control::sfuctl_path())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("status")
+            .output();
+        if matches!(&status, Ok(o) if o.status.success()) {
+            break;
+        }
+        assert!(
+            again.elapsed() < Duration::from_secs(10),
+            "sfud does not serve again: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,7 @@ use sfu_proto::signaling::ServerMessage;
 use crate::harness::{test_config, RawSocket, TestServer, DEADLINE};
 
 /// The `sfuctl` binary of this workspace, built if it is missing or stale.
-fn sfuctl_path() -> &'static Path {
+pub(crate) fn sfuctl_path() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         // target/debug/deps/it-<hash> → target/debug/sfuctl
