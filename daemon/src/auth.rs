@@ -34,6 +34,10 @@ pub struct Claims {
     pub allow_duplicate_name: bool,
 }
 
+/// Seconds of clock difference between a token's issuer and sfud that
+/// `exp`, `nbf` and `iat` tolerate.
+const CLOCK_SKEW: u64 = 5;
+
 /// What a join is allowed to be after the token (if any) is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
@@ -147,17 +151,24 @@ impl Authority {
             .find(|(id, _, _)| *id == kid)
             .ok_or_else(|| bad("signed with a key this server does not have (rotated out?)"))?;
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = CLOCK_SKEW;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
-        jsonwebtoken::decode::<Claims>(token, key, &validation)
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => {
                     Refusal::new(ErrorCode::TokenExpired, "the join token has expired")
                 }
+                ErrorKind::ImmatureSignature => bad("not valid yet (nbf is in the future)"),
                 ErrorKind::InvalidSignature => bad("bad signature"),
                 _ => bad("malformed claims"),
-            })
+            })?;
+        // A token issued in the future comes from a wrong clock or a forger.
+        if claims.iat > unix_now() + CLOCK_SKEW {
+            return Err(bad("issued in the future (iat); check the issuer's clock"));
+        }
+        Ok(claims)
     }
 
     /// Signs a token with the first configured key.
@@ -246,6 +257,48 @@ mod tests {
             code(a.admit("r", "x", Role::Speaker, None)),
             ErrorCode::TokenRequired
         );
+    }
+
+    #[test]
+    fn tokens_not_yet_valid_or_issued_in_the_future_are_refused() {
+        let a = authority(AuthMode::Token, &[("k1", SECRET_A)]);
+        let header = Header {
+            kid: Some("k1".into()),
+            ..Header::new(Algorithm::HS256)
+        };
+        let now = unix_now();
+        let token = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({
+                "room": "r", "name": "n", "role": "speaker", "exp": now + 600, "iat": now,
+            });
+            if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+                c.extend(e.clone());
+            }
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_secret(SECRET_A.as_bytes()),
+            )
+            .expect("encodes")
+        };
+        let refused = |t: String| {
+            a.admit("r", "n", Role::Speaker, Some(&t))
+                .expect_err("refused")
+        };
+        let later = refused(token(serde_json::json!({"nbf": now + 600})));
+        assert_eq!(later.code, ErrorCode::BadToken);
+        assert!(later.message.contains("nbf"), "{}", later.message);
+        let future = refused(token(serde_json::json!({"iat": now + 600})));
+        assert_eq!(future.code, ErrorCode::BadToken);
+        assert!(future.message.contains("iat"), "{}", future.message);
+        // Within the clock skew, and with nbf passed, they are fine.
+        for extra in [
+            serde_json::json!({"nbf": now - 10}),
+            serde_json::json!({"iat": now + 2, "nbf": now + 2}),
+        ] {
+            a.admit("r", "n", Role::Speaker, Some(&token(extra)))
+                .expect("admitted");
+        }
     }
 
     #[test]

@@ -301,6 +301,16 @@ impl RoomRegistry {
                 ),
             ));
         }
+        // Checked here too, so that a refused name does not create the room.
+        if !state::valid_name(&admission.name) {
+            return Err(Refusal::new(
+                ErrorCode::BadName,
+                format!(
+                    "display name must be 1 to {} printable characters",
+                    state::MAX_NAME_CHARS
+                ),
+            ));
+        }
         // A room that empties between our lookup and our join closes its
         // mailbox; the next attempt creates a fresh one.
         for _attempt in 0..3 {

@@ -37,8 +37,15 @@ impl JoinError {
 pub fn valid_name(name: &str) -> bool {
     let n = name.chars().count();
     (1..=MAX_NAME_CHARS).contains(&n)
-        && !name.chars().any(char::is_control)
+        && !name.chars().any(|c| c.is_control() || is_bidi_control(c))
         && !name.trim().is_empty()
+}
+
+/// Unicode's bidirectional embeddings, overrides and isolates: a name with
+/// one can make what follows it (in a log line, in `sfuctl` output, in
+/// other participants' pages) read in the other direction.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Where a participant's subscribe connection stands.
@@ -312,7 +319,15 @@ mod tests {
     #[test]
     fn names_must_be_printable_and_short() {
         let mut room = Room::new("r".into(), RoomMode::Sfu, 5);
-        for bad in ["", "   ", "a\nb", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "\u{1b}[31mred",
+            "admin\u{202E}gpj.exe",
+            "\u{2067}isolated",
+            &"x".repeat(65),
+        ] {
             assert_eq!(
                 room.join(PeerId(1), bad, Role::Speaker, Instant::now()),
                 Err(JoinError::BadName)
@@ -321,6 +336,8 @@ mod tests {
         assert!(room
             .join(PeerId(1), "Zoë 🎤", Role::Speaker, Instant::now())
             .is_ok());
+        // Right-to-left script is fine; only direction overrides are not.
+        assert!(valid_name("שלום עולם"));
     }
 
     #[test]

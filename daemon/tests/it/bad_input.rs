@@ -66,6 +66,20 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     ws.send_json(json!({"type":"join","room":"","name":"n"}))
         .await;
     ws.expect_error("bad_name").await;
+    // A bad display name (a direction override here) is refused before the
+    // room it names is created.
+    ws.send_json(json!({"type":"join","room":"never-made","name":"admin\u{202E}gpj"}))
+        .await;
+    ws.expect_error("bad_name").await;
+    assert!(
+        server
+            .rooms
+            .list()
+            .await
+            .iter()
+            .all(|r| r.name != "never-made"),
+        "a refused join created its room"
+    );
 
     // The session still works: join, then the joined-state errors.
     let id = ws.join("bad-input", "tester").await;
