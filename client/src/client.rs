@@ -5,6 +5,7 @@ use crate::media::{self, LocalMedia, Pacing, PublishOptions};
 use crate::peer;
 use crate::shared::{lock, Shared};
 use crate::signaling::{local_sdp, new_peer_connection, read_loop, write_loop};
+use crate::simulcast;
 use crate::snapshot::Snapshot;
 use crate::{tag, ClientError, ClientOptions};
 use futures_util::StreamExt;
@@ -163,6 +164,11 @@ impl Client {
                 "nothing to publish: enable audio or video".into(),
             ));
         }
+        if opts.simulcast && (!opts.video || opts.source != media::MediaSource::Synthetic) {
+            return Err(ClientError::State(
+                "simulcast needs video from the synthetic source".into(),
+            ));
+        }
         if lock(&self.shared.publish).pc.is_some() {
             return Err(ClientError::State("already publishing".into()));
         }
@@ -190,11 +196,17 @@ impl Client {
             (opts.audio, RtpCodecKind::Audio),
         ];
         for (_, kind) in kinds.into_iter().filter(|(on, _)| *on) {
-            let local = Arc::new(LocalMedia::new(kind, &peer_id));
+            let local = Arc::new(if opts.simulcast && kind == RtpCodecKind::Video {
+                LocalMedia::simulcast(&peer_id)
+            } else {
+                LocalMedia::new(kind, &peer_id)
+            });
             let sender = pc
                 .add_track(Arc::clone(&local.track) as Arc<dyn TrackLocal>)
                 .await
                 .map_err(ClientError::webrtc("adding a track"))?;
+            self.shared
+                .add_published_layers(&local.track_id, &local.layers);
             media.push((local, sender));
         }
         let offer = pc
@@ -242,36 +254,45 @@ impl Client {
 
         let keyframe_wanted = Arc::new(Notify::new());
         for (local, sender) in media {
-            let (pacing, kind_name) = match local.kind {
-                RtpCodecKind::Video => (Pacing::video(&opts), "video"),
-                _ => (Pacing::audio(&opts), "audio"),
-            };
             let payload_type = negotiated_payload_type(sender.as_ref(), local.kind).await;
-            let hash = tag::stream_hash(&peer_id, kind_name);
-            let shared = Arc::clone(&self.shared);
             let relay = relay_sockets
                 .as_mut()
                 .and_then(|(video, audio)| match local.kind {
                     RtpCodecKind::Video => video.take(),
                     _ => audio.take(),
                 });
-            match relay {
-                Some(socket) => {
-                    let relaying =
-                        media::run_udp_relay(shared, Arc::clone(&local), payload_type, socket);
-                    self.shared.track_task(tokio::spawn(relaying));
-                }
-                None => {
-                    let sending = media::run_sender(
-                        shared,
-                        Arc::clone(&local),
-                        payload_type,
-                        pacing,
-                        hash,
-                        Arc::clone(&keyframe_wanted),
-                    );
+            if !local.layers.is_empty() {
+                let marks = simulcast::layer_marks(pc.as_ref(), sender.as_ref()).await?;
+                for layer in &local.layers {
+                    let stream =
+                        simulcast::layer_stream(layer, &opts, payload_type, &peer_id, &marks);
+                    let sending =
+                        media::run_sender(Arc::clone(&self.shared), Arc::clone(&local), stream);
                     self.shared.track_task(tokio::spawn(sending));
                 }
+            } else if let Some(socket) = relay {
+                let relaying = media::run_udp_relay(
+                    Arc::clone(&self.shared),
+                    Arc::clone(&local),
+                    payload_type,
+                    socket,
+                );
+                self.shared.track_task(tokio::spawn(relaying));
+            } else {
+                let (pacing, kind_name) = match local.kind {
+                    RtpCodecKind::Video => (Pacing::video(&opts), "video"),
+                    _ => (Pacing::audio(&opts), "audio"),
+                };
+                let stream = media::SyntheticStream::single(
+                    &local,
+                    payload_type,
+                    pacing,
+                    tag::stream_hash(&peer_id, kind_name),
+                    Arc::clone(&keyframe_wanted),
+                );
+                let sending =
+                    media::run_sender(Arc::clone(&self.shared), Arc::clone(&local), stream);
+                self.shared.track_task(tokio::spawn(sending));
             }
             let reading = media::run_rtcp_reader(
                 Arc::clone(&self.shared),

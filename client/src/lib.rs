@@ -31,6 +31,9 @@
 //! - Published media is synthetic: VP8- and Opus-shaped payloads that carry a
 //!   tag (sequence number, send time, publisher hash; see [`tag`]) from which
 //!   receivers count loss, duplicates, reordering, misrouting and latency.
+//!   Video can be published as three simulcast layers, as browsers send
+//!   them ([`PublishOptions::simulcast`]); receivers count each layer the
+//!   server forwards on its own.
 //! - Peer connections bind to [`ClientOptions::bind_ip`] (127.0.0.1 by
 //!   default) and use neither mDNS nor STUN, as the tests' network namespace
 //!   needs.
@@ -45,6 +48,7 @@ mod receiver;
 mod sdp;
 mod shared;
 mod signaling;
+mod simulcast;
 mod snapshot;
 pub mod tag;
 

@@ -1,14 +1,17 @@
 //! The publisher's synthetic media: paced VP8-shaped frames and Opus-shaped
-//! packets carrying payload tags, and keyframes on request.
+//! packets carrying payload tags, and keyframes on request; one stream per
+//! track, or per simulcast layer (see [`crate::simulcast`]).
 
 use crate::peer::{self, is_keyframe_request};
 use crate::shared::Shared;
+use crate::simulcast::{self, Layer};
 use crate::tag::{self, FramePosition, MediaTag};
+use bytes::Bytes;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -59,6 +62,20 @@ pub struct PublishOptions {
     pub audio_payload_bytes: usize,
     /// Synthetic payloads, or real RTP relayed from local UDP ports.
     pub source: MediaSource,
+    /// Send the video as three simulcast layers, RIDs `q`, `h` and `f`
+    /// (lowest first), as browsers do: each its own RTP stream carrying the
+    /// mid and rtp-stream-id header extensions, at the rates of
+    /// [`PublishOptions::layer_packets_per_sec`]. Synthetic media only.
+    pub simulcast: bool,
+}
+
+impl PublishOptions {
+    /// Packets per second of each simulcast layer, lowest first: `f` at
+    /// `video_packets_per_sec`, `h` at a quarter of it, `q` at a sixteenth
+    /// (at least 3 each, if the full rate is that high).
+    pub fn layer_packets_per_sec(&self) -> [u32; 3] {
+        simulcast::layer_rates(self.video_packets_per_sec)
+    }
 }
 
 impl Default for PublishOptions {
@@ -71,6 +88,7 @@ impl Default for PublishOptions {
             video_payload_bytes: 1100,
             audio_payload_bytes: 160,
             source: MediaSource::Synthetic,
+            simulcast: false,
         }
     }
 }
@@ -79,7 +97,11 @@ impl Default for PublishOptions {
 pub(crate) struct LocalMedia {
     pub kind: RtpCodecKind,
     pub track: Arc<TrackLocalStaticRTP>,
+    /// The msid track id it is offered with.
+    pub track_id: String,
     pub ssrc: u32,
+    /// Simulcast layers, lowest first (empty for a track sent once).
+    pub layers: Vec<Arc<Layer>>,
 }
 
 impl LocalMedia {
@@ -91,9 +113,10 @@ impl LocalMedia {
             RtpCodecKind::Video => peer::vp8_codec(),
             _ => peer::opus_codec(),
         };
+        let track_id = format!("{kind}-{ssrc:08x}");
         let track = MediaStreamTrack::new(
             stream_id.to_owned(),
-            format!("{kind}-{ssrc:08x}"),
+            track_id.clone(),
             format!("synthetic {kind}"),
             kind,
             vec![RTCRtpEncodingParameters {
@@ -108,7 +131,31 @@ impl LocalMedia {
         Self {
             kind,
             track: Arc::new(TrackLocalStaticRTP::new(track)),
+            track_id,
             ssrc,
+            layers: Vec::new(),
+        }
+    }
+
+    /// A VP8 track sent as simulcast layers (see [`simulcast`]).
+    pub fn simulcast(stream_id: &str) -> Self {
+        let layers = simulcast::new_layers();
+        let ssrc = layers.first().map_or(0, |l| l.ssrc);
+        let kind = RtpCodecKind::Video;
+        let track_id = format!("{kind}-{ssrc:08x}");
+        let track = MediaStreamTrack::new(
+            stream_id.to_owned(),
+            track_id.clone(),
+            "synthetic simulcast video".to_owned(),
+            kind,
+            simulcast::codings(&layers),
+        );
+        Self {
+            kind,
+            track: Arc::new(TrackLocalStaticRTP::new(track)),
+            track_id,
+            ssrc,
+            layers,
         }
     }
 }
@@ -124,12 +171,17 @@ pub(crate) struct Pacing {
 
 impl Pacing {
     pub fn video(opts: &PublishOptions) -> Self {
-        let pps = opts.video_packets_per_sec.max(1);
+        Self::video_at(opts.video_packets_per_sec, opts.video_payload_bytes)
+    }
+
+    /// Video at `packets_per_sec` (one simulcast layer's rate, or the whole track's).
+    pub fn video_at(packets_per_sec: u32, payload_bytes: usize) -> Self {
+        let pps = packets_per_sec.max(1);
         let packets_per_frame = pps.div_ceil(TARGET_FPS).max(1);
         Self {
             packets_per_frame,
             frame_interval: Duration::from_secs_f64(f64::from(packets_per_frame) / f64::from(pps)),
-            payload_bytes: opts.video_payload_bytes,
+            payload_bytes,
             clock_rate: 90_000,
         }
     }
@@ -145,20 +197,72 @@ impl Pacing {
     }
 }
 
-/// Sends synthetic RTP on `media` until shutdown, once the publish
-/// connection is connected.
+/// One synthetic RTP stream of a published track: the whole track, or one
+/// simulcast layer.
+pub(crate) struct SyntheticStream {
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub pacing: Pacing,
+    /// Written into every payload's tag.
+    pub stream_hash: u32,
+    /// Poked when the server asks for a keyframe (video only).
+    pub keyframe_wanted: Arc<Notify>,
+    /// Header extensions every packet carries, by negotiated id (a
+    /// simulcast layer's mid and rtp-stream-id; none otherwise).
+    pub extensions: Vec<(u8, Bytes)>,
+    /// While cleared nothing is sent; sending resumes with a keyframe.
+    pub active: Option<Arc<AtomicBool>>,
+    /// Width and height the keyframes announce.
+    pub picture: (u16, u16),
+}
+
+impl SyntheticStream {
+    /// The stream of a track sent once (no header extensions, always active).
+    pub fn single(
+        media: &LocalMedia,
+        payload_type: u8,
+        pacing: Pacing,
+        stream_hash: u32,
+        keyframe_wanted: Arc<Notify>,
+    ) -> Self {
+        Self {
+            ssrc: media.ssrc,
+            payload_type,
+            pacing,
+            stream_hash,
+            keyframe_wanted,
+            extensions: Vec::new(),
+            active: None,
+            picture: tag::VP8_PICTURE,
+        }
+    }
+}
+
+/// Sends `stream` on `media` until shutdown, once the publish connection is
+/// connected.
 pub(crate) async fn run_sender(
     shared: Arc<Shared>,
     media: Arc<LocalMedia>,
-    payload_type: u8,
-    pacing: Pacing,
-    stream_hash: u32,
-    keyframe_wanted: Arc<Notify>,
+    stream: SyntheticStream,
 ) {
     if !shared.wait_publish_state(|s| s == "connected").await {
         return;
     }
     let video = media.kind == RtpCodecKind::Video;
+    let pacing = stream.pacing;
+    // Built once: each packet clones it (no allocation without extensions).
+    let mut template = rtc::rtp::Header {
+        version: 2,
+        payload_type: stream.payload_type,
+        ssrc: stream.ssrc,
+        ..Default::default()
+    };
+    for (id, value) in &stream.extensions {
+        if let Err(e) = template.set_extension(*id, value.clone()) {
+            shared.client_error(format!("header extension {id} not usable: {e}"));
+            return;
+        }
+    }
     let mut shutdown = shared.shutdown.subscribe();
     let mut ticker = tokio::time::interval(pacing.frame_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -168,13 +272,25 @@ pub(crate) async fn run_sender(
     let mut tag_seq: u32 = 0;
     let mut last_keyframe: Option<Instant> = None;
     let mut key_pending = false;
+    let mut paused = false;
     let mut last_timestamp_ticks: Option<u64> = None;
     loop {
         let requested = tokio::select! {
             _ = ticker.tick() => false,
-            _ = keyframe_wanted.notified(), if video => true,
+            _ = stream.keyframe_wanted.notified(), if video => true,
             _ = shutdown.changed() => return,
         };
+        if let Some(active) = &stream.active {
+            if !active.load(Ordering::Relaxed) {
+                paused = true;
+                continue;
+            }
+            if paused {
+                // A resumed encoding starts with a keyframe.
+                paused = false;
+                key_pending = true;
+            }
+        }
         let now = Instant::now();
         let since_key = last_keyframe.map(|t| now.duration_since(t));
         if requested && since_key.is_some_and(|d| d < pacing.frame_interval) {
@@ -202,29 +318,22 @@ pub(crate) async fn run_sender(
             let media_tag = MediaTag {
                 seq: tag_seq,
                 sent_at_ns: tag::now_ns(),
-                stream_hash,
+                stream_hash: stream.stream_hash,
             };
             let payload = if video {
                 let position = FramePosition {
                     first: i == 0,
                     keyframe,
                 };
-                tag::vp8_payload(position, &media_tag, pacing.payload_bytes)
+                tag::vp8_payload_sized(position, &media_tag, pacing.payload_bytes, stream.picture)
             } else {
                 tag::opus_payload(&media_tag, pacing.payload_bytes)
             };
-            let packet = rtc::rtp::Packet {
-                header: rtc::rtp::Header {
-                    version: 2,
-                    marker: video && i + 1 == pacing.packets_per_frame,
-                    payload_type,
-                    sequence_number: rtp_seq,
-                    timestamp,
-                    ssrc: media.ssrc,
-                    ..Default::default()
-                },
-                payload,
-            };
+            let mut header = template.clone();
+            header.marker = video && i + 1 == pacing.packets_per_frame;
+            header.sequence_number = rtp_seq;
+            header.timestamp = timestamp;
+            let packet = rtc::rtp::Packet { header, payload };
             tag_seq = tag_seq.wrapping_add(1);
             rtp_seq = rtp_seq.wrapping_add(1);
             write_counted(&shared, &media, video, packet).await;
@@ -317,7 +426,10 @@ pub(crate) async fn run_rtcp_reader(
                         .counters
                         .keyframe_requests
                         .fetch_add(requests, Ordering::Relaxed);
-                    keyframe_wanted.notify_one();
+                    if media.layers.is_empty() {
+                        keyframe_wanted.notify_one();
+                    }
+                    simulcast::notify_keyframe_requests(&media.layers, &packets);
                     shared.notify();
                 }
             }

@@ -7,12 +7,14 @@
 use crate::accounting::{LatencyReservoir, SequenceTracker};
 use crate::histogram::Histogram;
 use crate::sdp;
+use crate::simulcast::{self, Layer};
 use crate::snapshot::{OfferedTrack, RemoteTrack, Snapshot};
 use crate::tag::{self, MediaTag};
 use crate::ClientOptions;
 use sfu_proto::signaling::{
     CandidateInit, ClientMessage, ErrorCode, IceServer, PcKind, PeerInfo, ServerMessage,
 };
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -46,6 +48,9 @@ pub(crate) struct Shared {
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
     pub counters: SendCounters,
     pub shut: AtomicBool,
+    /// Simulcast layers of the published tracks, by msid track id, for the
+    /// server's `layers` messages.
+    published_layers: Mutex<Vec<(String, Arc<Layer>)>>,
 }
 
 /// Publish-side counters, touched per packet.
@@ -97,12 +102,26 @@ struct Described {
     ufrag: Option<String>,
 }
 
+/// Loss, duplicates and reordering of finished simulcast layer segments.
+#[derive(Default)]
+struct Carried {
+    lost: u64,
+    duplicates: u64,
+    out_of_order: u64,
+}
+
 /// A subscribe-side track and what arrived on it.
 pub(crate) struct TrackState {
     pub info: RemoteTrack,
     pub handle: Arc<dyn TrackRemote>,
     expected_hash: u32,
+    /// Tag hashes of the publisher's simulcast layers of this kind, lowest first.
+    layer_hashes: [u32; 3],
+    /// Tag sequence accounting since the last simulcast layer change (each
+    /// layer numbers its packets on its own; a track sent once has one).
     seq: SequenceTracker,
+    /// What earlier layer segments counted.
+    carried: Carried,
     latency: LatencyReservoir,
     histogram: Option<Arc<Histogram>>,
 }
@@ -142,10 +161,17 @@ impl TrackState {
         };
         t.tagged += 1;
         if media_tag.stream_hash != self.expected_hash {
-            // Counted, but kept out of this track's sequence accounting: it is
-            // another stream's numbering.
-            t.misrouted += 1;
-            return;
+            let Some(layer) = self
+                .layer_hashes
+                .iter()
+                .position(|h| *h == media_tag.stream_hash)
+            else {
+                // Counted, but kept out of this track's sequence accounting: it
+                // is another stream's numbering.
+                t.misrouted += 1;
+                return;
+            };
+            self.enter_layer(layer as u8);
         }
         self.seq.record(media_tag.seq);
         let latency_ns = received_at_ns.saturating_sub(media_tag.sent_at_ns);
@@ -153,6 +179,22 @@ impl TrackState {
         if let Some(h) = &self.histogram {
             h.record(latency_ns / 1_000);
         }
+    }
+
+    /// A packet of simulcast layer `layer` arrived: after a switch, its own
+    /// numbering starts a new segment of the sequence accounting.
+    fn enter_layer(&mut self, layer: u8) {
+        if self.info.layer == Some(layer) {
+            return;
+        }
+        if self.info.layer.is_some() {
+            self.info.layer_changes += 1;
+        }
+        let done = std::mem::take(&mut self.seq);
+        self.carried.lost += done.lost();
+        self.carried.duplicates += done.duplicates();
+        self.carried.out_of_order += done.out_of_order();
+        self.info.layer = Some(layer);
     }
 
     fn snapshot(&self) -> RemoteTrack {
@@ -164,9 +206,9 @@ impl TrackState {
     /// As `snapshot` without the latency percentiles (no sort).
     fn counters(&self) -> RemoteTrack {
         let mut t = self.info.clone();
-        t.lost = self.seq.lost();
-        t.duplicates = self.seq.duplicates();
-        t.out_of_order = self.seq.out_of_order();
+        t.lost = self.carried.lost + self.seq.lost();
+        t.duplicates = self.carried.duplicates + self.seq.duplicates();
+        t.out_of_order = self.carried.out_of_order + self.seq.out_of_order();
         t
     }
 }
@@ -184,6 +226,7 @@ impl Shared {
             tasks: Mutex::new(Vec::new()),
             counters: SendCounters::default(),
             shut: AtomicBool::new(false),
+            published_layers: Mutex::new(Vec::new()),
         })
     }
 
@@ -417,11 +460,15 @@ impl Shared {
         handle: Arc<dyn TrackRemote>,
     ) -> Arc<Mutex<TrackState>> {
         let expected_hash = tag::stream_hash(&info.stream_id, &info.kind);
+        let layer_hashes =
+            simulcast::RIDS.map(|rid| tag::layer_stream_hash(&info.stream_id, &info.kind, rid));
         let track = Arc::new(Mutex::new(TrackState {
             info,
             handle,
             expected_hash,
+            layer_hashes,
             seq: SequenceTracker::default(),
+            carried: Carried::default(),
             latency: LatencyReservoir::default(),
             histogram: self.options.latency_histogram.clone(),
         }));
@@ -432,6 +479,27 @@ impl Shared {
 
     pub fn remote_tracks(&self) -> Vec<Arc<Mutex<TrackState>>> {
         lock(&self.state).tracks.clone()
+    }
+
+    /// Remembers the simulcast layers of a published track.
+    pub fn add_published_layers(&self, track_id: &str, layers: &[Arc<Layer>]) {
+        let mut published = lock(&self.published_layers);
+        for layer in layers {
+            published.push((track_id.to_owned(), Arc::clone(layer)));
+        }
+    }
+
+    /// The server's `layers`: send the layers of `track` it names active,
+    /// pause those it names inactive (layers it does not name keep going).
+    pub fn set_layers_active(&self, track: &str, active: &BTreeMap<String, bool>) {
+        for (track_id, layer) in lock(&self.published_layers).iter() {
+            if track_id != track {
+                continue;
+            }
+            if let Some(on) = active.get(layer.rid) {
+                layer.active.store(*on, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Per-packet counters only: what a load generator polls often.

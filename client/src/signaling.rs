@@ -113,6 +113,10 @@ async fn dispatch(shared: &Arc<Shared>, msg: ServerMessage) {
             pc,
             candidate: Some(candidate),
         } => add_remote_candidate(shared, pc, candidate).await,
+        ServerMessage::Layers { track, active } => {
+            shared.set_layers_active(&track, &active);
+            Ok(())
+        }
         ServerMessage::Answer { pc, .. } | ServerMessage::Offer { pc, .. } => {
             Err(ClientError::State(format!(
                 "the server sent a description for the {pc:?} connection, which it must not"

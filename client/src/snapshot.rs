@@ -103,6 +103,11 @@ pub struct RemoteTrack {
     pub last_sender_report: Option<SenderReportSeen>,
     /// The track ended or left the subscribe offer.
     pub ended: bool,
+    /// The simulcast layer (0 the lowest) of the newest tagged packet, by its
+    /// tag; `None` for a publisher that does not send simulcast.
+    pub layer: Option<u8>,
+    /// Times the packets' simulcast layer changed (the server switched).
+    pub layer_changes: u64,
 }
 
 /// What a sender report said, and where the track was when it came.
@@ -207,7 +212,7 @@ impl Snapshot {
             let _ = writeln!(
                 s,
                 "track {} {} msid={} {} packets={} lost={} dup={} reordered={} misrouted={} \
-                 keyframes={} latency p50={}us p99={}us max={}us ended={}",
+                 keyframes={} layer={:?} (changed {}) latency p50={}us p99={}us max={}us ended={}",
                 t.kind,
                 t.mime_type,
                 t.stream_id,
@@ -218,6 +223,8 @@ impl Snapshot {
                 t.out_of_order,
                 t.misrouted,
                 t.keyframes,
+                t.layer,
+                t.layer_changes,
                 t.latency.p50_us,
                 t.latency.p99_us,
                 t.latency.max_us,

@@ -13,8 +13,7 @@ pub const TAG_LEN: usize = 20;
 const TAG_SEARCH_LIMIT: usize = 64;
 
 /// Width and height announced by keyframe-shaped VP8 payloads.
-const VP8_WIDTH: u16 = 640;
-const VP8_HEIGHT: u16 = 480;
+pub const VP8_PICTURE: (u16, u16) = (640, 480);
 
 /// What a publisher writes into every payload it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +87,13 @@ pub fn stream_hash(peer_id: &str, kind: &str) -> u32 {
     hash
 }
 
+/// Identifies one simulcast layer of a publisher's video inside tags:
+/// [`stream_hash`] of `"{peer_id}/{kind}/{rid}"`, so a receiver tells the
+/// layers the server switches between apart and counts each on its own.
+pub fn layer_stream_hash(peer_id: &str, kind: &str, rid: &str) -> u32 {
+    stream_hash(peer_id, &format!("{kind}/{rid}"))
+}
+
 /// Position of a packet inside a video frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FramePosition {
@@ -103,6 +109,17 @@ pub struct FramePosition {
 /// keyframe's header also has the start code and dimensions, so depacketizers
 /// and keyframe detectors treat it like the real thing.
 pub fn vp8_payload(position: FramePosition, tag: &MediaTag, size: usize) -> Bytes {
+    vp8_payload_sized(position, tag, size, VP8_PICTURE)
+}
+
+/// [`vp8_payload`] whose keyframes announce `(width, height)` (simulcast
+/// layers differ in size, as a real encoder's do).
+pub fn vp8_payload_sized(
+    position: FramePosition,
+    tag: &MediaTag,
+    size: usize,
+    (width, height): (u16, u16),
+) -> Bytes {
     let mut out = BytesMut::with_capacity(size.max(32));
     if position.first {
         // Payload descriptor: X=0, N=0, S=1, PID=0.
@@ -114,8 +131,8 @@ pub fn vp8_payload(position: FramePosition, tag: &MediaTag, size: usize) -> Byte
         out.put_u8(0);
         if position.keyframe {
             out.put_slice(&[0x9d, 0x01, 0x2a]);
-            out.put_u16_le(VP8_WIDTH);
-            out.put_u16_le(VP8_HEIGHT);
+            out.put_u16_le(width);
+            out.put_u16_le(height);
         }
     } else {
         out.put_u8(0x00);
@@ -286,5 +303,30 @@ mod tests {
         assert_eq!(stream_hash("a", "video"), stream_hash("a", "video"));
         assert_ne!(stream_hash("a", "video"), stream_hash("a", "audio"));
         assert_ne!(stream_hash("a", "video"), stream_hash("b", "video"));
+    }
+
+    #[test]
+    fn layer_hashes_differ_from_each_other_and_the_whole_track() {
+        let q = layer_stream_hash("a", "video", "q");
+        let h = layer_stream_hash("a", "video", "h");
+        assert_ne!(q, h);
+        assert_ne!(q, stream_hash("a", "video"));
+        assert_ne!(q, layer_stream_hash("b", "video", "q"));
+    }
+
+    #[test]
+    fn sized_keyframes_announce_their_size() {
+        let key = FramePosition {
+            first: true,
+            keyframe: true,
+        };
+        let payload = vp8_payload_sized(key, &tag(1), 100, (320, 240));
+        // Descriptor, frame tag (3), start code (3), then width and height.
+        assert_eq!(&payload[7..11], &[0x40, 0x01, 0xf0, 0x00]);
+        assert!(is_vp8_keyframe(&payload));
+        assert_eq!(
+            vp8_payload(key, &tag(1), 100),
+            vp8_payload_sized(key, &tag(1), 100, VP8_PICTURE)
+        );
     }
 }

@@ -10,6 +10,9 @@ use std::fmt::Write as _;
 pub struct BenchRun {
     /// sfud at the fixed comparison load.
     pub sfud: Report,
+    /// sfud at the same load with a simulcast publisher (subscribers on
+    /// mixed layers), if that run was made.
+    pub sfud_simulcast: Option<Report>,
     /// Janus at the same load.
     pub janus: Report,
     /// sfud ramp.
@@ -253,6 +256,10 @@ pub fn render(run: &BenchRun) -> String {
         ratio(s.sfu_cpu_us_per_packet, floor_send)
     );
 
+    if let Some(sim) = &run.sfud_simulcast {
+        simulcast_section(&mut d, s, &sim.window);
+    }
+
     let _ = writeln!(d, "## Targets\n");
     let _ = writeln!(d, "| target | measured | |");
     let _ = writeln!(d, "|---|---|---|");
@@ -290,11 +297,31 @@ pub fn render(run: &BenchRun) -> String {
     );
     let _ = writeln!(
         d,
-        "| zero loss at half the held load | {} lost, {} duplicates | {} |\n",
+        "| zero loss at half the held load | {} lost, {} duplicates | {} |",
         s.lost,
         s.duplicates,
         yes(s.lost == 0 && s.duplicates == 0)
     );
+    if let Some(sim) = &run.sfud_simulcast {
+        let w = &sim.window;
+        let _ =
+            writeln!(
+            d,
+            "| simulcast at most 15% more CPU per forwarded packet | {} µs vs {} µs ({}) | {} |",
+            us(w.sfu_cpu_us_per_packet),
+            us(s.sfu_cpu_us_per_packet),
+            ratio(w.sfu_cpu_us_per_packet, s.sfu_cpu_us_per_packet),
+            yes(within(w.sfu_cpu_us_per_packet, s.sfu_cpu_us_per_packet, 1.15))
+        );
+        let _ = writeln!(
+            d,
+            "| no layer switches on a steady link after the first {:.0} s | {} per subscriber per minute | {} |",
+            sim.warmup_s,
+            per_min(w.layer_switches_per_subscriber_per_min),
+            yes(w.layer_switches == Some(0))
+        );
+    }
+    let _ = writeln!(d);
 
     for (name, r) in [("sfud", &run.sfud_ramp), ("Janus", &run.janus_ramp)] {
         let _ = writeln!(d, "## Ramp: {name}\n");
@@ -373,6 +400,77 @@ pub fn render(run: &BenchRun) -> String {
         }
     }
     d
+}
+
+fn per_min(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+/// The simulcast run next to the plain one: CPU per forwarded packet and
+/// the ratio, what was forwarded, and the layer switches.
+fn simulcast_section(d: &mut String, plain: &Window, sim: &Window) {
+    let _ = writeln!(d, "### Simulcast\n");
+    let _ = writeln!(
+        d,
+        "The same load with a simulcast publisher: {}. The publisher sends the layers \
+         `q`, `h` and `f` (1/16, 1/4 and all of the video packet rate, each its own SSRC \
+         carrying the mid and rtp-stream-id header extensions, as browsers send them); \
+         subscriber i asks for layer i mod 3 (`track_settings` with `max_layer`). sfud \
+         receives every layer and forwards one per subscriber, so it takes in more and sends \
+         out less than in the plain run; the figure is still CPU per packet the subscribers \
+         received.\n",
+        sim.scenario.describe()
+    );
+    let _ = writeln!(d, "| | plain | simulcast | simulcast / plain |");
+    let _ = writeln!(d, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        d,
+        "| CPU µs per forwarded packet | {} | {} | **{}** |",
+        us(plain.sfu_cpu_us_per_packet),
+        us(sim.sfu_cpu_us_per_packet),
+        ratio(sim.sfu_cpu_us_per_packet, plain.sfu_cpu_us_per_packet)
+    );
+    let _ = writeln!(
+        d,
+        "| packets/s in from the publisher | {:.0} | {:.0} | {} |",
+        plain.packets_in_per_s,
+        sim.packets_in_per_s,
+        ratio(Some(sim.packets_in_per_s), Some(plain.packets_in_per_s))
+    );
+    let _ = writeln!(
+        d,
+        "| forwarded packets/s (expected) | {:.0} ({:.0}) | {:.0} ({:.0}) | {} |",
+        plain.packets_out_per_s,
+        plain.packets_out_expected_per_s,
+        sim.packets_out_per_s,
+        sim.packets_out_expected_per_s,
+        ratio(Some(sim.packets_out_per_s), Some(plain.packets_out_per_s))
+    );
+    let _ = writeln!(
+        d,
+        "| SFU CPU, % of one core | {:.0} | {:.0} | - |",
+        plain.sfu_cpu_percent.unwrap_or(0.0),
+        sim.sfu_cpu_percent.unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        d,
+        "| latency at the receivers p50 / p99, ms | {} / {} | {} / {} | - |",
+        ms(plain.latency_p50_us),
+        ms(plain.latency_p99_us),
+        ms(sim.latency_p50_us),
+        ms(sim.latency_p99_us)
+    );
+    let _ = writeln!(
+        d,
+        "| loss / duplicates | {} / {} | {} / {} | - |",
+        plain.lost, plain.duplicates, sim.lost, sim.duplicates
+    );
+    let _ = writeln!(
+        d,
+        "| layer switches in the window (per subscriber per minute) | - | {} ({}) | - |\n",
+        sim.layer_switches.map_or("-".into(), |n| n.to_string()),
+        per_min(sim.layer_switches_per_subscriber_per_min)
+    );
 }
 
 /// Why a ramp step failed, from what each side used.

@@ -3,8 +3,8 @@
 
 use crate::scenario::Seat;
 use crate::LoadError;
-use sfu_client::{Client, ClientOptions, Histogram, PublishOptions};
-use sfu_proto::signaling::Role;
+use sfu_client::{Client, ClientOptions, Histogram, PublishOptions, Snapshot};
+use sfu_proto::signaling::{ClientMessage, Role};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ struct Participant {
     client: Client,
     /// When its `join` was sent, in nanoseconds since the UNIX epoch.
     joined_ns: u64,
-    receives: bool,
+    seat: Seat,
 }
 
 /// Every participant of a run, sharing one latency histogram.
@@ -130,6 +130,11 @@ impl Fleet {
             let mut set = JoinSet::new();
             let mut joined = Vec::new();
             for seat in group {
+                let publishers_in_room = self
+                    .participants
+                    .iter()
+                    .filter(|p| p.seat.publishes && p.seat.room == seat.room)
+                    .count();
                 if set.len() >= concurrency.max(1) {
                     if let Some(done) = set.join_next().await {
                         joined.push(flatten(done)?);
@@ -140,6 +145,7 @@ impl Fleet {
                     format!("{}-{}", self.room_prefix, seat.room),
                     format!("load-{}", self.started),
                     seat,
+                    publishers_in_room,
                     ClientOptions {
                         bind_ip: self.bind_ip,
                         timeout: self.join_timeout,
@@ -181,7 +187,7 @@ impl Fleet {
                     first_ns.map_or(track.first_packet_ns, |f: u64| f.min(track.first_packet_ns)),
                 );
             }
-            if p.receives {
+            if p.seat.receives {
                 match first_ns {
                     Some(ns) => t
                         .join_to_first_media_ms
@@ -220,12 +226,14 @@ async fn join_one(
     room: String,
     name: String,
     seat: Seat,
+    publishers_in_room: usize,
     options: ClientOptions,
     publish: PublishOptions,
 ) -> Result<Participant, LoadError> {
     let describe = |e: sfu_client::ClientError| {
         LoadError::Join(format!("{name} in {room}: {}", error_chain(&e)))
     };
+    let timeout = options.timeout;
     let client = Client::connect_with(&ws_url, options)
         .await
         .map_err(describe)?;
@@ -239,11 +247,51 @@ async fn join_one(
     if seat.publishes {
         client.publish(publish).await.map_err(describe)?;
     }
+    if let Some(layer) = seat.max_layer {
+        ask_for_layer(&client, layer, publishers_in_room, timeout)
+            .await
+            .map_err(describe)?;
+    }
     Ok(Participant {
         client,
         joined_ns,
-        receives: seat.receives,
+        seat,
     })
+}
+
+/// Asks the SFU for simulcast layer `layer` (at most) of every video track,
+/// once the subscribe offer names the video of all `publishers`.
+async fn ask_for_layer(
+    client: &Client,
+    layer: u8,
+    publishers: usize,
+    timeout: Duration,
+) -> Result<(), sfu_client::ClientError> {
+    let videos = |s: &Snapshot| {
+        s.offered_tracks
+            .iter()
+            .filter(|t| t.kind == "video")
+            .count()
+    };
+    let offered = client
+        .wait_for(
+            timeout,
+            "the publishers' video in the subscribe offer",
+            |s| videos(s) >= publishers.max(1),
+        )
+        .await?;
+    for track in offered.offered_tracks.iter().filter(|t| t.kind == "video") {
+        client
+            .send(&ClientMessage::TrackSettings {
+                track: track.track_id.clone(),
+                paused: false,
+                max_width: None,
+                max_height: None,
+                max_layer: Some(layer),
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 /// An error and its causes on one line.

@@ -40,6 +40,9 @@ pub enum LoadError {
     /// The Janus target could not be set up.
     #[error("Janus: {0}")]
     Janus(String),
+    /// The run asks for something the target does not do.
+    #[error("{0}")]
+    Unsupported(String),
     /// The SFU process to measure was not found.
     #[error("{0}")]
     Pid(String),
@@ -146,6 +149,11 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         Some(pid) => Some(pid),
         None => Some(proc::find_pid(config.target.name()).map_err(LoadError::Pid)?),
     };
+    if config.scenario.simulcast() && config.target.name() != "sfud" {
+        return Err(LoadError::Unsupported(
+            "simulcast is measured on sfud only: drop --simulcast for Janus".into(),
+        ));
+    }
     let translator = match &config.target {
         Target::Sfud { .. } => None,
         Target::Janus { url } => Some(janus::Translator::start(url.clone()).await?),
@@ -155,17 +163,17 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         None => config.target.url().to_owned(),
     };
     let room_prefix = format!("load-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let publish = PublishOptions {
+        simulcast: config.scenario.simulcast(),
+        ..config.publish.clone()
+    };
     let mut fleet = Fleet::new(
         ws_url,
         room_prefix,
         config.bind_ip,
-        config.publish.clone(),
+        publish.clone(),
         config.join_timeout,
     );
-    let per_stream = f64::from(config.publish.video_packets_per_sec)
-        * f64::from(u8::from(config.publish.video))
-        + f64::from(config.publish.audio_packets_per_sec)
-            * f64::from(u8::from(config.publish.audio));
     let progress = Progress::new(config.progress);
     let mut scenario = config.scenario;
     progress.note(&format!("joining: {}", scenario.describe()));
@@ -175,7 +183,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     let cores = proc::cores();
     let mut steps: Vec<Window> = Vec::new();
     let mut stopped = None;
-    // sfud's own forwarding delay, from its /metrics (Janus has none).
+    // sfud's own forwarding delay and layer switches, from its /metrics
+    // (Janus has none).
     let metrics_at = match &config.target {
         Target::Sfud { url } => sfud_metrics::host_port(url),
         Target::Janus { .. } => None,
@@ -185,7 +194,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         let a = mark(&fleet, sfu_pid, metrics_at).await;
         watch(&fleet, sfu_pid, config.duration, "measuring", &progress).await;
         let b = mark(&fleet, sfu_pid, metrics_at).await;
-        let window = Window::between(&a, &b, scenario, fleet.len(), per_stream, cores);
+        let expected = scenario.packets_out_expected_per_s(&publish);
+        let window = Window::between(&a, &b, scenario, fleet.len(), expected, cores);
         let held = window.held();
         steps.push(window);
         let Some(ramp) = config.ramp else { break };
@@ -247,12 +257,12 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
 }
 
 async fn mark(fleet: &Fleet, sfu_pid: Option<u32>, metrics_at: Option<&str>) -> Mark {
-    let sfu_delay = match metrics_at {
+    let sfu_metrics = match metrics_at {
         Some(at) => sfud_metrics::read(at).await,
         None => None,
     };
     Mark {
-        sfu_delay,
+        sfu_metrics,
         at: Instant::now(),
         totals: fleet.totals(),
         latency: fleet.histogram().counts(),

@@ -35,6 +35,10 @@ enum Command {
         /// Receive-only subscribers.
         #[arg(long, short = 's', default_value_t = 20)]
         subscribers: usize,
+        /// Publishers send simulcast video (layers q, h, f at 1/16, 1/4 and
+        /// all of --video-pps); subscriber i asks for layer i mod 3. sfud only.
+        #[arg(long)]
+        simulcast: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -68,7 +72,8 @@ enum Command {
     /// Writes docs/benchmarks.md from the JSON files of one `scripts/bench` run.
     BenchDoc {
         /// Folder with sfud.json, janus.json, sfud-ramp.json, janus-ramp.json,
-        /// floor-video.json, floor-audio.json, machine.md and optionally profile.txt.
+        /// floor-video.json, floor-audio.json, machine.md and optionally
+        /// sfud-simulcast.json and profile.txt.
         #[arg(long)]
         dir: PathBuf,
         /// The command that produced them, quoted in the document.
@@ -175,11 +180,13 @@ fn main() -> ExitCode {
         Command::Webinar {
             publishers,
             subscribers,
+            simulcast,
             run,
         } => (
             Scenario::Webinar {
                 publishers,
                 subscribers,
+                simulcast,
             },
             run,
         ),
@@ -297,8 +304,14 @@ fn bench_doc(
         let audio = 50.0;
         ((per_stream - audio) / audio).max(0.0)
     };
+    let sfud_simulcast = if dir.join("sfud-simulcast.json").exists() {
+        Some(read(dir, "sfud-simulcast.json")?)
+    } else {
+        None
+    };
     let run = sfu_load::benchdoc::BenchRun {
         sfud,
+        sfud_simulcast,
         janus: read(dir, "janus.json")?,
         sfud_ramp: read(dir, "sfud-ramp.json")?,
         janus_ramp: read(dir, "janus-ramp.json")?,

@@ -22,8 +22,8 @@ pub struct Mark {
     pub(crate) sfu: Option<ProcSample>,
     pub(crate) generator: Option<ProcSample>,
     pub(crate) machine: Option<(u64, u64)>,
-    /// sfud's forwarding-delay histogram, when it could be read.
-    pub(crate) sfu_delay: Option<crate::sfud_metrics::DelayBuckets>,
+    /// sfud's `/metrics`, when it could be read.
+    pub(crate) sfu_metrics: Option<crate::sfud_metrics::Scrape>,
 }
 
 /// One measurement window.
@@ -103,23 +103,37 @@ pub struct Window {
     /// The same at the 99th percentile.
     #[serde(default)]
     pub sfu_forward_delay_p99_us: Option<u64>,
+    /// Times a subscriber started forwarding another simulcast layer, by
+    /// sfud's `sfud_layer_switches_total`. sfud only.
+    #[serde(default)]
+    pub layer_switches: Option<u64>,
+    /// The same per receiving participant per minute.
+    #[serde(default)]
+    pub layer_switches_per_subscriber_per_min: Option<f64>,
 }
 
 fn delay_quantile(a: &Mark, b: &Mark, q: f64) -> Option<u64> {
-    match (&a.sfu_delay, &b.sfu_delay) {
-        (Some(x), Some(y)) => y.quantile_since(x, q),
+    let delay = |m: &Mark| m.sfu_metrics.as_ref().and_then(|s| s.delay.clone());
+    match (delay(a), delay(b)) {
+        (Some(x), Some(y)) => y.quantile_since(&x, q),
         _ => None,
     }
 }
 
+fn layer_switches(a: &Mark, b: &Mark) -> Option<u64> {
+    let switches = |m: &Mark| m.sfu_metrics.as_ref().and_then(|s| s.layer_switches);
+    Some(switches(b)?.saturating_sub(switches(a)?))
+}
+
 impl Window {
-    /// Builds the window between two marks.
+    /// Builds the window between two marks; `packets_out_expected_per_s`
+    /// is what the receivers would get without loss.
     pub(crate) fn between(
         a: &Mark,
         b: &Mark,
         scenario: Scenario,
         participants: usize,
-        packets_per_stream_per_s: f64,
+        packets_out_expected_per_s: f64,
         cores: usize,
     ) -> Window {
         let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
@@ -148,6 +162,7 @@ impl Window {
             }
             _ => None,
         };
+        let switches = layer_switches(a, b);
         let sfu_share = sfu_cpu.map_or(0.0, |c| c / secs * 100.0 / cores as f64);
         let gen_share = gen_cpu.map_or(0.0, |c| c / secs * 100.0 / cores as f64);
         Window {
@@ -156,7 +171,7 @@ impl Window {
             seconds: secs,
             packets_in_per_s: t.sent_packets as f64 / secs,
             packets_out_per_s: forwarded / secs,
-            packets_out_expected_per_s: scenario.streams() as f64 * packets_per_stream_per_s,
+            packets_out_expected_per_s,
             bits_in_per_s: t.sent_bytes as f64 * 8.0 / secs,
             bits_out_per_s: t.received_bytes as f64 * 8.0 / secs,
             tracks: t.tracks,
@@ -189,6 +204,9 @@ impl Window {
                 .map(|busy| (busy - sfu_share - gen_share).max(0.0)),
             sfu_forward_delay_p50_us: delay_quantile(a, b, 0.50),
             sfu_forward_delay_p99_us: delay_quantile(a, b, 0.99),
+            layer_switches: switches,
+            layer_switches_per_subscriber_per_min: switches
+                .map(|n| n as f64 / scenario.receivers().max(1) as f64 / (secs / 60.0)),
         }
     }
 
@@ -286,6 +304,12 @@ impl Report {
             "  join to first media p50 {:.0} ms, max {:.0} ms; receivers without media: {}",
             w.join_to_first_media_p50_ms, w.join_to_first_media_max_ms, w.receivers_without_media
         );
+        if let (Some(n), Some(rate)) = (w.layer_switches, w.layer_switches_per_subscriber_per_min) {
+            let _ = writeln!(
+                s,
+                "  simulcast layer switches: {n} ({rate:.2} per subscriber per minute)"
+            );
+        }
         if let Some(cpu) = w.generator_cpu_s {
             let _ = writeln!(
                 s,

@@ -4,6 +4,7 @@
 //! smaller one's seats: ramping only appends participants.
 
 use serde::{Deserialize, Serialize};
+use sfu_client::PublishOptions;
 
 /// What the generator puts in front of the SFU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +21,10 @@ pub enum Scenario {
         publishers: usize,
         /// Receive-only participants.
         subscribers: usize,
+        /// The publishers send simulcast video; subscriber `i` asks for
+        /// layer `i mod 3` (sfud only).
+        #[serde(default)]
+        simulcast: bool,
     },
     /// Many independent conferences of the same size.
     Rooms {
@@ -39,7 +44,12 @@ pub struct Seat {
     pub publishes: bool,
     /// It receives the others' media.
     pub receives: bool,
+    /// The simulcast layer (0 the lowest) it asks for of every video track.
+    pub max_layer: Option<u8>,
 }
+
+/// Simulcast layers a publisher sends (`q`, `h`, `f`).
+const LAYERS: usize = 3;
 
 impl Scenario {
     /// Every participant, in joining order (publishers of a webinar first).
@@ -48,25 +58,29 @@ impl Scenario {
             room,
             publishes: true,
             receives: true,
+            max_layer: None,
         };
         match *self {
             Scenario::Conference { participants } => (0..participants).map(|_| both(0)).collect(),
             Scenario::Webinar {
                 publishers,
                 subscribers,
+                simulcast,
             } => {
                 let publisher = Seat {
                     room: 0,
                     publishes: true,
                     receives: false,
+                    max_layer: None,
                 };
-                let subscriber = Seat {
+                let subscriber = |i: usize| Seat {
                     room: 0,
                     publishes: false,
                     receives: true,
+                    max_layer: simulcast.then_some((i % LAYERS) as u8),
                 };
                 std::iter::repeat_n(publisher, publishers)
-                    .chain(std::iter::repeat_n(subscriber, subscribers))
+                    .chain((0..subscribers).map(subscriber))
                     .collect()
             }
             Scenario::Rooms { rooms, per_room } => (0..rooms)
@@ -85,9 +99,11 @@ impl Scenario {
             Scenario::Webinar {
                 publishers,
                 subscribers,
+                simulcast,
             } => Scenario::Webinar {
                 publishers,
                 subscribers: subscribers + step,
+                simulcast,
             },
             Scenario::Rooms { rooms, per_room } => Scenario::Rooms {
                 rooms: rooms + step,
@@ -104,9 +120,53 @@ impl Scenario {
             Scenario::Webinar {
                 publishers,
                 subscribers,
+                ..
             } => publishers * subscribers,
             Scenario::Rooms { rooms, per_room } => rooms * per_room * per_room.saturating_sub(1),
         }
+    }
+
+    /// Participants that receive media.
+    pub fn receivers(&self) -> usize {
+        self.seats().iter().filter(|s| s.receives).count()
+    }
+
+    /// Whether publishers send simulcast video.
+    pub fn simulcast(&self) -> bool {
+        matches!(
+            self,
+            Scenario::Webinar {
+                simulcast: true,
+                ..
+            }
+        )
+    }
+
+    /// RTP packets per second the SFU forwards in all if every publisher
+    /// sends `publish` and nothing is lost: each stream's audio and video, a
+    /// subscriber's video at the rate of the simulcast layer it asked for.
+    pub fn packets_out_expected_per_s(&self, publish: &PublishOptions) -> f64 {
+        let rate = |on: bool, pps: u32| if on { f64::from(pps) } else { 0.0 };
+        let audio = rate(publish.audio, publish.audio_packets_per_sec);
+        let video = rate(publish.video, publish.video_packets_per_sec);
+        if !self.simulcast() {
+            return self.streams() as f64 * (audio + video);
+        }
+        let layers = publish.layer_packets_per_sec();
+        let seats = self.seats();
+        let publishers = seats.iter().filter(|s| s.publishes).count() as f64;
+        let per_publisher: f64 = seats
+            .iter()
+            .filter(|s| s.receives && !s.publishes)
+            .map(|s| {
+                let video = match s.max_layer {
+                    Some(l) if publish.video => rate(true, layers[usize::from(l).min(LAYERS - 1)]),
+                    _ => video,
+                };
+                audio + video
+            })
+            .sum();
+        publishers * per_publisher
     }
 
     /// A short name: `conference`, `webinar` or `rooms`.
@@ -125,7 +185,16 @@ impl Scenario {
             Scenario::Webinar {
                 publishers,
                 subscribers,
+                simulcast: false,
             } => format!("webinar {publishers} publisher(s) to {subscribers} subscriber(s)"),
+            Scenario::Webinar {
+                publishers,
+                subscribers,
+                simulcast: true,
+            } => format!(
+                "webinar {publishers} simulcast publisher(s) to {subscribers} subscriber(s) \
+                 on layers q/h/f in turn"
+            ),
             Scenario::Rooms { rooms, per_room } => format!("{rooms} rooms of {per_room}"),
         }
     }
@@ -142,6 +211,12 @@ mod tests {
             Scenario::Webinar {
                 publishers: 2,
                 subscribers: 5,
+                simulcast: false,
+            },
+            Scenario::Webinar {
+                publishers: 1,
+                subscribers: 4,
+                simulcast: true,
             },
             Scenario::Rooms {
                 rooms: 2,
@@ -161,6 +236,7 @@ mod tests {
         let webinar = Scenario::Webinar {
             publishers: 2,
             subscribers: 10,
+            simulcast: false,
         };
         assert_eq!(webinar.streams(), 20);
         assert_eq!(webinar.seats().iter().filter(|s| s.publishes).count(), 2);
@@ -170,5 +246,35 @@ mod tests {
         };
         assert_eq!(rooms.streams(), 6);
         assert_eq!(rooms.seats().last().map(|s| s.room), Some(2));
+    }
+
+    #[test]
+    fn simulcast_subscribers_take_the_layers_in_turn() {
+        let webinar = Scenario::Webinar {
+            publishers: 1,
+            subscribers: 4,
+            simulcast: true,
+        };
+        let layers: Vec<Option<u8>> = webinar
+            .seats()
+            .iter()
+            .filter(|s| s.receives)
+            .map(|s| s.max_layer)
+            .collect();
+        assert_eq!(layers, [Some(0), Some(1), Some(2), Some(0)]);
+        assert_eq!(webinar.receivers(), 4);
+        let publish = PublishOptions::default();
+        // q 9, h 37, f 150 packets/s of video, 50 of audio each.
+        assert_eq!(
+            webinar.packets_out_expected_per_s(&publish),
+            4.0 * 50.0 + 9.0 + 37.0 + 150.0 + 9.0
+        );
+        let plain = Scenario::Webinar {
+            publishers: 1,
+            subscribers: 4,
+            simulcast: false,
+        };
+        assert_eq!(plain.packets_out_expected_per_s(&publish), 4.0 * 200.0);
+        assert!(plain.seats().iter().all(|s| s.max_layer.is_none()));
     }
 }

@@ -1,7 +1,8 @@
-//! sfud's own view of its forwarding delay: the `sfud_forwarding_delay_seconds`
-//! histogram of its `/metrics`, read at both ends of a window. End-to-end
-//! latency measured by the receivers also holds the generator's own receive
-//! queueing on the shared cores; this is the part spent inside sfud.
+//! sfud's own view of a window, from its `/metrics` read at both ends: the
+//! `sfud_forwarding_delay_seconds` histogram (end-to-end latency measured by
+//! the receivers also holds the generator's own receive queueing on the
+//! shared cores; this is the part spent inside sfud) and the simulcast layer
+//! switches (`sfud_layer_switches_total`).
 
 use std::time::Duration;
 
@@ -9,6 +10,34 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const FAMILY: &str = "sfud_forwarding_delay_seconds_bucket";
+const LAYER_SWITCHES: &str = "sfud_layer_switches_total";
+
+/// What one read of sfud's `/metrics` gave.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scrape {
+    /// The forwarding-delay histogram, if present.
+    pub delay: Option<DelayBuckets>,
+    /// Subscribers' simulcast layer switches so far, if present.
+    pub layer_switches: Option<u64>,
+}
+
+impl Scrape {
+    /// What an exposition text holds of interest.
+    pub fn parse(text: &str) -> Scrape {
+        Scrape {
+            delay: DelayBuckets::parse(text),
+            layer_switches: unlabelled_sample(text, LAYER_SWITCHES),
+        }
+    }
+}
+
+/// The value of the sample `name` without labels.
+fn unlabelled_sample(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        Some(value.trim().parse::<f64>().ok()? as u64)
+    })
+}
 
 /// Cumulative bucket counts: `(upper bound in µs, packets)`, the last bound
 /// `u64::MAX` for `+Inf`.
@@ -60,16 +89,15 @@ impl DelayBuckets {
     }
 }
 
-/// Reads the histogram from sfud's HTTP listener at `host_port`; `None` if
-/// it does not answer (or is not sfud).
-pub async fn read(host_port: &str) -> Option<DelayBuckets> {
+/// Reads sfud's HTTP listener at `host_port`; `None` if it does not answer.
+pub async fn read(host_port: &str) -> Option<Scrape> {
     let get = async {
         let mut stream = TcpStream::connect(host_port).await.ok()?;
         let request = format!("GET /metrics HTTP/1.0\r\nHost: {host_port}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut body = String::new();
         stream.read_to_string(&mut body).await.ok()?;
-        DelayBuckets::parse(&body)
+        Some(Scrape::parse(&body))
     };
     tokio::time::timeout(Duration::from_secs(2), get)
         .await
@@ -110,6 +138,17 @@ mod tests {
         assert_eq!(b.quantile_since(&a, 0.99), Some(5_000));
         assert_eq!(b.quantile_since(&a, 1.0), Some(u64::MAX));
         assert_eq!(a.quantile_since(&a, 0.5), None, "nothing counted");
+    }
+
+    #[test]
+    fn layer_switches_are_read_without_other_families() {
+        let text = "# TYPE sfud_layer_switches_total counter\n\
+                    sfud_layer_switches_total_x 9\n\
+                    sfud_layer_switches_total 42\n";
+        let scrape = Scrape::parse(text);
+        assert_eq!(scrape.layer_switches, Some(42));
+        assert_eq!(scrape.delay, None);
+        assert_eq!(Scrape::parse(&buckets([1, 2, 3, 4])).layer_switches, None);
     }
 
     #[test]

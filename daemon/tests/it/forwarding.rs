@@ -342,7 +342,6 @@ async fn a_simulcast_publisher_is_received_in_the_layer_asked_for() {
         .await;
     }
     let s = sub.snapshot();
-    eprintln!("DEBUG pub report {:?}\nDEBUG sub {}\nDEBUG sub report {:?}\nDEBUG pub {}", media_report(&server, &pub_id).await, s.summary(), media_report(&server, &sub_id).await, publisher.snapshot().summary());
     assert_clean(&s, "sub");
     let t = s.track_from(&pub_id, "video").expect("video");
     assert_eq!(

@@ -112,6 +112,7 @@ async fn webinar_smoke_with_a_ramp_step() {
     let scenario = Scenario::Webinar {
         publishers: 1,
         subscribers: 2,
+        simulcast: false,
     };
     let report = smoke(
         scenario,
@@ -129,6 +130,29 @@ async fn webinar_smoke_with_a_ramp_step() {
         Some(scenario.grown(2)),
         "{}",
         report.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_webinar_smoke() {
+    let scenario = Scenario::Webinar {
+        publishers: 1,
+        subscribers: 3,
+        simulcast: true,
+    };
+    let report = smoke(scenario, None).await;
+    assert_clean(&report);
+    let w = &report.window;
+    assert!(
+        w.layer_switches.is_some() && w.layer_switches_per_subscriber_per_min.is_some(),
+        "sfud's layer switches were read: {}",
+        report.summary()
+    );
+    // One subscriber each on q, h and f: well under three full streams.
+    assert!(w.packets_out_expected_per_s < 2.0 * 200.0, "{w:?}");
+    assert!(
+        w.packets_in_per_s > 200.0,
+        "all three layers published: {w:?}"
     );
 }
 
