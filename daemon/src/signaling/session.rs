@@ -65,6 +65,8 @@ impl Session {
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         pings.tick().await;
         let mut heard = tokio::time::Instant::now();
+        // A frame that broke the protocol: the RFC 6455 close code to send.
+        let mut violation: Option<(u16, &'static str)> = None;
         loop {
             tokio::select! {
                 biased;
@@ -104,7 +106,11 @@ impl Session {
                 frame = stream.next() => {
                     heard = tokio::time::Instant::now();
                     let text = match frame {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                        None | Some(Ok(Message::Close(_))) => break,
+                        Some(Err(e)) => {
+                            violation = close_code_for(e);
+                            break;
+                        }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Binary(_))) => {
                             let e = error(ErrorCode::BadRequest, "binary frames are not accepted: send JSON text");
@@ -132,6 +138,19 @@ impl Session {
         }
         if let Some(m) = self.joined.take() {
             m.room.leave(m.peer).await;
+        }
+        if let Some((code, reason)) = violation {
+            debug!(
+                code,
+                reason, "closing the WebSocket for a protocol violation"
+            );
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })))
+                .await;
+            return;
         }
         if let Some(why) = close {
             // Deliver what the room queued before the goodbye (e.g. peer_left).
@@ -271,6 +290,21 @@ impl Session {
                 Ok(Flow::Close)
             }
         }
+    }
+}
+
+/// The close code RFC 6455 gives a frame that could not be read: 1007 for
+/// text that is not UTF-8, 1009 for a message over the size limit, 1002 for
+/// other protocol errors; `None` when the connection itself broke.
+fn close_code_for(error: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    match error.into_inner().downcast_ref::<WsError>()? {
+        WsError::Utf8(_) => Some((1007, "text frame is not UTF-8")),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            Some((1009, "message over 1 MiB"))
+        }
+        WsError::Capacity(_) | WsError::Protocol(_) => Some((1002, "protocol error")),
+        _ => None,
     }
 }
 

@@ -368,3 +368,54 @@ async fn out_of_file_descriptors_sfud_neither_spins_nor_floods_its_log_and_recov
     let _ = daemon.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The close code the server's close frame carries, reading past other frames.
+async fn close_code(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn frames_that_break_the_protocol_get_their_rfc_6455_close_codes() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+
+    // Text that is not UTF-8: 1007.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connects");
+    let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.expect("sent");
+    assert_eq!(close_code(&mut ws).await, Some(1007));
+
+    // A message over the 1 MiB hard limit: 1009.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("connects");
+    let _ = ws
+        .send(Message::Binary(vec![0u8; 2 * 1024 * 1024].into()))
+        .await;
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+
+    // Others are not disturbed.
+    let mut fine = RawSocket::connect(&server).await;
+    fine.join("after-bad-frames", "fine").await;
+    server.stop().await;
+}
