@@ -89,6 +89,12 @@ pub struct LimitsConfig {
     /// Seconds of silence (no frame, not even the answer to the server's
     /// pings, sent every third of it) after which a WebSocket is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds a client has to send an HTTP request's headers.
+    pub header_timeout_secs: u64,
+    /// HTTP connections (WebSockets included) one address may hold at once.
+    pub max_connections_per_ip: usize,
+    /// HTTP connections (WebSockets included) the server holds at once.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -98,6 +104,9 @@ impl Default for LimitsConfig {
             messages_per_second: 100,
             join_timeout_secs: 10,
             idle_timeout_secs: 30,
+            header_timeout_secs: 10,
+            max_connections_per_ip: 256,
+            max_connections: 10_000,
         }
     }
 }
@@ -448,6 +457,15 @@ impl Config {
         )?;
         at_least_one("limits.join_timeout_secs", self.limits.join_timeout_secs)?;
         at_least_one("limits.idle_timeout_secs", self.limits.idle_timeout_secs)?;
+        at_least_one(
+            "limits.header_timeout_secs",
+            self.limits.header_timeout_secs,
+        )?;
+        at_least_one(
+            "limits.max_connections_per_ip",
+            self.limits.max_connections_per_ip as u64,
+        )?;
+        at_least_one("limits.max_connections", self.limits.max_connections as u64)?;
         for (i, o) in self.http.allowed_origins.iter().enumerate() {
             if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
                 return Err(invalid(

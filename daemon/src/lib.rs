@@ -232,15 +232,14 @@ impl Server {
             ),
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");
-        let mut http_stop = stop_rx.clone();
-        let http = axum::serve(
+        let gate = self.gate.clone();
+        let http_task = tokio::spawn(signaling::listener::serve(
             self.http,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        });
-        let http_task = tokio::spawn(async move { http.await });
+            app,
+            gate.connections().clone(),
+            move || gate.listener_limits(),
+            stop_rx.clone(),
+        ));
         let control_task = tokio::spawn(self.control.serve(
             control::Services {
                 rooms: self.rooms.clone(),
@@ -260,12 +259,9 @@ impl Server {
         self.recorder.shutdown().await;
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control_task).await;
-        let http_result = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), media_task).await;
-        match http_result {
-            Ok(Ok(Err(e))) => Err(ServerError::Http(e)),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 }
 

@@ -73,6 +73,22 @@ impl MetricsSource {
         let mut out = Exposition::default();
         write_daemon(&mut out, &counts, &stats);
         write_refusals(&mut out, self.gate.refusals());
+        let connections = self.gate.connections();
+        out.gauge(
+            "sfud_http_connections",
+            "HTTP connections open, WebSockets included.",
+            connections.open(),
+        );
+        let (per_address, total) = connections.refused();
+        out.family(
+            "sfud_http_connections_refused_total",
+            "counter",
+            "HTTP connections closed at once for being over \
+             limits.max_connections_per_ip (per_address) or limits.max_connections (total).",
+        );
+        for (cap, n) in [("per_address", per_address), ("total", total)] {
+            out.sample("sfud_http_connections_refused_total", &[("cap", cap)], n);
+        }
         out.counter(
             "sfud_log_lines_suppressed_total",
             "Log lines not written because one place in the code logged more \

@@ -85,6 +85,9 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         messages_per_second,
         join_timeout_secs,
         idle_timeout_secs,
+        header_timeout_secs,
+        max_connections_per_ip,
+        max_connections,
     } = limits;
 
     // Room limits apply to joins and rooms created from now on; ICE
@@ -137,6 +140,24 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         "limits.idle_timeout_secs",
         &old.limits.idle_timeout_secs,
         idle_timeout_secs,
+    );
+    note(
+        live,
+        "limits.header_timeout_secs",
+        &old.limits.header_timeout_secs,
+        header_timeout_secs,
+    );
+    note(
+        live,
+        "limits.max_connections_per_ip",
+        &old.limits.max_connections_per_ip,
+        max_connections_per_ip,
+    );
+    note(
+        live,
+        "limits.max_connections",
+        &old.limits.max_connections,
+        max_connections,
     );
 
     // Sockets, the media engine's settings, preset rooms and the logger are

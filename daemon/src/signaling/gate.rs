@@ -55,6 +55,9 @@ pub struct Gatekeeper {
     messages_per_second: RwLock<u32>,
     /// Join deadline and idle timeout of WebSockets.
     timeouts: RwLock<(Duration, Duration)>,
+    /// The HTTP listener's limits, and its connections.
+    listener: RwLock<super::listener::ListenerLimits>,
+    connections: Arc<super::listener::Connections>,
     joins: Mutex<HashMap<IpAddr, RateLimit>>,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -76,6 +79,12 @@ impl Gatekeeper {
             joins_per_second: RwLock::new(1),
             messages_per_second: RwLock::new(1),
             timeouts: RwLock::new((Duration::ZERO, Duration::ZERO)),
+            listener: RwLock::new(super::listener::ListenerLimits {
+                header_timeout: Duration::ZERO,
+                per_address: 0,
+                total: 0,
+            }),
+            connections: Arc::default(),
             joins: Mutex::new(HashMap::new()),
             refusals: Mutex::new(BTreeMap::new()),
         };
@@ -96,6 +105,24 @@ impl Gatekeeper {
                 Duration::from_secs(config.limits.idle_timeout_secs),
             ),
         );
+        write(
+            &self.listener,
+            super::listener::ListenerLimits {
+                header_timeout: Duration::from_secs(config.limits.header_timeout_secs),
+                per_address: config.limits.max_connections_per_ip,
+                total: config.limits.max_connections,
+            },
+        );
+    }
+
+    /// The HTTP listener's limits now.
+    pub fn listener_limits(&self) -> super::listener::ListenerLimits {
+        read(&self.listener)
+    }
+
+    /// The HTTP listener's open connections and refusals.
+    pub fn connections(&self) -> &Arc<super::listener::Connections> {
+        &self.connections
     }
 
     /// How long a WebSocket may stay open without joining.

@@ -3,6 +3,7 @@
 //! requests, strictly in order.
 
 pub mod gate;
+pub mod listener;
 mod session;
 
 use std::net::SocketAddr;
@@ -67,6 +68,7 @@ async fn websocket(
     ws: WebSocketUpgrade,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     State(state): State<Arc<AppState>>,
+    slot: Option<axum::Extension<listener::ConnectionSlot>>,
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
@@ -84,6 +86,10 @@ async fn websocket(
     const { assert!(MAX_FRAME_BYTES < HARD_FRAME_LIMIT) };
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
-        .on_upgrade(move |socket| session::run(socket, state, remote))
+        .on_upgrade(move |socket| async move {
+            // Counted against the connection caps while the session lasts.
+            let _held = slot.and_then(|s| s.0.take());
+            session::run(socket, state, remote).await
+        })
         .into_response()
 }

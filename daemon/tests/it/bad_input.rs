@@ -419,3 +419,78 @@ async fn frames_that_break_the_protocol_get_their_rfc_6455_close_codes() {
     fine.join("after-bad-frames", "fine").await;
     server.stop().await;
 }
+
+/// Whether the server closed `stream` within `within` (EOF or reset).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(within, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_excess_connections_are_closed_and_a_call_carries_on() {
+    let mut config = crate::harness::test_config();
+    config.limits.header_timeout_secs = 1;
+    config.limits.max_connections_per_ip = 40;
+    let server = TestServer::start_with(config).await;
+    let (alice, alice_id) = crate::harness::speaker(&server, "held", "alice").await;
+    let (bob, _) = crate::harness::speaker(&server, "held", "bob").await;
+    let packets =
+        |s: &sfu_client::Snapshot, id: &str| s.track_from(id, "video").map_or(0, |t| t.packets);
+    bob.wait_for(crate::harness::MEDIA_DEADLINE, "media from alice", |s| {
+        packets(s, &alice_id) >= 50
+    })
+    .await
+    .expect("media flows");
+
+    // 100 TCP connections that send nothing, from the address the call's two
+    // WebSockets come from: those over the cap of 40 are closed at once,
+    // the others once the 1 s for a request's headers is over.
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(
+            tokio::net::TcpStream::connect(server.http)
+                .await
+                .expect("connects"),
+        );
+    }
+    let mut at_once = 0;
+    for s in &mut silent {
+        if closed_within(s, Duration::from_millis(300)).await {
+            at_once += 1;
+        }
+    }
+    assert!(
+        at_once >= 100 - 38,
+        "only {at_once} connections over the cap were closed at once"
+    );
+    for s in &mut silent {
+        assert!(
+            closed_within(s, Duration::from_secs(3)).await,
+            "a silent connection was not closed after the header timeout"
+        );
+    }
+    drop(silent);
+
+    // The call went on, and the server takes new participants.
+    let now = packets(&bob.snapshot(), &alice_id);
+    bob.wait_for(
+        crate::harness::MEDIA_DEADLINE,
+        "media from alice still",
+        |s| packets(s, &alice_id) >= now + 50,
+    )
+    .await
+    .expect("media still flows");
+    let mut late = RawSocket::connect(&server).await;
+    late.join("held", "late").await;
+    let metrics = crate::metrics::http_get(server.http, "/metrics").await.body;
+    assert!(
+        metrics.contains("sfud_http_connections_refused_total{cap=\"per_address\"}"),
+        "{metrics}"
+    );
+    drop(alice);
+    server.stop().await;
+}
