@@ -65,6 +65,9 @@ const LOSS: f64 = 0.2;
 const BASE_DELAY_BUCKET: Duration = Duration::from_secs(5);
 /// A probe passes when the link delivered at least this share of its target.
 const PROBE_DELIVERED: f64 = 0.85;
+/// A probe whose packets queue this long (one-way delay over the lowest)
+/// has failed already: it stops at once, before its queue freezes video.
+const PROBE_ABORT_US: i64 = 50_000;
 
 /// What a subscriber's link is known to carry; see the module docs.
 #[derive(Debug)]
@@ -175,13 +178,8 @@ impl Downlink {
 
     /// The link carries `bps` and no more: a probe under way failed.
     fn congestion(&mut self, bps: u64, now: Instant) {
-        if self.probe.take().is_some() {
-            // The probe's own extra load built the queue: it failed, and
-            // what the link carried before it still holds. Its queue takes
-            // a while to drain, which is no news either.
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-            self.hold_until = Some(now + self.backoff);
-            self.quiet_until = Some(now + DRAIN);
+        if self.probe.is_some() {
+            self.fail_probe(now);
             return;
         }
         if self.quiet_until.is_some_and(|t| now < t) {
@@ -202,6 +200,17 @@ impl Downlink {
         self.last_congestion = Some(now);
         self.backoff = FIRST_BACKOFF;
         self.hold_until = Some(now + self.backoff);
+    }
+
+    /// The probe under way failed: its own extra load built the queue, and
+    /// what the link carried before it still holds. Its queue takes a while
+    /// to drain, which is no news either.
+    fn fail_probe(&mut self, now: Instant) {
+        self.probe = None;
+        self.probe_delivered = 0;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.hold_until = Some(now + self.backoff);
+        self.quiet_until = Some(now + DRAIN);
     }
 
     /// A transport-wide feedback from the subscriber, decoded
@@ -225,7 +234,7 @@ impl Downlink {
             self.note_delay(delay, now);
             self.recent.push_back((*arrival, sent.bytes, delay));
         }
-        let Some(&(newest, _, _)) = self.recent.back() else {
+        let Some(&(newest, _, newest_delay)) = self.recent.back() else {
             return;
         };
         while self
@@ -240,6 +249,17 @@ impl Downlink {
             (Some((b, _)), None) => b,
             _ => return,
         };
+        // A probe stops at the first sign of a queue: waiting for one that
+        // stands would let it grow for the whole probe (0.6 s at up to
+        // twice the link's rate: a third of a second of frozen video).
+        if self.probe.is_some() && newest_delay - base > PROBE_ABORT_US {
+            tracing::debug!(
+                queue_us = newest_delay - base,
+                "probe stopped: its packets queue"
+            );
+            self.fail_probe(now);
+            return;
+        }
         // The queue: the least delay of the window; the rate: what arrived
         // over the whole second kept.
         let window_start = newest - QUEUE_WINDOW_US;
@@ -483,6 +503,54 @@ mod tests {
             d.budget(),
             (420_000.0 * MARGIN) as u64,
             "the browser's own growth counts"
+        );
+    }
+
+    #[test]
+    fn a_probe_the_link_cannot_carry_stops_before_its_queue_freezes_video() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        // 250 kbit/s through a 300 kbit/s link, after a cut that makes the
+        // capacity known (and holds probes off for a while).
+        through_link(&mut d, t0, 0, 2_000_000, 32_000, 1000, 300_000);
+        d.on_estimate(300_000, t0 + Duration::from_secs(2));
+        d.on_estimate(250_000, t0 + Duration::from_millis(2_100));
+        let start = t0 + Duration::from_secs(8);
+        through_link(&mut d, t0, 2_100_000, 5_900_000, 32_000, 1000, 300_000);
+        assert!(
+            d.maybe_probe(500_000, start),
+            "a probe for 500 kbit/s starts"
+        );
+        // The probe doubles what is sent: 500 kbit/s into 300.
+        let mut queue_us = 0;
+        let mut free_at = 8_000_000i64;
+        let mut at = 8_000_000i64;
+        let mut batch = Vec::new();
+        while d.probe().is_some() && at < 8_600_000 {
+            let seq = d.sent.push(at, 1000);
+            free_at = free_at.max(at) + 1000 * 8 * 1_000_000 / 300_000;
+            queue_us = queue_us.max(free_at - at);
+            batch.push((seq, Some(free_at + 5_000_000)));
+            at += 16_000;
+            if batch.len() == 6 {
+                d.on_transport_feedback(&batch, t0 + Duration::from_micros(at as u64));
+                batch.clear();
+            }
+        }
+        assert_eq!(d.probe(), None, "the probe stopped");
+        assert!(
+            at < 8_400_000,
+            "it stopped {} ms in",
+            (at - 8_000_000) / 1000
+        );
+        assert!(
+            queue_us < 150_000,
+            "its queue reached {} ms",
+            queue_us / 1000
+        );
+        assert!(
+            d.budget() < 300_000,
+            "what the link carried before still holds"
         );
     }
 
