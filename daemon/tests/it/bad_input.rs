@@ -8,26 +8,40 @@ use sfu_proto::signaling::ServerMessage;
 
 use crate::harness::{RawSocket, TestServer};
 
+/// A publish offer of one video section with payload type `$pt`, ending
+/// with `$tail` (the codec and track lines).
+macro_rules! video_offer {
+    ($pt:literal, $tail:literal) => {
+        concat!(
+            "v=0\r\n\
+            o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+            s=-\r\n\
+            t=0 0\r\n\
+            a=group:BUNDLE 0\r\n\
+            a=msid-semantic: WMS\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF ",
+            $pt,
+            "\r\n\
+            c=IN IP4 0.0.0.0\r\n\
+            a=rtcp:9 IN IP4 0.0.0.0\r\n\
+            a=ice-ufrag:abcd\r\n\
+            a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+            a=ice-options:trickle\r\n\
+            a=fingerprint:sha-256 3A:1B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09\r\n\
+            a=setup:actpass\r\n\
+            a=mid:0\r\n\
+            a=sendonly\r\n\
+            a=rtcp-mux\r\n",
+            $tail
+        )
+    };
+}
+
 /// A syntactically valid offer whose only codec is one the server lacks.
-const NO_USABLE_CODEC_OFFER: &str = "v=0\r\n\
-o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
-s=-\r\n\
-t=0 0\r\n\
-a=group:BUNDLE 0\r\n\
-a=msid-semantic: WMS\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 98\r\n\
-c=IN IP4 0.0.0.0\r\n\
-a=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:abcd\r\n\
-a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
-a=ice-options:trickle\r\n\
-a=fingerprint:sha-256 3A:1B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09\r\n\
-a=setup:actpass\r\n\
-a=mid:0\r\n\
-a=sendonly\r\n\
-a=rtcp-mux\r\n\
-a=rtpmap:98 NOTACODEC/90000\r\n\
-a=ssrc:1111 cname:x\r\n";
+const NO_USABLE_CODEC_OFFER: &str = video_offer!(
+    "98",
+    "a=rtpmap:98 NOTACODEC/90000\r\na=ssrc:1111 cname:x\r\n"
+);
 
 #[tokio::test]
 async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
@@ -152,25 +166,8 @@ async fn a_full_room_refuses_and_an_abrupt_close_tells_the_others() {
 
 /// A legal offer whose send section names its track by `a=msid` only, with
 /// no `a=ssrc` lines (as RID simulcast offers and some WHIP clients do).
-const MSID_ONLY_OFFER: &str = "v=0\r\n\
-o=- 4611731400430051337 2 IN IP4 127.0.0.1\r\n\
-s=-\r\n\
-t=0 0\r\n\
-a=group:BUNDLE 0\r\n\
-a=msid-semantic: WMS\r\n\
-m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
-c=IN IP4 0.0.0.0\r\n\
-a=rtcp:9 IN IP4 0.0.0.0\r\n\
-a=ice-ufrag:abcd\r\n\
-a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
-a=ice-options:trickle\r\n\
-a=fingerprint:sha-256 3A:1B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09:1A:2B:3C:4D:5E:6F:70:81:92:A3:B4:C5:D6:E7:F8:09\r\n\
-a=setup:actpass\r\n\
-a=mid:0\r\n\
-a=sendonly\r\n\
-a=msid:stream-1 track-1\r\n\
-a=rtcp-mux\r\n\
-a=rtpmap:96 VP8/90000\r\n";
+const MSID_ONLY_OFFER: &str =
+    video_offer!("96", "a=msid:stream-1 track-1\r\na=rtpmap:96 VP8/90000\r\n");
 
 #[tokio::test]
 async fn an_offer_that_names_its_track_by_msid_alone_is_answered() {

@@ -77,28 +77,32 @@ fn h264_keyframe_start(payload: &[u8]) -> bool {
     };
     match header & 0x1f {
         1..=23 => h264_key_nal(header),
-        24 => {
-            // STAP-A: (16-bit size, NAL unit) pairs after the header byte.
-            let mut rest = &payload[1..];
-            while let [hi, lo, tail @ ..] = rest {
-                let size = usize::from(u16::from_be_bytes([*hi, *lo]));
-                // A size of 0 or past the end: malformed, stop trusting it.
-                if size == 0 || size > tail.len() {
-                    return false;
-                }
-                if h264_key_nal(tail[0]) {
-                    return true;
-                }
-                rest = &tail[size..];
-            }
-            false
-        }
+        24 => stap_a_find(&payload[1..], |nal| h264_key_nal(nal[0])).is_some(),
         // FU-A: the FU header's S bit marks the first fragment.
         28 => payload
             .get(1)
             .is_some_and(|fu| fu & 0x80 != 0 && h264_key_nal(*fu)),
         _ => false,
     }
+}
+
+/// The first NAL unit of an STAP-A (RFC 6184 5.7.1: 16-bit size, NAL unit,
+/// and so on, after the header byte) that `wanted` accepts; `None` when
+/// none does or a size is 0 or runs past the end (malformed: stop trusting
+/// it). `wanted` is only given non-empty units.
+pub(super) fn stap_a_find(mut rest: &[u8], wanted: impl Fn(&[u8]) -> bool) -> Option<&[u8]> {
+    while let [hi, lo, tail @ ..] = rest {
+        let size = usize::from(u16::from_be_bytes([*hi, *lo]));
+        if size == 0 || size > tail.len() {
+            return None;
+        }
+        let (nal, next) = tail.split_at(size);
+        if wanted(nal) {
+            return Some(nal);
+        }
+        rest = next;
+    }
+    None
 }
 
 /// VP9 payload descriptor: B (start of a frame) set and P (inter-picture

@@ -5,7 +5,7 @@
 //! most), without allocating; anything short, malformed or not understood
 //! is `None`, and the layer's size stays unknown.
 
-use super::keyframe::VideoCodec;
+use super::keyframe::{stap_a_find, VideoCodec};
 use super::vp8::Vp8Descriptor;
 
 /// Width and height in pixels the key frame starting with `payload` has.
@@ -94,18 +94,7 @@ fn h264_size(payload: &[u8]) -> Option<(u32, u32)> {
     match header & 0x1f {
         7 => sps_size(&payload[1..]),
         24 => {
-            let mut rest = &payload[1..];
-            while let [hi, lo, tail @ ..] = rest {
-                let size = usize::from(u16::from_be_bytes([*hi, *lo]));
-                if size == 0 || size > tail.len() {
-                    return None;
-                }
-                if tail[0] & 0x1f == 7 {
-                    return sps_size(&tail[1..size]);
-                }
-                rest = &tail[size..];
-            }
-            None
+            stap_a_find(&payload[1..], |nal| nal[0] & 0x1f == 7).and_then(|sps| sps_size(&sps[1..]))
         }
         _ => None,
     }
