@@ -17,6 +17,8 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+#[cfg(test)]
+mod fuzz;
 pub mod logging;
 pub mod media;
 pub mod metrics;

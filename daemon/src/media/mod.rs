@@ -18,7 +18,7 @@ pub(crate) mod peer;
 mod rtcp;
 pub(crate) mod simulcast;
 mod srtp_keys;
-mod twcc;
+pub(crate) mod twcc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

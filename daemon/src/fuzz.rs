@@ -1,0 +1,304 @@
+//! Fuzz targets on stable Rust: a seeded mutation driver feeds every parser
+//! of untrusted input with inputs grown from real ones (`daemon/fuzz/corpus`:
+//! Chromium's publish offers with and without simulcast, and valid messages
+//! and files written here) and with random bytes. A target passes when no
+//! input panics.
+//!
+//! `cargo test` runs a short campaign of each (a few thousand inputs);
+//! `scripts/fuzz SECONDS` runs each target for that long
+//! (`SFUD_FUZZ_SECONDS`), with a fresh seed unless `SFUD_FUZZ_SEED` is set,
+//! and prints how many inputs it ran. A failing input's seed and index are
+//! in the panic message, so it replays.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const CHROMIUM_OFFER: &str = include_str!("../fuzz/corpus/chromium-offer.sdp");
+const CHROMIUM_SIMULCAST_OFFER: &str = include_str!("../fuzz/corpus/chromium-simulcast-offer.sdp");
+
+/// How long, or how many inputs, a campaign runs.
+fn budget(default_inputs: u64) -> (Option<Duration>, u64) {
+    match std::env::var("SFUD_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(secs) => (Some(Duration::from_secs(secs)), u64::MAX),
+        None => (None, default_inputs),
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("SFUD_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            if std::env::var_os("SFUD_FUZZ_SECONDS").is_some() {
+                rand::random()
+            } else {
+                // `cargo test` is repeatable.
+                0x5f_d5_f0_22
+            }
+        })
+}
+
+/// Runs `target` on inputs grown from `corpus` until the budget is spent.
+fn campaign(name: &str, corpus: &[&[u8]], default_inputs: u64, mut target: impl FnMut(&[u8])) {
+    let seed = seed();
+    let (time, inputs) = budget(default_inputs);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut ran = 0u64;
+    while ran < inputs && time.is_none_or(|t| started.elapsed() < t) {
+        let input = grow(&mut rng, corpus);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(&input)));
+        assert!(
+            outcome.is_ok(),
+            "fuzz target {name} panicked on input {ran} of seed {seed}: {:?}",
+            String::from_utf8_lossy(&input)
+        );
+        ran += 1;
+    }
+    if time.is_some() {
+        println!(
+            "fuzz {name}: {ran} inputs in {:.0?}, seed {seed}, no panic",
+            started.elapsed()
+        );
+    }
+}
+
+/// One input: a corpus entry mutated a few times, or random bytes.
+fn grow(rng: &mut StdRng, corpus: &[&[u8]]) -> Vec<u8> {
+    if corpus.is_empty() || rng.random_ratio(1, 10) {
+        let len = rng.random_range(0..512);
+        return (0..len).map(|_| rng.random()).collect();
+    }
+    let mut input = corpus[rng.random_range(0..corpus.len())].to_vec();
+    for _ in 0..rng.random_range(1..=4) {
+        mutate(rng, &mut input, corpus);
+    }
+    input
+}
+
+/// Mutations that find parser bugs: bit flips, cut and repeated runs,
+/// numbers made huge or negative, lines from other inputs.
+fn mutate(rng: &mut StdRng, input: &mut Vec<u8>, corpus: &[&[u8]]) {
+    let len = input.len();
+    match rng.random_range(0..7) {
+        0 if len > 0 => {
+            let at = rng.random_range(0..len);
+            input[at] ^= 1 << rng.random_range(0..8);
+        }
+        1 if len > 0 => {
+            let at = rng.random_range(0..len);
+            let end = (at + rng.random_range(1..64)).min(len);
+            input.drain(at..end);
+        }
+        2 if len > 0 => {
+            let at = rng.random_range(0..len);
+            let end = (at + rng.random_range(1..64)).min(len);
+            let run = input[at..end].to_vec();
+            let to = rng.random_range(0..=input.len());
+            input.splice(to..to, run);
+        }
+        3 => {
+            let to = rng.random_range(0..=len);
+            let number: &[u8] = match rng.random_range(0..5) {
+                0 => b"4294967296",
+                1 => b"-1",
+                2 => b"18446744073709551616",
+                3 => b"0",
+                _ => b"65535",
+            };
+            input.splice(to..to, number.iter().copied());
+        }
+        4 if !corpus.is_empty() => {
+            let other = corpus[rng.random_range(0..corpus.len())];
+            let lines: Vec<&[u8]> = other.split(|b| *b == b'\n').collect();
+            let line = lines[rng.random_range(0..lines.len())];
+            let to = rng.random_range(0..=len);
+            input.splice(to..to, line.iter().copied().chain([b'\n']));
+        }
+        5 if len > 0 => input.truncate(rng.random_range(0..len)),
+        _ => {
+            let to = rng.random_range(0..=len);
+            input.insert(to, rng.random());
+        }
+    }
+}
+
+fn text(input: &[u8]) -> String {
+    String::from_utf8_lossy(input).into_owned()
+}
+
+#[test]
+fn signaling_messages() {
+    use sfu_proto::signaling::ClientMessage;
+    let corpus: &[&[u8]] = &[
+        br#"{"type":"join","room":"r","name":"n","role":"listener","token":"a.b.c","mode":"sfu"}"#,
+        br#"{"type":"offer","pc":"publish","sdp":"v=0\r\n"}"#,
+        br#"{"type":"candidate","pc":"subscribe","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+        br#"{"type":"track_settings","track":"video-7","paused":false,"max_width":320,"max_height":180,"max_layer":1}"#,
+        br#"{"type":"signal","to":"00ff","data":{"sdp":{"type":"offer"}}}"#,
+    ];
+    campaign("signaling_messages", corpus, 20_000, |input| {
+        let _ = serde_json::from_slice::<ClientMessage>(input);
+    });
+}
+
+#[test]
+fn sdp_as_sfud_reads_and_rewrites_it() {
+    use crate::media::peer;
+    let corpus = [
+        CHROMIUM_OFFER.as_bytes(),
+        CHROMIUM_SIMULCAST_OFFER.as_bytes(),
+    ];
+    campaign("sdp_helpers", &corpus, 5_000, |input| {
+        let sdp = text(input);
+        let _ = peer::media_sections(&sdp);
+        let _ = peer::sends_media(&sdp);
+        let _ = peer::first_mid(&sdp);
+        let answer = peer::publish_answer(&sdp);
+        assert!(answer.len() <= sdp.len() + 2 * sdp.lines().count() + 2);
+    });
+}
+
+#[test]
+fn sdp_offers_through_the_webrtc_stack() {
+    use crate::media::peer::{build_connection, Announced, IceTimeouts};
+    use rtc::peer_connection::sdp::RTCSessionDescription;
+    use sfu_proto::signaling::PcKind;
+    let corpus = [
+        CHROMIUM_OFFER.as_bytes(),
+        CHROMIUM_SIMULCAST_OFFER.as_bytes(),
+    ];
+    let announced = [Announced {
+        bound: "127.0.0.1:9".parse().expect("literal"),
+        public: None,
+    }];
+    let timeouts = IceTimeouts {
+        disconnected: Duration::from_secs(2),
+        failed: Duration::from_secs(30),
+    };
+    // Each input builds a peer connection: far fewer than the cheap targets.
+    campaign("sdp_negotiation", &corpus, 300, |input| {
+        let Ok((mut pc, _)) =
+            build_connection(PcKind::Publish, "fuzzufrag", timeouts, &announced, false)
+        else {
+            return;
+        };
+        let Ok(offer) = RTCSessionDescription::offer(text(input)) else {
+            return;
+        };
+        let now = Instant::now();
+        if pc.set_remote_description(now, offer).is_ok() {
+            if let Ok(answer) = pc.create_answer(None) {
+                let _ = pc.set_local_description(now, answer);
+            }
+        }
+    });
+}
+
+#[test]
+fn media_payloads() {
+    use crate::media::simulcast::{frame_size, is_keyframe_start, VideoCodec, Vp8Descriptor};
+    let corpus: &[&[u8]] = &[
+        &[
+            0x90, 0x80, 0x81, 0x23, 0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+            0x00,
+        ],
+        &[0x8a, 0x80, 0x01, 0x10, 0x05, 0x00, 0x02, 0xd0, 0x00],
+        &[
+            0x67, 0x42, 0xc0, 0x1f, 0x8c, 0x8d, 0x40, 0x28, 0x02, 0xdd, 0x00, 0xf0, 0x88, 0x46,
+            0xa0,
+        ],
+        &[
+            0x18, 0x00, 0x04, 0x68, 0xce, 0x3c, 0x80, 0x00, 0x03, 0x67, 0x42, 0xc0,
+        ],
+    ];
+    campaign("media_payloads", corpus, 50_000, |input| {
+        for codec in [
+            VideoCodec::Vp8,
+            VideoCodec::Vp9,
+            VideoCodec::H264,
+            VideoCodec::Av1,
+        ] {
+            let _ = is_keyframe_start(codec, input);
+            let _ = frame_size(codec, input);
+        }
+        if let Some(d) = Vp8Descriptor::parse(input) {
+            let mut copy = input.to_vec();
+            d.write(&mut copy, 0x7fff, 0xff);
+            d.write(&mut copy[..input.len() / 2], 1, 1);
+        }
+    });
+}
+
+#[test]
+fn transport_feedback() {
+    use crate::media::twcc::arrivals;
+    use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+    use rtc::shared::marshal::Unmarshal;
+    // A feedback as Chromium sends it: header, base 1, count 12, deltas.
+    let corpus: &[&[u8]] = &[&[
+        0x8f, 0xcd, 0x00, 0x07, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01, 0x00,
+        0x0c, 0x00, 0x00, 0x10, 0x00, 0x20, 0x0c, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04,
+        0x04, 0x04, 0x00, 0x00,
+    ]];
+    campaign("transport_feedback", corpus, 50_000, |input| {
+        let mut buf = input;
+        if let Ok(fb) = TransportLayerCc::unmarshal(&mut buf) {
+            let got = arrivals(&fb);
+            assert!(got.len() <= usize::from(fb.packet_status_count));
+        }
+    });
+}
+
+#[test]
+fn control_frames() {
+    use sfu_proto::control::frame;
+    use sfu_proto::control::Request;
+    let corpus: &[&[u8]] = &[
+        b"\x00\x00\x00\x2a{\"type\":\"hello\",\"protocol\":1,\"client\":\"t\"}",
+        b"\x00\x00\x00\x11{\"type\":\"status\"}",
+    ];
+    campaign("control_frames", corpus, 20_000, |input| {
+        let _ = frame::read_frame::<_, Request>(&mut std::io::Cursor::new(input));
+    });
+}
+
+#[test]
+fn config_files() {
+    let corpus: &[&[u8]] = &[include_bytes!("../../config/sfud.toml")];
+    campaign("config_files", corpus, 3_000, |input| {
+        let _ = crate::config::Config::parse(&text(input), "fuzz.toml");
+    });
+}
+
+#[test]
+fn join_tokens() {
+    use crate::auth::Authority;
+    use crate::config::{AuthConfig, AuthKey, AuthMode};
+    use sfu_proto::signaling::Role;
+    let auth = Authority::new(&AuthConfig {
+        mode: AuthMode::Token,
+        keys: vec![AuthKey {
+            id: "k1".into(),
+            secret: "0123456789abcdef0123456789abcdef".into(),
+        }],
+    });
+    let token = auth
+        .mint(
+            "room",
+            "name",
+            Role::Speaker,
+            Duration::from_secs(600),
+            false,
+        )
+        .expect("minted");
+    let corpus = [token.as_bytes()];
+    campaign("join_tokens", &corpus, 20_000, |input| {
+        let _ = auth.verify(&text(input));
+    });
+}
