@@ -15,6 +15,7 @@
 //! until the shutdown future resolves.
 
 pub mod auth;
+mod backoff;
 pub mod config;
 pub mod control;
 #[cfg(test)]

@@ -16,12 +16,13 @@ pub mod socket;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::UnixListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::backoff::AcceptBackoff;
 use crate::config::ControlConfig;
 use crate::media::MediaHandle;
 use crate::reload::Reloader;
@@ -33,40 +34,6 @@ pub use access::Peer;
 /// cannot hold them long: a new connection must speak within a second
 /// (`connection::FIRST_FRAME_DEADLINE`).
 const MAX_CONNECTIONS: usize = 256;
-
-/// Longest pause after a failed accept (out of file descriptors, say):
-/// retrying at once would spin a core and log without end.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Pauses between failed accepts, doubling up to [`ACCEPT_BACKOFF_MAX`],
-/// and logs them at most once a second with how many it did not.
-#[derive(Default)]
-struct AcceptBackoff {
-    pause: Duration,
-    logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl AcceptBackoff {
-    fn failed(&mut self, error: &std::io::Error) -> Duration {
-        self.pause = (self.pause * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
-        if self
-            .logged
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            warn!(%error, suppressed = self.unlogged, pause_ms = self.pause.as_millis() as u64, "control socket accept failed; pausing");
-            self.logged = Some(Instant::now());
-            self.unlogged = 0;
-        } else {
-            self.unlogged += 1;
-        }
-        self.pause
-    }
-
-    fn succeeded(&mut self) {
-        self.pause = Duration::ZERO;
-    }
-}
 
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +210,7 @@ impl ControlSocket {
         });
         let access = Arc::new(access);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut backoff = AcceptBackoff::default();
+        let mut backoff = AcceptBackoff::new("control socket");
         info!(socket = %file.path().display(), "control socket ready");
         loop {
             let permit = tokio::select! {
@@ -289,25 +256,5 @@ impl ControlSocket {
         drop(listener);
         drop(file);
         let _ = sampler.await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failed_accepts_pause_longer_each_time_up_to_a_second() {
-        let mut backoff = AcceptBackoff::default();
-        let emfile = std::io::Error::from_raw_os_error(24);
-        let pauses: Vec<Duration> = (0..10).map(|_| backoff.failed(&emfile)).collect();
-        assert_eq!(pauses[0], Duration::from_millis(10));
-        assert_eq!(pauses[1], Duration::from_millis(20));
-        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
-        assert_eq!(pauses[9], ACCEPT_BACKOFF_MAX);
-        // Logged once; the rest counted for the next line.
-        assert_eq!(backoff.unlogged, 9);
-        backoff.succeeded();
-        assert_eq!(backoff.failed(&emfile), Duration::from_millis(10));
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -22,10 +22,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
-use tracing::{debug, warn};
+use tracing::debug;
 
-/// Longest pause after a failed accept.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+use crate::backoff::AcceptBackoff;
 
 /// The limits of the listener (`[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,8 +129,7 @@ pub async fn serve(
     limits: impl Fn() -> ListenerLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut pause = Duration::ZERO;
-    let mut logged: Option<Instant> = None;
+    let mut backoff = AcceptBackoff::new("HTTP listener");
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -139,15 +137,11 @@ pub async fn serve(
         };
         let (stream, remote) = match accepted {
             Ok(accepted) => {
-                pause = Duration::ZERO;
+                backoff.succeeded();
                 accepted
             }
             Err(error) => {
-                pause = (pause * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
-                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    warn!(%error, pause_ms = pause.as_millis() as u64, "HTTP accept failed; pausing");
-                    logged = Some(Instant::now());
-                }
+                let pause = backoff.failed(&error);
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(pause) => continue,
