@@ -64,9 +64,7 @@ impl MediaEngine {
             else {
                 continue;
             };
-            l.wanted_at = now;
-            if l.paused.take().is_some() {
-                l.resumed_at = Some(now);
+            if l.want(now) {
                 changed.push(track);
             }
         }
@@ -76,10 +74,7 @@ impl MediaEngine {
             }
             if source.tap.is_some() {
                 let last = source.layers.len() - 1;
-                let l = &mut source.layers[source.tap_layer.min(last)];
-                l.wanted_at = now;
-                if l.paused.take().is_some() {
-                    l.resumed_at = Some(now);
+                if source.layers[source.tap_layer.min(last)].want(now) {
                     changed.push(*track);
                 }
             }

@@ -96,6 +96,17 @@ impl Layer {
                 .is_some_and(|t| now.saturating_duration_since(t) < RESUME_GRACE)
     }
 
+    /// Someone receives it or waits for it now: true when the publisher
+    /// was told to pause it and must be told to send it again.
+    pub(super) fn want(&mut self, now: Instant) -> bool {
+        self.wanted_at = now;
+        let resumed = self.paused.take().is_some();
+        if resumed {
+            self.resumed_at = Some(now);
+        }
+        resumed
+    }
+
     /// Updates `bitrate_bps` once a second.
     pub(super) fn measure(&mut self, now: Instant) {
         let (since, bytes) = self.rate_mark;
