@@ -15,6 +15,7 @@ mod downlink;
 mod engine;
 mod forward;
 pub(crate) mod peer;
+mod recv;
 mod rtcp;
 pub(crate) mod simulcast;
 mod srtp_keys;

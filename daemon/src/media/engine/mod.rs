@@ -33,7 +33,6 @@ use std::collections::BinaryHeap;
 use rustc_hash::FxHashMap as HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -61,7 +60,6 @@ use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::srtp::context::Context as SrtpContext;
 use sfu_proto::signaling::{CandidateInit, PcKind};
-use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -71,6 +69,7 @@ use super::delay::ForwardDelay;
 use super::downlink::Downlink;
 use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};
+use super::recv::{self, ArrivalClock};
 use super::srtp_keys::KeyTap;
 use super::twcc;
 use super::{
@@ -304,6 +303,7 @@ impl MediaEngine {
                 })?;
             std_socket.set_nonblocking(true)?;
             let socket = UdpSocket::from_std(std_socket)?;
+            recv::enable_timestamps(&socket);
             let bound = socket.local_addr()?;
             // With port 0, every address shares the first one's port where it can.
             port = bound.port();
@@ -352,6 +352,7 @@ impl MediaEngine {
     /// Runs until `shutdown` turns true or every handle is dropped.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut cmsg = recv::cmsg_buffer();
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -363,13 +364,15 @@ impl MediaEngine {
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                r = recv_any(&self.sockets, &mut buf) => {
+                r = recv_any(&self.sockets, &mut buf, &mut cmsg) => {
                     match r {
-                        Ok((sock, len, from)) => {
+                        Ok((sock, got)) => {
                             let now = Instant::now();
+                            let clock = ArrivalClock::now();
                             turn = Some((now, self.stats.rtp_forwarded));
-                            self.on_datagram(sock, from, &buf[..len], now);
-                            self.read_more(&mut buf);
+                            let arrived = clock.arrival(got.stamp, now);
+                            self.on_datagram(sock, got.from, &buf[..got.len], arrived, now);
+                            self.read_more(&mut buf, &mut cmsg, &clock);
                         }
                         Err(e) => warn!(error = %e, "UDP receive failed"),
                     }
@@ -399,16 +402,23 @@ impl MediaEngine {
     }
 
     /// Drains what else is already queued on the sockets, up to a batch.
-    fn read_more(&mut self, buf: &mut [u8]) {
+    fn read_more(
+        &mut self,
+        buf: &mut [u8],
+        cmsg: &mut [u8; recv::CMSG_BYTES],
+        clock: &ArrivalClock,
+    ) {
         for _ in 0..READ_BATCH {
             let mut got = false;
             for sock in 0..self.sockets.len() {
-                match self.sockets[sock].try_recv_from(buf) {
-                    Ok((len, from)) => {
+                match recv::try_recv(&self.sockets[sock], buf, cmsg) {
+                    Ok(r) => {
                         got = true;
                         // Each datagram's own arrival time: the TWCC feedback
                         // publishers estimate their bandwidth from reports it.
-                        self.on_datagram(sock, from, &buf[..len], Instant::now());
+                        let now = Instant::now();
+                        let arrived = clock.arrival(r.stamp, now);
+                        self.on_datagram(sock, r.from, &buf[..r.len], arrived, now);
                         if self.out.len() >= HIGH_WATER {
                             self.out.send(&self.sockets, &mut self.stats);
                         }
@@ -423,7 +433,16 @@ impl MediaEngine {
         }
     }
 
-    fn on_datagram(&mut self, sock: usize, from: SocketAddr, data: &[u8], now: Instant) {
+    /// One datagram in: `arrived` is when the host received it (what TWCC
+    /// feedback reports), `now` when the loop read it.
+    fn on_datagram(
+        &mut self,
+        sock: usize,
+        from: SocketAddr,
+        data: &[u8],
+        arrived: Instant,
+        now: Instant,
+    ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
         let id = match self.by_addr.get(&(sock, from)) {
@@ -447,7 +466,7 @@ impl MediaEngine {
         };
         conn.last_rx = now;
         let msg = TaggedBytesMut {
-            now,
+            now: arrived,
             transport: TransportContext {
                 local_addr: self.local_addrs[sock],
                 peer_addr: from,
@@ -1190,18 +1209,10 @@ fn stun_local_ufrag(data: &[u8]) -> Option<String> {
 async fn recv_any(
     sockets: &[UdpSocket],
     buf: &mut [u8],
-) -> std::io::Result<(usize, usize, SocketAddr)> {
+    cmsg: &mut [u8; recv::CMSG_BYTES],
+) -> std::io::Result<(usize, recv::Received)> {
     if sockets.is_empty() {
         return std::future::pending().await;
     }
-    std::future::poll_fn(|cx| {
-        for (i, s) in sockets.iter().enumerate() {
-            let mut rb = ReadBuf::new(buf);
-            if let Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
-                return Poll::Ready(r.map(|from| (i, rb.filled().len(), from)));
-            }
-        }
-        Poll::Pending
-    })
-    .await
+    std::future::poll_fn(|cx| recv::poll_recv_any(cx, sockets, buf, cmsg)).await
 }
