@@ -237,6 +237,12 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         s.layer_pauses,
     );
     out.counter(
+        "sfud_layer_drops_total",
+        "Times a subscriber's leg moved down on a congested link and stopped its \
+         layer at once instead of at the lower layer's key frame.",
+        s.layer_drops,
+    );
+    out.counter(
         "sfud_layer_switches_total",
         "Times a subscriber started forwarding another simulcast layer of a track.",
         s.layer_switches,

@@ -792,12 +792,11 @@ describe('simulcast: a listener whose downlink is shaped with tc', () => {
     const downAfter = (Date.now() - dropped) / 1000;
     await sleep(5_000);
     const d = await subscribeVideo(lis);
-    // The issue asks under 1 s. Measured: 0.3-0.9 s in most runs, 1.2-1.6 s in about one
-    // in three (the queue stands 0.5 s before sfud calls it congestion, then the lower
-    // layer's key frame crosses it): 2 s here until detection is faster, and the figure
-    // is printed.
+    // Under 1 s, as the issue asks. A queue that grows fast is congestion within about
+    // 0.4 s and the layer the link cannot carry stops at once (sfud_layer_drops_total),
+    // so the lower layer's key frame crosses a short queue: 0.00 s in five runs.
     const frozen = d.freezeSeconds - c.freezeSeconds;
-    assert.ok(frozen < 2, `the drop froze the listener's video for ${frozen.toFixed(2)} s`);
+    assert.ok(frozen < 1, `the drop froze the listener's video for ${frozen.toFixed(2)} s`);
     // At least 5 frames a second over the drop and the 5 s after it (20 when all goes well).
     assert.ok(d.framesDecoded > c.framesDecoded + 25, `the listener kept decoding: ${JSON.stringify([c, d])}`);
     console.log(`# shaped listener at ${limit} kbit/s: up ${upAfter.toFixed(1)} s after the limit lifted (to ${best}), down ${downAfter.toFixed(1)} s after it returned, frozen ${frozen.toFixed(2)} s`);

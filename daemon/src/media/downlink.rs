@@ -44,6 +44,18 @@ const PROBE_HEADROOM: f64 = 1.1;
 /// drains within the window is not.
 const QUEUE_WINDOW_US: i64 = 500_000;
 const STANDING_QUEUE_US: i64 = 40_000;
+/// A queue that grows fast is congestion sooner: every packet of the last
+/// [`DEEP_WINDOW_US`] (and at least [`DEEP_PACKETS`]) delayed by more than
+/// [`DEEP_QUEUE_US`]. That is a link that just narrowed under a layer it
+/// can no longer carry; the half-second rule would let it queue most of a
+/// second of video, which the lower layer's key frame then has to cross.
+/// A key frame's burst would have to fill the link for 0.3 s to match it.
+const DEEP_WINDOW_US: i64 = 200_000;
+const DEEP_QUEUE_US: i64 = 100_000;
+const DEEP_PACKETS: usize = 6;
+/// How long after congestion a move down drops the layer at once rather
+/// than at the lower layer's key frame (`LayerSwitcher::drop_to`).
+const CONGESTED_FOR: Duration = Duration::from_secs(1);
 /// Share of a link's capacity the allocation fills.
 const MARGIN: f64 = 0.85;
 /// With no queue at all, the link is taken to carry this much more than it
@@ -145,6 +157,13 @@ impl Downlink {
     /// the link delivered lately (a lower bound).
     pub(crate) fn estimate(&self) -> Option<u64> {
         self.estimate.or(self.capacity).or(self.delivered)
+    }
+
+    /// Whether congestion was seen in the last [`CONGESTED_FOR`]: a move
+    /// down then cannot wait for the lower layer's key frame.
+    pub(crate) fn congested(&self, now: Instant) -> bool {
+        self.last_congestion
+            .is_some_and(|t| now.saturating_duration_since(t) < CONGESTED_FOR)
     }
 
     /// The probe under way, if any.
@@ -290,6 +309,27 @@ impl Downlink {
             self.probe_delivered = self.probe_delivered.max(rate);
         }
         let queued = span >= QUEUE_WINDOW_US * 4 / 5 && standing > STANDING_QUEUE_US;
+        // The last fifth of a second alone, for a queue that grows fast. Every packet
+        // of it waited, so the link was busy throughout: what arrived over
+        // it is exactly what the link carries.
+        let (mut deep_first, mut deep_least) = (newest, i64::MAX);
+        let (mut deep_bytes, mut deep_packets) = (0u64, 0usize);
+        for (at, size, delay) in self
+            .recent
+            .iter()
+            .rev()
+            .take_while(|(at, _, _)| *at >= newest - DEEP_WINDOW_US)
+        {
+            deep_first = deep_first.min(*at);
+            deep_least = deep_least.min(delay - base);
+            deep_bytes += u64::from(*size);
+            deep_packets += 1;
+        }
+        let deep_span = newest - deep_first;
+        let deep = (deep_span >= DEEP_WINDOW_US * 4 / 5
+            && deep_packets >= DEEP_PACKETS
+            && deep_least > DEEP_QUEUE_US)
+            .then(|| deep_bytes * 8 * 1_000_000 / deep_span as u64);
         // Loss over the last second, not one feedback's handful of packets.
         self.losses.push_back((now, lost, got));
         while self
@@ -305,10 +345,20 @@ impl Downlink {
             .fold((0u32, 0u32), |(l, g), (_, lost, got)| (l + lost, g + got));
         let lossy = lost_s + got_s >= MIN_PACKETS as u32 * 2
             && f64::from(lost_s) > LOSS * f64::from(lost_s + got_s);
-        if queued || lossy {
-            if let Some(rate) = delivered {
-                tracing::debug!(rate, ?lately, standing, lost, got, queued, lossy, capacity = ?self.capacity, probe = ?self.probe.map(|p| p.target), "congestion");
-                self.congestion(lately.map_or(rate, |l| l.min(rate)), now);
+        if queued || lossy || deep.is_some() {
+            // A standing queue or loss: the lower of the last half second's
+            // rate and the last second's (right after the link narrowed,
+            // the second still holds what arrived before). A fast-growing
+            // queue alone: the fifth of a second that queued throughout (the
+            // longer windows still hold the rate before the link narrowed).
+            let rate = if queued || lossy {
+                delivered.map(|d| lately.map_or(d, |l| l.min(d)))
+            } else {
+                deep
+            };
+            if let Some(rate) = rate {
+                tracing::debug!(rate, ?lately, ?deep, standing, lost, got, queued, lossy, capacity = ?self.capacity, probe = ?self.probe.map(|p| p.target), "congestion");
+                self.congestion(rate, now);
             }
         } else if let (Some(rate), Some(capacity)) = (delivered, self.capacity) {
             // No queue for a while: the link carries what it delivers, and
@@ -469,6 +519,46 @@ mod tests {
         through_link(&mut d, t0, 1_000_000, 2_000_000, 10_000, 1000, 400_000);
         let budget = d.budget();
         assert!(budget < 450_000 && budget > 250_000, "budget {budget}");
+    }
+
+    #[test]
+    fn a_link_that_narrows_far_below_the_rate_is_congestion_within_0_4_s() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        // 2.4 Mbit/s of 1200-byte packets on an open link...
+        through_link(&mut d, t0, 0, 2_000_000, 4_000, 1200, 100_000_000);
+        assert!(!d.congested(t0 + Duration::from_secs(2)));
+        // ...then the link drops to 400 kbit/s, and the sender goes on. The
+        // receiver reports every 100 ms what has arrived by then.
+        let mut in_flight = std::collections::VecDeque::new();
+        let (mut free_at, mut sent_at, mut now_us) = (2_000_000i64, 2_000_000i64, 2_000_000i64);
+        let mut seen = None;
+        while now_us < 3_000_000 && seen.is_none() {
+            now_us += 100_000;
+            while sent_at < now_us {
+                let seq = d.sent.push(sent_at, 1200);
+                free_at = free_at.max(sent_at) + 1200 * 8 * 1_000_000 / 400_000;
+                in_flight.push_back((seq, free_at));
+                sent_at += 4_000;
+            }
+            let mut batch = Vec::new();
+            while in_flight.front().is_some_and(|(_, at)| *at <= now_us) {
+                let (seq, at) = in_flight.pop_front().expect("front");
+                batch.push((seq, Some(at + 5_000_000)));
+            }
+            let now = t0 + Duration::from_micros(now_us as u64);
+            d.on_transport_feedback(&batch, now);
+            if d.congested(now) {
+                seen = Some(now_us - 2_000_000);
+            }
+        }
+        let after = seen.expect("the narrowed link is congestion");
+        assert!(after <= 400_000, "seen {after} µs after the drop");
+        let budget = d.budget();
+        assert!(
+            (250_000..=400_000).contains(&budget),
+            "the capacity is the narrow link's: budget {budget}"
+        );
     }
 
     #[test]

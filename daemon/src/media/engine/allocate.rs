@@ -10,7 +10,8 @@
 //! is not sending are skipped. A leg moves down at once and up no sooner
 //! than [`MIN_ON_LAYER`] after its last change, so layers do not flap.
 //! Switches happen at the target layer's next keyframe
-//! (`simulcast::LayerSwitcher`), which the forwarding path asks for.
+//! (`simulcast::LayerSwitcher`), which the forwarding path asks for; a move
+//! down on a congested link stops the layer it leaves at once.
 //!
 //! When the link is known to carry less than the next better allocation,
 //! the subscriber's link is probed for it (see `downlink`).
@@ -181,7 +182,15 @@ impl MediaEngine {
                     if want.is_none() && target.is_some() {
                         stats.layer_pauses += 1;
                     }
-                    sw.set_target(*want);
+                    // Down on a congested link: the layer it cannot carry
+                    // stops now, not at the lower layer's key frame.
+                    let down = sw.current().is_some_and(|c| want.is_none_or(|w| w < c));
+                    if down && conn.downlink.congested(now) {
+                        stats.layer_drops += 1;
+                        sw.drop_to(*want);
+                    } else {
+                        sw.set_target(*want);
+                    }
                     leg.layer_since = Some(now);
                 }
                 current.push(sw.current());

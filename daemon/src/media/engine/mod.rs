@@ -136,6 +136,9 @@ pub struct MediaStats {
     /// Times a subscriber leg of a simulcast track was paused for lack of
     /// room on the subscriber's link.
     pub layer_pauses: u64,
+    /// Times a leg moved down on a congested link stopped its layer at once
+    /// rather than at the lower layer's key frame.
+    pub layer_drops: u64,
     /// Packets sent again for subscribers' NACKs (fast path).
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.

@@ -184,6 +184,16 @@ impl LayerSwitcher {
         }
     }
 
+    /// Like [`LayerSwitcher::set_target`], but the current layer stops at
+    /// once instead of flowing until the target's key frame: for a link
+    /// that cannot carry it, where each packet more deepens the queue that
+    /// key frame must cross. The subscriber's numbering continues over the
+    /// frame cut short, so it asks for none of it again.
+    pub(crate) fn drop_to(&mut self, target: Option<usize>) {
+        self.set_target(None);
+        self.target = target;
+    }
+
     /// The layer asked for with [`LayerSwitcher::set_target`].
     pub(crate) fn target(&self) -> Option<usize> {
         self.target

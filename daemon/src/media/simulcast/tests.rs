@@ -157,6 +157,39 @@ fn switches_up_and_down_continuously() {
 }
 
 #[test]
+fn dropping_to_a_lower_layer_stops_the_current_one_at_once() {
+    let mut sw = LayerSwitcher::new(VideoCodec::Vp8, 90_000);
+    let mut ls = [
+        Layer::new(0, 500, 9_000, 40, 4),
+        Layer::new(1, 30_000, 77, 900, 90),
+    ];
+    sw.set_target(Some(1));
+    let mut last = all(send(&mut sw, &mut ls[1], 2, true, 0))[1];
+    // Half of a frame of layer 1, then the link is found congested.
+    let half = ls[1].frame(4, false);
+    for p in &half[..2] {
+        let m = accept(&mut sw, 1, p, 3000).expect("forwarded");
+        assert_follows(last, m);
+        last = m;
+    }
+    sw.drop_to(Some(0));
+    assert!(sw.wants_keyframe());
+    assert_eq!(sw.current(), None);
+    for p in &half[2..] {
+        assert_eq!(
+            accept(&mut sw, 1, p, 3000),
+            None,
+            "the rest of the frame is dropped"
+        );
+    }
+    assert_eq!(send(&mut sw, &mut ls[1], 2, true, 6000), [None, None]);
+    assert_eq!(send(&mut sw, &mut ls[0], 2, false, 6000), [None, None]);
+    // Layer 0's key frame follows on without a gap.
+    chain(&mut last, send(&mut sw, &mut ls[0], 2, true, 9000));
+    assert_eq!((sw.current(), sw.switches()), (Some(0), 1));
+}
+
+#[test]
 fn numbering_wraps_across_switches() {
     let mut sw = LayerSwitcher::new(VideoCodec::Vp8, 90_000);
     let mut ls = [
