@@ -314,6 +314,7 @@ impl Downlink {
         // it is exactly what the link carries.
         let (mut deep_first, mut deep_least) = (newest, i64::MAX);
         let (mut deep_bytes, mut deep_packets) = (0u64, 0usize);
+        let (mut sent_first, mut sent_last) = (i64::MAX, i64::MIN);
         for (at, size, delay) in self
             .recent
             .iter()
@@ -324,11 +325,18 @@ impl Downlink {
             deep_least = deep_least.min(delay - base);
             deep_bytes += u64::from(*size);
             deep_packets += 1;
+            sent_first = sent_first.min(at - delay);
+            sent_last = sent_last.max(at - delay);
         }
         let deep_span = newest - deep_first;
+        // And the link did not keep up: those packets took longer to arrive
+        // than to send. A stall (the loop's or the receiver's) that let
+        // them out late in one burst shows the other way round.
+        let falling_behind = deep_span * 4 > (sent_last - sent_first) * 5;
         let deep = (deep_span >= DEEP_WINDOW_US * 4 / 5
             && deep_packets >= DEEP_PACKETS
-            && deep_least > DEEP_QUEUE_US)
+            && deep_least > DEEP_QUEUE_US
+            && falling_behind)
             .then(|| deep_bytes * 8 * 1_000_000 / deep_span as u64);
         // Loss over the last second, not one feedback's handful of packets.
         self.losses.push_back((now, lost, got));
@@ -559,6 +567,24 @@ mod tests {
             (250_000..=400_000).contains(&budget),
             "the capacity is the narrow link's: budget {budget}"
         );
+    }
+
+    #[test]
+    fn a_loop_that_falls_behind_and_catches_up_is_not_congestion() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        through_link(&mut d, t0, 0, 2_000_000, 4_000, 1200, 100_000_000);
+        // The loop falls 400 ms behind: what it stamped over 400 ms leaves
+        // late, over 200 ms, as it catches up.
+        let mut batch = Vec::new();
+        for i in 0..100i64 {
+            let seq = d.sent.push(2_000_000 + i * 4_000, 1200);
+            batch.push((seq, Some(2_400_000 + i * 2_000 + 5_000_000)));
+        }
+        let at = t0 + Duration::from_micros(2_700_000);
+        d.on_transport_feedback(&batch, at);
+        assert!(!d.congested(at));
+        assert_eq!(d.budget(), u64::MAX);
     }
 
     #[test]
