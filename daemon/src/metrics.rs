@@ -237,6 +237,12 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         s.layer_pauses,
     );
     out.counter(
+        "sfud_transport_feedback_fast_total",
+        "Subscribers' transport-wide congestion control feedback datagrams sfud \
+         read itself, without the WebRTC stack.",
+        s.feedback_fast,
+    );
+    out.counter(
         "sfud_layer_drops_total",
         "Times a subscriber's leg moved down on a congested link and stopped its \
          layer at once instead of at the lower layer's key frame.",

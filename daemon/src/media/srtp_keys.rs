@@ -76,6 +76,17 @@ impl KeyTap {
     /// DTLS handshake has completed; `None` before, or if what was observed
     /// is not two complete derivations of a known profile.
     pub(crate) fn outgoing_context(&self) -> Option<Context> {
+        self.context(Direction::Outgoing)
+    }
+
+    /// An SRTP context keyed like the connection's incoming one (the
+    /// remote's keys): the fast path reads the subscriber's transport-wide
+    /// feedback with it. As for [`KeyTap::outgoing_context`].
+    pub(crate) fn incoming_context(&self) -> Option<Context> {
+        self.context(Direction::Incoming)
+    }
+
+    fn context(&self, direction: Direction) -> Option<Context> {
         let seen = self
             .crypto
             .seen
@@ -83,10 +94,14 @@ impl KeyTap {
             .unwrap_or_else(PoisonError::into_inner);
         // Outgoing, then incoming: both must be there, or the handshake is
         // not finished (or something unexpected derived keys).
-        let [local, _remote] = seen.as_slice() else {
+        let [local, remote] = seen.as_slice() else {
             return None;
         };
-        let profile = match local.cipher? {
+        let keys = match direction {
+            Direction::Outgoing => local,
+            Direction::Incoming => remote,
+        };
+        let profile = match keys.cipher? {
             SessionCipher::Aead(AeadAlgorithm::Aes128Gcm) => ProtectionProfile::AeadAes128Gcm,
             SessionCipher::Aead(AeadAlgorithm::Aes256Gcm) => ProtectionProfile::AeadAes256Gcm,
             // The 32-bit-tag profiles are not offered (see `peer`), so a
@@ -99,12 +114,12 @@ impl KeyTap {
             }
             _ => return None,
         };
-        if local.master_key.len() != profile.key_len() {
+        if keys.master_key.len() != profile.key_len() {
             return None;
         }
-        let salt = local.first_block.get(..profile.salt_len())?;
+        let salt = keys.first_block.get(..profile.salt_len())?;
         Context::new(
-            &local.master_key,
+            &keys.master_key,
             salt,
             profile,
             None,
@@ -113,6 +128,12 @@ impl KeyTap {
         )
         .ok()
     }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Outgoing,
+    Incoming,
 }
 
 impl RTCCryptoProvider for KeyTap {
@@ -310,6 +331,34 @@ mod tests {
             let protected = ours.encrypt_rtp_with_header(&raw, &header).expect("ours");
             let plain = receiver.decrypt_rtp(&protected).expect("decrypts");
             assert_eq!(&plain[..], &raw[..], "seq {seq}");
+        }
+    }
+
+    #[test]
+    fn observed_incoming_keys_read_what_the_peer_protects() {
+        for profile in [
+            ProtectionProfile::AeadAes128Gcm,
+            ProtectionProfile::Aes128CmHmacSha1_80,
+        ] {
+            let tap = KeyTap::new().expect("provider");
+            handshake(&tap, profile);
+            let mut ours = tap.incoming_context().expect("keys observed");
+            // The peer's outgoing context is keyed like the connection's
+            // incoming one (key 3, salt 4 in `handshake`).
+            let mut peer = Context::new(
+                &vec![3; profile.key_len()],
+                &vec![4; profile.salt_len()],
+                profile,
+                None,
+                None,
+                tap.crypto(),
+            )
+            .expect("the peer's context");
+            // A receiver report: version 2, no report blocks.
+            let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
+            let protected = peer.encrypt_rtcp(&rr).expect("peer protects");
+            let plain = ours.decrypt_rtcp(&protected).expect("we read it");
+            assert_eq!(&plain[..], &rr[..], "{profile:?}");
         }
     }
 

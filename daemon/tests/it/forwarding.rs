@@ -350,6 +350,16 @@ async fn a_simulcast_publisher_is_received_in_the_layer_asked_for() {
         "each layer's packets counted on their own: {t:?}"
     );
     assert!(t.layer_changes >= 2, "switched twice at least: {t:?}");
+    // The listener's transport-wide feedback is read on the fast path, and
+    // its downlink is measured from it.
+    wait_report(&server, &sub_id, "sub's downlink measured", |r| {
+        r.downlink_bps.is_some_and(|bps| bps > 0)
+    })
+    .await;
+    let fast = scrape(&server)
+        .await
+        .get("sfud_transport_feedback_fast_total");
+    assert!(fast > 0.0, "feedback read on the fast path: {fast}");
     assert!(
         publisher.snapshot().keyframe_requests > 0,
         "layer switches asked the publisher for keyframes"

@@ -417,6 +417,7 @@ pub(super) fn start_fast_path(conn: &mut Conn) {
         return;
     }
     conn.srtp = keys.outgoing_context();
+    conn.srtcp_in = keys.incoming_context();
     if conn.srtp.is_none() {
         warn!(peer = %conn.peer, "SRTP keys not observed: forwarding through rtc for this connection");
     }

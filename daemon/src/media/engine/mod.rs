@@ -139,6 +139,8 @@ pub struct MediaStats {
     /// Times a leg moved down on a congested link stopped its layer at once
     /// rather than at the lower layer's key frame.
     pub layer_drops: u64,
+    /// Subscribers' transport-wide feedback datagrams read on the fast path.
+    pub feedback_fast: u64,
     /// Packets sent again for subscribers' NACKs (fast path).
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.
@@ -207,6 +209,9 @@ struct Conn {
     keys: Option<Arc<KeyTap>>,
     /// Subscribe side, once connected: the fast path's SRTP context.
     srtp: Option<SrtpContext>,
+    /// Subscribe side, once connected: the subscriber's keys, to read its
+    /// transport-wide feedback without `rtc` (`twcc::read_feedback`).
+    srtcp_in: Option<SrtpContext>,
     /// Where the connection's DTLS and SRTP go: the selected candidate pair's
     /// remote address, learnt from what `rtc` sends.
     media_dest: Option<(usize, SocketAddr)>,
@@ -468,6 +473,19 @@ impl MediaEngine {
             return;
         };
         conn.last_rx = now;
+        if conn.adaptive {
+            if let Some(feedback) = conn
+                .srtcp_in
+                .as_mut()
+                .and_then(|ctx| twcc::read_feedback(ctx, data))
+            {
+                self.stats.feedback_fast += 1;
+                for arrivals in &feedback {
+                    conn.downlink.on_transport_feedback(arrivals, now);
+                }
+                return;
+            }
+        }
         let msg = TaggedBytesMut {
             now: arrived,
             transport: TransportContext {

@@ -47,6 +47,7 @@ impl MediaEngine {
                 by_ssrc: HashMap::default(),
                 keys,
                 srtp: None,
+                srtcp_in: None,
                 media_dest: None,
                 offer_outstanding: false,
                 negotiated: false,
