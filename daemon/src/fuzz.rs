@@ -201,6 +201,77 @@ fn sdp_offers_through_the_webrtc_stack() {
 }
 
 #[test]
+fn datagrams_through_the_media_engine() {
+    use crate::media::{engine_settings, MediaEngine, PeerId};
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::message::{Message, TransactionId, BINDING_REQUEST};
+    use rtc::stun::textattrs::Username;
+    use std::net::SocketAddr;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _entered = rt.enter();
+    let mut config = crate::config::Config::default();
+    config.rtc.udp_port = 0;
+    let settings = engine_settings(&config, &["127.0.0.1".parse().expect("literal")]);
+    let (mut engine, _handle) = MediaEngine::bind(&settings).expect("binds on loopback");
+    let ufrag = engine
+        .fuzz_publish(PeerId(1), CHROMIUM_OFFER)
+        .expect("Chromium's offer is answered");
+    // A STUN binding request naming the connection: the engine ties the
+    // client's address to it, so that what follows from there reaches the
+    // connection's ICE, DTLS and SRTP (without the ICE password it fails the
+    // integrity check, as a forged one would).
+    let mut stun = Message::new();
+    stun.build(&[
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(Username::new(ATTR_USERNAME, format!("{ufrag}:fuzz"))),
+    ])
+    .expect("builds");
+    let client: SocketAddr = "127.0.0.1:9".parse().expect("literal");
+    let stranger: SocketAddr = "127.0.0.1:7".parse().expect("literal");
+    engine.fuzz_datagram(client, &stun.raw);
+    // Each entry starts with the byte that picks the sender (below).
+    let entries: &[&[u8]] = &[
+        &stun.raw,
+        // A DTLS 1.2 ClientHello record header and the start of its body.
+        &[
+            0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 1, 0, 0, 0x14, 0, 0, 0, 0, 0, 0, 0,
+            0x14, 0xfe, 0xfd,
+        ],
+        // RTP (VP8, payload type 96) and an RTCP receiver report.
+        &[
+            0x90, 0x60, 0x12, 0x34, 0, 0, 0x10, 0, 0xde, 0xad, 0xbe, 0xef, 0x90, 0x80, 0x81,
+        ],
+        &[
+            0x81, 0xc9, 0, 7, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0,
+        ],
+    ];
+    let entries: Vec<Vec<u8>> = entries.iter().map(|e| [&[0u8][..], e].concat()).collect();
+    let corpus: Vec<&[u8]> = entries.iter().map(Vec::as_slice).collect();
+    campaign("media_datagrams", &corpus, 2_000, |input| {
+        // The first byte picks the sender: the connection's address or one
+        // the engine has never heard from.
+        let Some((&who, data)) = input.split_first() else {
+            return;
+        };
+        let from = if who & 1 == 0 { client } else { stranger };
+        engine.fuzz_datagram(from, data);
+    });
+    // Both senders were exercised: the connection's address reached it.
+    let (routed, unroutable) = engine.fuzz_routed();
+    assert!(
+        routed > 0 && unroutable > 0,
+        "{routed} routed, {unroutable} not"
+    );
+    if std::env::var_os("SFUD_FUZZ_SECONDS").is_some() {
+        println!("fuzz media_datagrams: {routed} reached the connection, {unroutable} did not");
+    }
+}
+
+#[test]
 fn media_payloads() {
     use crate::media::simulcast::{frame_size, is_keyframe_start, VideoCodec, Vp8Descriptor};
     let corpus: &[&[u8]] = &[

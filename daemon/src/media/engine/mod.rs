@@ -1237,3 +1237,37 @@ async fn recv_any(
     }
     std::future::poll_fn(|cx| recv::poll_recv_any(cx, sockets, buf, cmsg)).await
 }
+
+/// What the datagram fuzz target (`crate::fuzz`) drives: the engine as its
+/// loop does, without the loop.
+#[cfg(test)]
+impl MediaEngine {
+    /// A publish connection for `peer`, answered from `offer`; the server's
+    /// ICE ufrag, if the offer was answered.
+    pub(crate) fn fuzz_publish(&mut self, peer: PeerId, offer: &str) -> Option<String> {
+        let events: EventSink = Arc::new(|_| {});
+        let answer = self
+            .publish(peer, events, offer.to_owned(), Instant::now())
+            .ok()?;
+        answer
+            .sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
+    }
+
+    /// Datagrams taken in so far: routed to a connection, and not.
+    pub(crate) fn fuzz_routed(&self) -> (u64, u64) {
+        let s = &self.stats;
+        (s.datagrams_in - s.dropped_unroutable, s.dropped_unroutable)
+    }
+
+    /// One datagram from `from` on the first socket, handled and answered
+    /// as the loop would, then the timers that fell due.
+    pub(crate) fn fuzz_datagram(&mut self, from: SocketAddr, data: &[u8]) {
+        let now = Instant::now();
+        self.on_datagram(0, from, data, now, now);
+        self.on_timers(now);
+        self.out.send(&self.sockets, &mut self.stats);
+    }
+}
