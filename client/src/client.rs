@@ -216,7 +216,10 @@ impl Client {
         pc.set_local_description(offer)
             .await
             .map_err(ClientError::webrtc("setting the publish offer"))?;
-        let sdp = local_sdp(pc.as_ref()).await?;
+        let mut sdp = local_sdp(pc.as_ref()).await?;
+        if let Some(munge) = self.shared.options.munge_offer {
+            sdp = munge(&sdp);
+        }
 
         let before = self.snapshot();
         let (errors, client_errors) = (before.errors.len(), before.client_errors.len());

@@ -76,6 +76,10 @@ pub struct ClientOptions {
     /// failed timeouts; `None`: the webrtc crate's defaults. A long one makes
     /// a client that sends media but (almost) no STUN checks, for tests.
     pub ice_keepalive: Option<Duration>,
+    /// Rewrites the publish offer's SDP after it is set locally and before
+    /// it is sent, to test how the server meets a client that lies about
+    /// itself (a fingerprint that is not its certificate's, say).
+    pub munge_offer: Option<fn(&str) -> String>,
 }
 
 impl Default for ClientOptions {
@@ -85,6 +89,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(10),
             latency_histogram: None,
             ice_keepalive: None,
+            munge_offer: None,
         }
     }
 }

@@ -288,6 +288,9 @@ pub enum ErrorCode {
     UnknownPeer,
     /// The participant receives no such track.
     UnknownTrack,
+    /// A media connection's DTLS handshake failed: the certificate the
+    /// client presented is not the one its description's fingerprint names.
+    DtlsFailed,
     /// Something failed inside the server.
     Internal,
 }
@@ -321,6 +324,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::UnknownPeer => "unknown_peer",
             Self::UnknownTrack => "unknown_track",
+            Self::DtlsFailed => "dtls_failed",
             Self::Internal => "internal",
         }
     }
@@ -406,6 +410,7 @@ mod tests {
             ErrorCode::RoomFull,
             ErrorCode::OutOfOrder,
             ErrorCode::UnknownTrack,
+            ErrorCode::DtlsFailed,
         ] {
             let json = serde_json::to_string(&code).expect("serializes");
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -105,6 +105,17 @@ pub struct TrackPrefs {
     pub max_layer: Option<u8>,
 }
 
+/// Why a media connection was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostCause {
+    /// It failed or closed: ICE did not complete in time, or nothing more
+    /// was received.
+    Failed,
+    /// Its DTLS handshake failed: the peer's certificate is not the one its
+    /// description's fingerprint names.
+    Dtls,
+}
+
 /// What media reports to the room that owns a peer.
 #[derive(Debug)]
 pub enum MediaEvent {
@@ -123,6 +134,8 @@ pub enum MediaEvent {
         peer: PeerId,
         /// Which of its two connections.
         pc: PcKind,
+        /// Why.
+        cause: LostCause,
     },
     /// Which layers of a simulcast track anyone receives changed: the
     /// publisher should send just those.

@@ -58,22 +58,19 @@ pub(crate) struct Announced {
     pub public: Option<std::net::IpAddr>,
 }
 
-/// Builds a server peer connection with its own ICE credentials; with
-/// `observe_keys`, also the tap that learns its outgoing SRTP keys, for the
-/// forwarding fast path (see `srtp_keys`).
+/// Builds a server peer connection with its own ICE credentials, and the
+/// tap on its crypto provider (see `srtp_keys`): it learns the SRTP keys,
+/// which the forwarding fast path uses where `fast_path` (the SRTP profiles
+/// are then the ones it can tell apart), and sees the certificates checked.
 pub(crate) fn build_connection(
     kind: PcKind,
     ufrag: &str,
     timeouts: IceTimeouts,
     announced: &[Announced],
-    observe_keys: bool,
-) -> Result<(RTCPeerConnection, Option<Arc<KeyTap>>), MediaError> {
+    fast_path: bool,
+) -> Result<(RTCPeerConnection, Arc<KeyTap>), MediaError> {
     let internal = |e: rtc::shared::error::Error| MediaError::Internal(e.to_string());
-    let keys = if observe_keys {
-        Some(KeyTap::new().map_err(|e| MediaError::Internal(e.to_string()))?)
-    } else {
-        None
-    };
+    let keys = KeyTap::new().map_err(|e| MediaError::Internal(e.to_string()))?;
     let mut settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), rtc::ice::rand::generate_pwd())
@@ -83,17 +80,16 @@ pub(crate) fn build_connection(
             Some(timeouts.failed),
             Some(Duration::from_secs(2)),
         );
-    if let Some(keys) = &keys {
+    settings = settings.with_crypto_provider(keys.clone());
+    if fast_path {
         // The 32-bit-tag profile is left out so the fast path can tell the
         // counter-mode profile from the keys alone; browsers offer GCM and
         // the 80-bit one.
-        settings = settings
-            .with_crypto_provider(keys.clone())
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-            ]);
+        settings = settings.with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ]);
     }
     let settings = settings.build();
     let mut codecs = CodecRegistry::default();
@@ -372,6 +368,25 @@ fn split_sections(sdp: &str) -> Vec<Vec<&str>> {
     sections
 }
 
+/// The SHA-256 certificate fingerprints an SDP names (`a=fingerprint:`),
+/// as bytes; malformed ones are skipped.
+pub(crate) fn sha256_fingerprints(sdp: &str) -> Vec<Vec<u8>> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=fingerprint:"))
+        .filter_map(|f| {
+            let (algorithm, hex) = f.split_once(' ')?;
+            if !algorithm.eq_ignore_ascii_case("sha-256") {
+                return None;
+            }
+            let bytes: Option<Vec<u8>> = hex
+                .split(':')
+                .map(|b| u8::from_str_radix(b, 16).ok())
+                .collect();
+            bytes.filter(|b| b.len() == 32)
+        })
+        .collect()
+}
+
 /// A fresh ICE username fragment, unique enough to route by.
 pub(crate) fn new_ufrag() -> String {
     rtc::ice::rand::generate_ufrag()
@@ -426,6 +441,21 @@ mod tests {
         assert!(sections[3].starts_with("video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"));
         assert!(sections[3].contains("a=fmtp:97 apt=96\r\n"));
         assert!(got.starts_with("v=0\r\n") && got.ends_with("apt=96\r\n"));
+    }
+
+    #[test]
+    fn sha256_fingerprints_are_read_as_bytes_and_others_skipped() {
+        let hex: Vec<String> = (0..32u8).map(|b| format!("{b:02X}")).collect();
+        let sdp = format!(
+            "v=0\r\na=fingerprint:sha-256 {}\r\na=fingerprint:sha-1 AA:BB\r\n\
+             a=fingerprint:sha-256 ZZ:00\r\na=fingerprint:SHA-256 {}\r\n",
+            hex.join(":"),
+            hex[..31].join(":")
+        );
+        assert_eq!(
+            sha256_fingerprints(&sdp),
+            vec![(0..32u8).collect::<Vec<u8>>()]
+        );
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub(crate) struct KeyTap {
 struct TapCrypto {
     inner: Arc<dyn RTCCryptoProvider>,
     seen: Mutex<Vec<Derivation>>,
+    /// SHA-256 digests of the certificates hashed through the provider:
+    /// `rtc` hashes its own to describe it and the peer's to check it
+    /// against the description's fingerprint.
+    certificates: Mutex<Vec<Vec<u8>>>,
 }
 
 impl KeyTap {
@@ -68,6 +72,7 @@ impl KeyTap {
             crypto: TapCrypto {
                 inner,
                 seen: Mutex::new(Vec::new()),
+                certificates: Mutex::new(Vec::new()),
             },
         })
     }
@@ -84,6 +89,20 @@ impl KeyTap {
     /// feedback with it. As for [`KeyTap::outgoing_context`].
     pub(crate) fn incoming_context(&self) -> Option<Context> {
         self.context(Direction::Incoming)
+    }
+
+    /// Whether a certificate was hashed whose SHA-256 digest is none of
+    /// `fingerprints` (the local and the remote description's). `rtc` 0.21
+    /// then fails the DTLS handshake on the peer's certificate, but says so
+    /// only in its log (see docs/security.md); this is how the engine
+    /// learns it.
+    pub(crate) fn foreign_certificate(&self, fingerprints: &[Vec<u8>]) -> bool {
+        self.crypto
+            .certificates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|digest| !fingerprints.contains(digest))
     }
 
     fn context(&self, direction: Direction) -> Option<Context> {
@@ -169,6 +188,28 @@ impl TapCrypto {
         }
     }
 
+    /// Keeps the digest of `data` if it is a DER certificate (a SEQUENCE
+    /// with a two-byte length that spans it exactly): handshake transcripts
+    /// hashed through the same call never start that way.
+    fn note_certificate(&self, algorithm: HashAlgorithm, data: &[u8], digest: &[u8]) {
+        let [0x30, 0x82, hi, lo, ..] = data else {
+            return;
+        };
+        if algorithm != HashAlgorithm::Sha256
+            || usize::from(u16::from_be_bytes([*hi, *lo])) + 4 != data.len()
+        {
+            return;
+        }
+        let mut certificates = self
+            .certificates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded: a connection has two certificates.
+        if certificates.len() < 4 && !certificates.iter().any(|c| c == digest) {
+            certificates.push(digest.to_vec());
+        }
+    }
+
     fn note_cipher(&self, cipher: SessionCipher) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(last) = seen.last_mut() {
@@ -183,7 +224,9 @@ impl RTCCrypto for TapCrypto {
     }
 
     fn hash(&self, algorithm: HashAlgorithm, data: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.crypto().hash(algorithm, data)
+        let digest = self.inner.crypto().hash(algorithm, data)?;
+        self.note_certificate(algorithm, data, &digest);
+        Ok(digest)
     }
 
     fn block_encrypt(
@@ -360,6 +403,27 @@ mod tests {
             let plain = ours.decrypt_rtcp(&protected).expect("we read it");
             assert_eq!(&plain[..], &rr[..], "{profile:?}");
         }
+    }
+
+    #[test]
+    fn a_certificate_hashed_that_no_description_names_is_foreign() {
+        let tap = KeyTap::new().expect("provider");
+        // A DER SEQUENCE with a two-byte length, as certificates are.
+        let mut cert = vec![0x30, 0x82, 0x01, 0x00];
+        cert.extend(std::iter::repeat_n(7u8, 0x100));
+        let digest = tap
+            .crypto()
+            .hash(HashAlgorithm::Sha256, &cert)
+            .expect("hashes");
+        assert!(!tap.foreign_certificate(std::slice::from_ref(&digest)));
+        assert!(tap.foreign_certificate(&[vec![0; 32]]));
+        // What is not a certificate (a handshake transcript) is not kept.
+        let other = KeyTap::new().expect("provider");
+        other
+            .crypto()
+            .hash(HashAlgorithm::Sha256, &[1, 0, 0, 4, 1, 2, 3, 4])
+            .expect("hashes");
+        assert!(!other.foreign_certificate(&[]));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::report::{PeerDetail, RoomDetail, RoomSummary};
 use super::state::Room;
 use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomEvent, RoomMsg};
-use crate::media::{EventSink, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
+use crate::media::{EventSink, LostCause, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
 
 pub(crate) struct RoomActor {
     room: Room,
@@ -511,10 +511,23 @@ impl RoomActor {
                     self.renegotiate_all().await;
                 }
             }
-            MediaEvent::ConnectionLost { peer, pc } => {
+            MediaEvent::ConnectionLost { peer, pc, cause } => {
                 if self.room.member(peer).is_some() {
-                    let why = format!("the {pc:?} connection failed (ICE or DTLS)").to_lowercase();
-                    self.remove(peer, Some((ErrorCode::Internal, why))).await;
+                    let pc = format!("{pc:?}").to_lowercase();
+                    let error = match cause {
+                        LostCause::Failed => (
+                            ErrorCode::Internal,
+                            format!("the {pc} connection failed (ICE or DTLS)"),
+                        ),
+                        LostCause::Dtls => (
+                            ErrorCode::DtlsFailed,
+                            format!(
+                                "the {pc} connection's DTLS handshake failed: the certificate \
+                                 presented is not the one the description's fingerprint names"
+                            ),
+                        ),
+                    };
+                    self.remove(peer, Some(error)).await;
                 }
             }
             MediaEvent::LayersWanted {

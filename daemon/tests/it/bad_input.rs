@@ -491,3 +491,71 @@ async fn silent_and_excess_connections_are_closed_and_a_call_carries_on() {
     drop(alice);
     server.stop().await;
 }
+
+/// `sdp` with the first hex digit of its sha-256 fingerprint changed: a
+/// description that names a certificate the client does not present.
+fn wrong_fingerprint(sdp: &str) -> String {
+    sdp.split("\r\n")
+        .map(|line| match line.strip_prefix("a=fingerprint:sha-256 ") {
+            Some(hex) => {
+                let first = if hex.starts_with('0') { '1' } else { '0' };
+                format!("a=fingerprint:sha-256 {first}{}", &hex[1..])
+            }
+            None => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fingerprint_that_is_not_the_clients_certificate_is_reported_at_once() {
+    let server = TestServer::start().await;
+    let (alice, _) = crate::harness::speaker(&server, "dtls", "alice").await;
+    let options = sfu_client::ClientOptions {
+        munge_offer: Some(wrong_fingerprint),
+        ..Default::default()
+    };
+    let mallory = sfu_client::Client::connect_with(&server.ws_url(), options)
+        .await
+        .expect("connects");
+    let mallory_id = mallory
+        .join("dtls", "mallory", sfu_proto::signaling::Role::Speaker)
+        .await
+        .expect("joins")
+        .peer_id;
+    let started = std::time::Instant::now();
+    // The answer comes before DTLS: the handshake fails after it.
+    mallory
+        .publish(sfu_client::PublishOptions::default())
+        .await
+        .expect("answered");
+    let s = mallory
+        .wait_for(Duration::from_secs(8), "dtls_failed", |s| {
+            s.has_error(sfu_proto::signaling::ErrorCode::DtlsFailed)
+        })
+        .await
+        .expect("the failed handshake is reported");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "reported after {took:?}, not at the connect deadline: {:?}",
+        s.errors
+    );
+    // The room goes on without mallory: alice hears that she left.
+    alice
+        .wait_for(Duration::from_secs(5), "mallory gone", |s| {
+            s.saw_peer_left(&mallory_id)
+        })
+        .await
+        .expect("mallory leaves the room");
+    // A client whose fingerprint is its own connects as ever.
+    let (bob, _) = crate::harness::speaker(&server, "dtls", "bob").await;
+    bob.wait_for(
+        crate::harness::MEDIA_DEADLINE,
+        "bob's publish connection up",
+        |s| s.publish_state == "connected",
+    )
+    .await
+    .expect("bob connects");
+    server.stop().await;
+}

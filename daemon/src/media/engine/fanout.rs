@@ -410,12 +410,10 @@ fn skip_padding(
 /// being disconnected keeps its context: the rollover counters it holds
 /// must go on where they were.
 pub(super) fn start_fast_path(conn: &mut Conn) {
-    let Some(keys) = &conn.keys else {
-        return;
-    };
-    if conn.srtp.is_some() {
+    if !conn.fast_path || conn.srtp.is_some() {
         return;
     }
+    let keys = &conn.keys;
     conn.srtp = keys.outgoing_context();
     conn.srtcp_in = keys.incoming_context();
     if conn.srtp.is_none() {

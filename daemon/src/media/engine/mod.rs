@@ -73,9 +73,9 @@ use super::recv::{self, ArrivalClock};
 use super::srtp_keys::KeyTap;
 use super::twcc;
 use super::{
-    Codec, ConnectionReport, EventSink, LayerReport, MediaCommand, MediaError, MediaEvent,
-    MediaHandle, MediaKind, Negotiated, PeerId, PeerMediaReport, ReceivedLayerReport, Tap,
-    TapEvent, TrackId, TrackInfo, TrackReport,
+    Codec, ConnectionReport, EventSink, LayerReport, LostCause, MediaCommand, MediaError,
+    MediaEvent, MediaHandle, MediaKind, Negotiated, PeerId, PeerMediaReport, ReceivedLayerReport,
+    Tap, TapEvent, TrackId, TrackInfo, TrackReport,
 };
 
 /// How long a negotiated connection may take to finish ICE and DTLS. ICE
@@ -205,8 +205,14 @@ struct Conn {
     legs: HashMap<TrackId, Leg>,
     /// Subscribe side: SSRC announced to the subscriber -> track.
     by_ssrc: HashMap<u32, TrackId>,
-    /// Subscribe side: learns the outgoing SRTP keys (see `srtp_keys`).
-    keys: Option<Arc<KeyTap>>,
+    /// The tap on the connection's crypto provider: its SRTP keys and the
+    /// certificates checked (see `srtp_keys`).
+    keys: Arc<KeyTap>,
+    /// Subscribe side: whether forwarded media goes out on the fast path.
+    fast_path: bool,
+    /// The certificate fingerprints its descriptions name, local and remote:
+    /// a certificate hashed that is none of them failed the DTLS handshake.
+    fingerprints: Vec<Vec<u8>>,
     /// Subscribe side, once connected: the fast path's SRTP context.
     srtp: Option<SrtpContext>,
     /// Subscribe side, once connected: the subscriber's keys, to read its
@@ -499,6 +505,24 @@ impl MediaEngine {
         if let Err(e) = conn.pc.handle_read(msg) {
             debug!(peer = %conn.peer, pc = ?conn.kind, error = %e, "datagram rejected");
         }
+        if !conn.connected && !conn.lost && conn.keys.foreign_certificate(&conn.fingerprints) {
+            // `rtc` 0.21 fails the handshake without a word (it logs the
+            // error and leaves the transport "connecting"): without this the
+            // client would wait for the connect deadline.
+            conn.lost = true;
+            let (peer, pc) = (conn.peer, conn.kind);
+            warn!(%peer, ?pc, "DTLS handshake failed: the peer's certificate is not the one its description names");
+            self.drive(id, now);
+            self.emit(
+                peer,
+                MediaEvent::ConnectionLost {
+                    peer,
+                    pc,
+                    cause: LostCause::Dtls,
+                },
+            );
+            return;
+        }
         self.drive(id, now);
     }
 
@@ -593,7 +617,14 @@ impl MediaEngine {
             } else {
                 warn!(%peer, ?pc, "connection did not complete ICE and DTLS in time");
             }
-            self.emit(peer, MediaEvent::ConnectionLost { peer, pc });
+            self.emit(
+                peer,
+                MediaEvent::ConnectionLost {
+                    peer,
+                    pc,
+                    cause: LostCause::Failed,
+                },
+            );
         }
         for s in self.sources.values_mut() {
             for layer in &mut s.layers {
@@ -670,7 +701,14 @@ impl MediaEngine {
                 if !conn.lost {
                     conn.lost = true;
                     info!(%peer, pc = ?kind, %state, "connection lost");
-                    self.emit(peer, MediaEvent::ConnectionLost { peer, pc: kind });
+                    self.emit(
+                        peer,
+                        MediaEvent::ConnectionLost {
+                            peer,
+                            pc: kind,
+                            cause: LostCause::Failed,
+                        },
+                    );
                 }
             }
             // Keep forwarding while disconnected: a consent check that is late

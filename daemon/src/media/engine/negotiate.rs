@@ -25,9 +25,9 @@ impl MediaEngine {
         events: EventSink,
     ) -> Result<ConnId, MediaError> {
         let ufrag = peer::new_ufrag();
-        let observe_keys = kind == PcKind::Subscribe && self.fast_path;
+        let fast_path = kind == PcKind::Subscribe && self.fast_path;
         let (pc, keys) =
-            peer::build_connection(kind, &ufrag, self.timeouts, &self.announced, observe_keys)?;
+            peer::build_connection(kind, &ufrag, self.timeouts, &self.announced, fast_path)?;
         let id = self.next_conn;
         self.next_conn += 1;
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -46,6 +46,8 @@ impl MediaEngine {
                 legs: HashMap::default(),
                 by_ssrc: HashMap::default(),
                 keys,
+                fast_path,
+                fingerprints: Vec::new(),
                 srtp: None,
                 srtcp_in: None,
                 media_dest: None,
@@ -99,9 +101,11 @@ impl MediaEngine {
         now: Instant,
     ) -> Result<Negotiated, MediaError> {
         let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        let remote = peer::sha256_fingerprints(&offer.sdp);
         conn.pc
             .set_remote_description(now, offer)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        conn.fingerprints.extend(remote);
         let answer = conn
             .pc
             .create_answer(None)
@@ -258,9 +262,11 @@ impl MediaEngine {
         }
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let remote = peer::sha256_fingerprints(&answer.sdp);
         conn.pc
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        conn.fingerprints.extend(remote);
         conn.offer_outstanding = false;
         conn.negotiated = true;
         if !conn.connected && conn.connect_by.is_none() {
@@ -406,6 +412,7 @@ fn describe(
         .local_description()
         .map(|d| d.sdp)
         .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+    conn.fingerprints.extend(peer::sha256_fingerprints(&sdp));
     let candidates = if conn.candidates_sent {
         Vec::new()
     } else {
