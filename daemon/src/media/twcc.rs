@@ -68,8 +68,7 @@ pub(crate) type Arrivals = Vec<(u16, Option<i64>)>;
 /// for anything else, which `rtc` then reads as before (a datagram that
 /// does not start with transport-wide feedback is not even decrypted).
 /// Through `rtc` each feedback crossed its SRTCP, interceptor and stats
-/// stages, one datagram per subscriber every 100 ms: the largest cost a
-/// simulcast subscriber added.
+/// stages (a string allocated per datagram among them).
 pub(crate) fn read_feedback(srtcp: &mut Context, datagram: &[u8]) -> Option<Vec<Arrivals>> {
     // RTCP version 2, transport-layer feedback (205), format 15.
     let [first, kind, ..] = datagram else {

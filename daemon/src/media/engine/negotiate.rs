@@ -101,11 +101,11 @@ impl MediaEngine {
         now: Instant,
     ) -> Result<Negotiated, MediaError> {
         let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
-        let remote = peer::sha256_fingerprints(&offer.sdp);
+        let remote = offer.sdp.clone();
         conn.pc
             .set_remote_description(now, offer)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        conn.fingerprints.extend(remote);
+        note_fingerprints(conn, &remote);
         let answer = conn
             .pc
             .create_answer(None)
@@ -262,11 +262,11 @@ impl MediaEngine {
         }
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let remote = peer::sha256_fingerprints(&answer.sdp);
+        let remote = answer.sdp.clone();
         conn.pc
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        conn.fingerprints.extend(remote);
+        note_fingerprints(conn, &remote);
         conn.offer_outstanding = false;
         conn.negotiated = true;
         if !conn.connected && conn.connect_by.is_none() {
@@ -412,7 +412,7 @@ fn describe(
         .local_description()
         .map(|d| d.sdp)
         .ok_or_else(|| MediaError::Internal("no local description".into()))?;
-    conn.fingerprints.extend(peer::sha256_fingerprints(&sdp));
+    note_fingerprints(conn, &sdp);
     let candidates = if conn.candidates_sent {
         Vec::new()
     } else {
@@ -420,4 +420,14 @@ fn describe(
         peer::trickle_candidates(announced, &sdp, &conn.ufrag)
     };
     Ok(Negotiated { sdp, candidates })
+}
+
+/// Remembers the certificate fingerprints a description applied to `conn`
+/// names, once each (every renegotiation repeats them).
+fn note_fingerprints(conn: &mut Conn, sdp: &str) {
+    for f in peer::sha256_fingerprints(sdp) {
+        if !conn.fingerprints.contains(&f) {
+            conn.fingerprints.push(f);
+        }
+    }
 }
