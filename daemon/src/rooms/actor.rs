@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use sfu_proto::signaling::{ErrorCode, IceServer, PcKind, Role, RoomMode, ServerMessage};
+use sfu_proto::signaling::{
+    CandidateInit, ErrorCode, IceServer, PcKind, Role, RoomMode, ServerMessage,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -153,14 +155,19 @@ impl RoomActor {
                 candidate,
                 reply,
             } => {
-                let r = match candidate {
-                    None => Ok(()),
-                    Some(c) => self
-                        .media
-                        .remote_candidate(peer, pc, c)
-                        .await
-                        .map_err(refusal),
-                };
+                // `null` ends the client's candidates: like a candidate, it
+                // is out of order before the connection's description.
+                let c = candidate.unwrap_or_else(|| CandidateInit {
+                    candidate: String::new(),
+                    sdp_mid: None,
+                    sdp_m_line_index: None,
+                    username_fragment: None,
+                });
+                let r = self
+                    .media
+                    .remote_candidate(peer, pc, c)
+                    .await
+                    .map_err(refusal);
                 let _ = reply.send(r);
             }
             RoomMsg::Leave { peer } => self.remove(peer, None).await,

@@ -113,6 +113,10 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     ws.expect_error("out_of_order").await;
     ws.send_json(json!({"type":"candidate","pc":"subscribe","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0"}})).await;
     ws.expect_error("out_of_order").await;
+    // The end of candidates, before any description, is out of order too.
+    ws.send_json(json!({"type":"candidate","pc":"publish","candidate":null}))
+        .await;
+    ws.expect_error("out_of_order").await;
     ws.send_json(json!({"type":"offer","pc":"subscribe","sdp":"v=0"}))
         .await;
     ws.expect_error("bad_request").await;
