@@ -18,4 +18,4 @@ if [ ! -x "$SFUD_BIN" ]; then
 fi
 
 cd "$here"
-exec unshare -n sh -c 'ip link set lo up && exec node --test "$@"' sh "$@"
+exec unshare -n sh -c 'ip link set lo up && exec node --test --test-concurrency=1 "$@"' sh "$@"
