@@ -1,8 +1,9 @@
-//! The SRTP keys of a subscribe connection, for the forwarding fast path.
+//! The SRTP keys of a connection, for the forwarding fast path, and the
+//! certificates its DTLS handshake checked.
 //!
 //! `rtc` 0.21 keeps each connection's SRTP contexts to itself, and every
 //! packet written through it crosses the whole interceptor chain: about two
-//! thirds of the cost of a forwarded packet (docs/bench/analysis.md). The
+//! thirds of the cost of a forwarded packet (bench/analysis.md). The
 //! fast path protects forwarded RTP itself, with an SRTP context of its own
 //! keyed like `rtc`'s outgoing one. The keys come through the one public
 //! door `rtc` has for them, the crypto provider: when the DTLS handshake
@@ -12,6 +13,12 @@
 //! being the master salt itself (label 0, index 0). [`KeyTap`] wraps the
 //! real provider, passes every call through unchanged and remembers the
 //! master key, the first block and the cipher the context then asks for.
+//!
+//! The same tap, on every connection, sees the certificates `rtc` hashes:
+//! its own, to describe it, and the peer's, to check it against the
+//! description's fingerprint. `rtc` 0.21 fails a handshake whose check
+//! fails without saying so through its API, so the engine asks the tap
+//! ([`KeyTap::foreign_certificate`]).
 //!
 //! This reads an internal order of `rtc` (outgoing context first, session
 //! key first): `rtc` is pinned to one version, the unit tests below check
