@@ -159,11 +159,9 @@ impl ArrivalClock {
                 (-offset_ns).min(i128::from(u32::MAX)) as u64
             ))
         };
-        match at {
-            Some(at) if at <= read && read.duration_since(at) <= MAX_AGE => at,
-            Some(at) if at > read && at.duration_since(read) <= MAX_AGE => read,
-            _ => read,
-        }
+        // Not later than the read, nor older than MAX_AGE before it.
+        at.filter(|at| *at <= read && read.duration_since(*at) <= MAX_AGE)
+            .unwrap_or(read)
     }
 }
 

@@ -101,11 +101,11 @@ impl MediaEngine {
         now: Instant,
     ) -> Result<Negotiated, MediaError> {
         let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
-        let remote = offer.sdp.clone();
+        let remote = peer::sha256_fingerprints(&offer.sdp);
         conn.pc
             .set_remote_description(now, offer)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        note_fingerprints(conn, &remote);
+        note_fingerprints(conn, remote);
         let answer = conn
             .pc
             .create_answer(None)
@@ -262,11 +262,11 @@ impl MediaEngine {
         }
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        let remote = answer.sdp.clone();
+        let remote = peer::sha256_fingerprints(&answer.sdp);
         conn.pc
             .set_remote_description(now, answer)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
-        note_fingerprints(conn, &remote);
+        note_fingerprints(conn, remote);
         conn.offer_outstanding = false;
         conn.negotiated = true;
         if !conn.connected && conn.connect_by.is_none() {
@@ -412,7 +412,7 @@ fn describe(
         .local_description()
         .map(|d| d.sdp)
         .ok_or_else(|| MediaError::Internal("no local description".into()))?;
-    note_fingerprints(conn, &sdp);
+    note_fingerprints(conn, peer::sha256_fingerprints(&sdp));
     let candidates = if conn.candidates_sent {
         Vec::new()
     } else {
@@ -424,8 +424,8 @@ fn describe(
 
 /// Remembers the certificate fingerprints a description applied to `conn`
 /// names, once each (every renegotiation repeats them).
-fn note_fingerprints(conn: &mut Conn, sdp: &str) {
-    for f in peer::sha256_fingerprints(sdp) {
+fn note_fingerprints(conn: &mut Conn, fingerprints: Vec<Vec<u8>>) {
+    for f in fingerprints {
         if !conn.fingerprints.contains(&f) {
             conn.fingerprints.push(f);
         }
