@@ -157,6 +157,15 @@ impl Leg {
         }
     }
 
+    /// The layers of its track this leg takes packets of, one bit each: a
+    /// simulcast leg the one it forwards and the one it waits to switch to
+    /// (none while paused), any other leg every packet of its track.
+    pub(crate) fn layer_interest(&self) -> u32 {
+        self.switcher
+            .as_ref()
+            .map_or(u32::MAX, LayerSwitcher::interest)
+    }
+
     /// Resumes a held leg with the packet `source_seq` (a key frame's
     /// first): the subscriber sees the numbers run on from the last packet
     /// it got, with no gap to ask retransmissions for.

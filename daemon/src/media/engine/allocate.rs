@@ -47,7 +47,9 @@ impl MediaEngine {
         // Layers some leg forwards or waits for: the publisher must go on
         // sending them (see `layers`).
         let mut wanted: Vec<(TrackId, usize)> = Vec::new();
-        for conn in self.conns.values_mut() {
+        // Legs whose target changed, with the layers they now take packets of.
+        let mut retargeted: Vec<(TrackId, ConnId, u32)> = Vec::new();
+        for (&id, conn) in self.conns.iter_mut() {
             // Only subscribers of simulcast tracks have layers to choose (and
             // this runs ten times a second for every subscriber).
             if conn.kind != PcKind::Subscribe || conn.legs.values().all(|l| l.switcher.is_none()) {
@@ -125,6 +127,7 @@ impl MediaEngine {
                     debug!(peer = %conn.peer, track = track.0, "paused by the subscriber");
                     sw.set_target(None);
                     leg.layer_since = Some(now);
+                    retargeted.push((*track, id, sw.interest()));
                 }
             }
             if tracks.is_empty() {
@@ -192,6 +195,7 @@ impl MediaEngine {
                         sw.set_target(*want);
                     }
                     leg.layer_since = Some(now);
+                    retargeted.push((*track, id, sw.interest()));
                 }
                 current.push(sw.current());
                 wanted.extend(
@@ -237,6 +241,11 @@ impl MediaEngine {
                 }
                 None => 0.0,
             };
+        }
+        for (track, id, layers) in retargeted {
+            if let Some(source) = self.sources.get_mut(&track) {
+                source.set_interest(id, layers);
+            }
         }
         self.publisher_layers(&wanted, now);
     }

@@ -101,8 +101,11 @@ impl MediaEngine {
         let no_stamp = Bytes::new();
         // Layers some leg waits for a keyframe of, as bit masks: to start, to switch.
         let (mut start_wanted, mut switch_wanted) = (0u32, 0u32);
-        for sub in &source.subscribers {
-            let Some(conn) = self.conns.get_mut(sub) else {
+        for i in 0..source.subscribers.len() {
+            if !source.wants(i, layer) {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(&source.subscribers[i].conn) else {
                 continue;
             };
             let Some(leg) = conn.legs.get_mut(&track) else {
@@ -119,16 +122,7 @@ impl MediaEngine {
                     leg.resume_at(packet.header.sequence_number);
                 }
             }
-            let mut out = packet.clone();
-            let mut vp8 = None;
-            // Only a subscriber of simulcast tracks has its link measured.
-            let send_time = if conn.adaptive {
-                out.header.extensions.reserve(2);
-                &send_time
-            } else {
-                &no_stamp
-            };
-            let transport_cc = if conn.adaptive { leg.transport_cc } else { 0 };
+            let mut munged = None;
             if let Some(sw) = leg.switcher.as_mut() {
                 let switches = sw.switches();
                 // Only a keyframe of the target can start a segment.
@@ -138,7 +132,7 @@ impl MediaEngine {
                 } else {
                     None
                 };
-                let munged = sw.accept(
+                let accepted = sw.accept(
                     layer,
                     &packet.header,
                     &packet.payload,
@@ -155,13 +149,27 @@ impl MediaEngine {
                     }
                 }
                 self.stats.layer_switches += sw.switches() - switches;
-                let Some(m) = munged else {
+                source.subscribers[i].layers = sw.interest();
+                let Some(m) = accepted else {
                     continue;
                 };
+                munged = Some(m);
+            }
+            let mut out = packet.clone();
+            let mut vp8 = None;
+            if let Some(m) = munged {
                 out.header.sequence_number = m.sequence_number;
                 out.header.timestamp = m.timestamp;
                 vp8 = m.vp8;
             }
+            // Only a subscriber of simulcast tracks has its link measured.
+            let send_time = if conn.adaptive {
+                out.header.extensions.reserve(2);
+                &send_time
+            } else {
+                &no_stamp
+            };
+            let transport_cc = if conn.adaptive { leg.transport_cc } else { 0 };
             if !conn.connected || !leg.rewrite(&mut out, send_time) {
                 leg.dropped += 1;
                 self.stats.dropped_leg += 1;
@@ -349,7 +357,7 @@ impl MediaEngine {
             return;
         };
         for sub in &source.subscribers {
-            let Some(conn) = self.conns.get_mut(sub) else {
+            let Some(conn) = self.conns.get_mut(&sub.conn) else {
                 continue;
             };
             let Some(leg) = conn.legs.get(&track) else {
@@ -394,9 +402,12 @@ fn skip_padding(
     layer: usize,
     seq: u16,
 ) {
-    for sub in &source.subscribers {
+    for (i, sub) in source.subscribers.iter().enumerate() {
+        if !source.wants(i, layer) {
+            continue;
+        }
         let sw = conns
-            .get_mut(sub)
+            .get_mut(&sub.conn)
             .and_then(|c| c.legs.get_mut(&track))
             .and_then(|leg| leg.switcher.as_mut());
         if let Some(sw) = sw {

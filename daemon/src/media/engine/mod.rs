@@ -19,7 +19,7 @@ mod source;
 mod tap;
 
 use fanout::start_fast_path;
-use source::{Layer, Source};
+use source::{Layer, Source, Subscriber};
 
 use super::simulcast::VideoCodec;
 
@@ -369,6 +369,10 @@ impl MediaEngine {
         let mut cmsg = recv::cmsg_buffer();
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer entry, moved only when the earliest deadline does.
+        let mut deadline = Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(timer);
         loop {
             // When this turn read its first datagram, and the forwarded count then.
             let mut turn = None;
@@ -377,6 +381,10 @@ impl MediaEngine {
                 .peek()
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            if next != deadline {
+                deadline = next;
+                timer.as_mut().reset(deadline.into());
+            }
             tokio::select! {
                 r = recv_any(&self.sockets, &mut buf, &mut cmsg) => {
                     match r {
@@ -395,7 +403,12 @@ impl MediaEngine {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(next.into()) => self.on_timers(Instant::now()),
+                _ = &mut timer => {
+                    self.on_timers(Instant::now());
+                    // Armed again at the next turn, even for the same deadline.
+                    deadline = Instant::now() + Duration::from_secs(3600);
+                    timer.as_mut().reset(deadline.into());
+                }
                 _ = housekeeping.tick() => self.on_housekeeping(Instant::now()),
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
@@ -1208,7 +1221,7 @@ impl MediaEngine {
         }
         for track in conn.legs.keys() {
             if let Some(source) = self.sources.get_mut(track) {
-                source.subscribers.retain(|s| *s != id);
+                source.subscribers.retain(|s| s.conn != id);
             }
         }
         if let Some(p) = self.peers.get_mut(&conn.peer) {

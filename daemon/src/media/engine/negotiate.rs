@@ -157,7 +157,7 @@ impl MediaEngine {
                 changed = true;
             }
             if let Some(source) = self.sources.get_mut(&track) {
-                source.subscribers.retain(|s| *s != id);
+                source.subscribers.retain(|s| s.conn != id);
             }
         }
         for want in &tracks {
@@ -228,9 +228,12 @@ impl MediaEngine {
                 switcher.set_target(source.best_active(now).or(Some(0)));
                 leg.switcher = Some(switcher);
             }
+            source.subscribers.push(Subscriber {
+                conn: id,
+                layers: leg.layer_interest(),
+            });
             conn.legs.insert(want.id, leg);
             conn.by_ssrc.insert(ssrc, want.id);
-            source.subscribers.push(id);
             changed = true;
         }
         conn.adaptive = conn.legs.values().any(|l| l.switcher.is_some());

@@ -21,9 +21,9 @@ mod vp8;
 
 pub(crate) use keyframe::{is_keyframe_start, VideoCodec};
 pub(crate) use size::frame_size;
-pub(crate) use switcher::LayerSwitcher;
 #[cfg(test)]
 pub(crate) use switcher::Munged;
+pub(crate) use switcher::{layer_bit, LayerSwitcher};
 pub(crate) use vp8::Vp8Descriptor;
 
 #[cfg(test)]

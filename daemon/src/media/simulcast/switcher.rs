@@ -199,6 +199,16 @@ impl LayerSwitcher {
         self.target
     }
 
+    /// The layers whose packets [`LayerSwitcher::accept`] may take, one bit
+    /// each ([`layer_bit`]): the current one and the target; none while
+    /// paused. A packet of any other layer it refuses whatever its content.
+    pub(crate) fn interest(&self) -> u32 {
+        [self.current(), self.target]
+            .into_iter()
+            .flatten()
+            .fold(0, |mask, l| mask | layer_bit(l))
+    }
+
     /// The layer being forwarded now (None before the first keyframe or when paused).
     pub(crate) fn current(&self) -> Option<usize> {
         self.current.map(|s| s.layer)
@@ -439,6 +449,11 @@ impl LayerSwitcher {
             .filter(|s| s.layer == layer)
             .map(|s| s.ts_offset)
     }
+}
+
+/// The bit of `layer` in a mask of layers (see [`LayerSwitcher::interest`]).
+pub(crate) fn layer_bit(layer: usize) -> u32 {
+    1u32 << layer.min(31)
 }
 
 #[cfg(test)]

@@ -357,7 +357,14 @@ fn random_switching_keeps_the_stream_continuous() {
                     continue;
                 }
                 let before = sw.current();
-                let Some(m) = sw.accept(i, &p.0, &p.1, p.2, now, None) else {
+                let interest = sw.interest();
+                let accepted = sw.accept(i, &p.0, &p.1, p.2, now, None);
+                if interest & layer_bit(i) == 0 {
+                    // The forwarding path skips such packets without asking.
+                    assert!(accepted.is_none(), "took a layer outside its interest");
+                    assert_eq!(sw.interest(), interest, "changed by a layer it ignores");
+                }
+                let Some(m) = accepted else {
                     continue;
                 };
                 assert_eq!(sw.current(), Some(i), "seed {seed} tick {tick}");
