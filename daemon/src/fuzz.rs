@@ -159,7 +159,8 @@ fn sdp_as_sfud_reads_and_rewrites_it() {
         let _ = peer::media_sections(&sdp);
         let _ = peer::sends_media(&sdp);
         let _ = peer::first_mid(&sdp);
-        let answer = peer::publish_answer(&sdp);
+        let sim: Vec<String> = peer::sim_groups(&sdp).into_iter().map(|(m, _)| m).collect();
+        let answer = peer::publish_answer(&sdp, &sim);
         assert!(answer.len() <= sdp.len() + 2 * sdp.lines().count() + 2);
     });
 }

@@ -157,16 +157,21 @@ const everyone = [];   // every participant opened, for the failure report
 
 /** One participant: its own browser context and one page on the demo page. */
 export class Participant {
-  /** `params` are extra URL parameters of the demo page (`role`, `mode`, `token`). */
-  constructor(name, params = {}) {
+  /**
+   * `params` are extra URL parameters of the demo page (`role`, `mode`, `token`);
+   * `initScript` runs in the page before the demo page's own code (a client's quirks).
+   */
+  constructor(name, params = {}, { initScript } = {}) {
     this.name = name;
     this.params = params;
+    this.initScript = initScript;
     this.console = [];
     everyone.push(this);
   }
 
   async open(room) {
     this.context = await browser.newContext();
+    if (this.initScript) await this.context.addInitScript(this.initScript);
     this.page = await this.context.newPage();
     this.page.on('console', (m) => this.console.push(`[${m.type()}] ${m.text()}`));
     this.page.on('pageerror', (e) => this.console.push(`[pageerror] ${e.message}`));
@@ -263,6 +268,56 @@ after(async () => {
 });
 
 
+/**
+ * A page script that makes Chromium publish SSRC simulcast, as clients that munge their
+ * offer do: the video section's one SSRC (and its RTX SSRC) becomes three, grouped by
+ * `a=ssrc-group:SIM` lowest first, and once the offer is set the three encodings get the
+ * sizes and bitrates of the demo page's RID layers (a quarter, half and all of the camera).
+ */
+export function ssrcSimulcast() {
+  const createOffer = RTCPeerConnection.prototype.createOffer;
+  RTCPeerConnection.prototype.createOffer = async function (...args) {
+    const offer = await createOffer.apply(this, args);
+    const lines = offer.sdp.split('\r\n');
+    const start = lines.findIndex((l) => l.startsWith('m=video'));
+    if (start < 0) return offer;
+    let end = lines.findIndex((l, i) => i > start && l.startsWith('m='));
+    if (end < 0) end = lines.length - (lines[lines.length - 1] === '' ? 1 : 0);
+    const section = lines.slice(start, end);
+    const first = section.find((l) => l.startsWith('a=ssrc:'));
+    if (!first || section.some((l) => l.startsWith('a=ssrc-group:SIM'))) return offer;
+    const fid = section.find((l) => l.startsWith('a=ssrc-group:FID'));
+    const [media, rtx] = fid ? fid.split(' ').slice(1) : [first.split(' ')[0].slice('a=ssrc:'.length)];
+    const attrs = section.filter((l) => l.startsWith(`a=ssrc:${media} `)).map((l) => l.slice(`a=ssrc:${media} `.length));
+    const fresh = () => String(1 + Math.floor(Math.random() * 4e9));
+    const extra = [];
+    const sim = [media];
+    for (let i = 0; i < 2; i += 1) {
+      const [s, r] = [fresh(), fresh()];
+      sim.push(s);
+      extra.push(...attrs.map((a) => `a=ssrc:${s} ${a}`));
+      if (rtx) extra.push(...attrs.map((a) => `a=ssrc:${r} ${a}`), `a=ssrc-group:FID ${s} ${r}`);
+    }
+    extra.push(`a=ssrc-group:SIM ${sim.join(' ')}`);
+    lines.splice(end, 0, ...extra);
+    return { type: offer.type, sdp: lines.join('\r\n') };
+  };
+  const setLocalDescription = RTCPeerConnection.prototype.setLocalDescription;
+  RTCPeerConnection.prototype.setLocalDescription = async function (...args) {
+    await setLocalDescription.apply(this, args);
+    for (const sender of this.getSenders()) {
+      if (sender.track?.kind !== 'video') continue;
+      const parameters = sender.getParameters();
+      if (parameters.encodings?.length !== 3 || parameters.encodings[0].scaleResolutionDownBy === 4) continue;
+      parameters.encodings.forEach((e, i) => {
+        e.scaleResolutionDownBy = [4, 2, 1][i];
+        e.maxBitrate = [150_000, 500_000, 2_500_000][i];
+      });
+      await sender.setParameters(parameters);
+    }
+  };
+}
+
 /** What the page's publish connection reports: the estimate, keyframe requests, layers sent. */
 export function publishStats(participant) {
   return participant.page.evaluate(async () => {
@@ -273,7 +328,8 @@ export function publishStats(participant) {
       if (r.type === 'candidate-pair' && r.nominated) out.availableOutgoingBitrate = r.availableOutgoingBitrate ?? 0;
       if (r.type === 'outbound-rtp' && r.kind === 'video') {
         out.pliCount += r.pliCount ?? 0;
-        out.layers[r.rid ?? '-'] = {
+        // By RID, or for SSRC simulcast by the encoding's index (0 the lowest).
+        out.layers[r.rid ?? (r.encodingIndex !== undefined ? String(r.encodingIndex) : '-')] = {
           width: r.frameWidth ?? 0, height: r.frameHeight ?? 0, framesSent: r.framesSent ?? 0,
           limit: r.qualityLimitationReason, active: r.active,
         };

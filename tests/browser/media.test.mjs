@@ -19,6 +19,7 @@ import {
   spotlight,
   ShapedPort,
   metric,
+  ssrcSimulcast,
 } from './harness.mjs';
 
 describe('publisher feedback: a 1280x720 publisher ramps like peer to peer', () => {
@@ -128,6 +129,61 @@ describe('simulcast: a three-layer 1280x720 publisher', () => {
   }));
 });
 
+
+describe('simulcast: SSRC simulcast (a=ssrc-group:SIM), as Chromium sends it from a munged offer', () => {
+  const pub = new Participant('ssrc-pub', { simulcast: '0' }, { initScript: ssrcSimulcast });
+  const lis = new Participant('ssrc-lis', { role: 'listener' });
+  const roomName = `ssrc-simulcast-${process.pid}`;
+  inRoom(roomName, [pub, lis]);
+  const video = async () => (await roomShown(roomName))?.members.find((m) => m.name === 'ssrc-pub')
+    ?.tracks.find((t) => t.kind === 'video');
+  const received = async () => (await roomShown(roomName))?.members.find((m) => m.name === 'ssrc-lis')?.receiving?.[0];
+
+  it('each SSRC is a layer of one track: a grid tile gets a small one, the spotlight the best, with nothing mixed', { timeout: 120_000 }, track(async () => {
+    let sent;
+    await waitFor(20_000, async () => {
+      sent = await publishStats(pub);
+      return ['0', '1', '2'].every((i) => sent.layers[i]?.framesSent > 0);
+    }, () => `the publisher does not send three SSRCs: ${JSON.stringify(sent)}`);
+    assert.deepEqual(['0', '1', '2'].map((i) => sent.layers[i].width), [320, 640, 1280],
+      `the three encodings are a quarter, half and all of the camera: ${JSON.stringify(sent.layers)}`);
+    let shown;
+    await waitFor(10_000, async () => (shown = await video())?.layers.length === 3,
+      async () => `sfuctl does not show one video track of three layers: ${await sfuctl('--json', 'rooms', 'show', roomName)}`);
+    assert.deepEqual(shown.layers.map((l) => l.rid), ['0', '1', '2'], `layers named by index: ${JSON.stringify(shown)}`);
+
+    // The grid tile needs less than 1280x720: a lower layer, decoded at its size.
+    let got;
+    let seen;
+    await waitFor(30_000, async () => {
+      got = await received();
+      seen = await subscribeVideo(lis);
+      sent = await publishStats(pub);
+      return got && got.layer !== '2' && seen.frameWidth > 0 && seen.frameWidth === sent.layers[got.layer]?.width;
+    }, () => `the grid tile does not get a lower layer: sfud shows ${JSON.stringify(got)}, the listener decodes ${JSON.stringify(seen)}`);
+    const small = got.layer;
+
+    // Spotlit: the best layer sent (2, unless Chromium's estimate leaves it off), at full rate.
+    await spotlight(lis, pub);
+    let best;
+    await waitFor(30_000, async () => {
+      got = await received();
+      seen = await subscribeVideo(lis);
+      sent = await publishStats(pub);
+      best = ['2', '1'].find((i) => sent.layers[i]?.framesSent > 0 && sent.layers[i]?.width > 0);
+      return got?.layer === best && seen.frameWidth === sent.layers[best].width;
+    }, () => `the spotlit tile is not on the best layer: sfud shows ${JSON.stringify(got)}, the listener decodes ${JSON.stringify(seen)}, the publisher sends ${JSON.stringify(sent.layers)}`);
+    assert.notEqual(best, small, `the spotlight moved the listener up from layer ${small}`);
+    const [first, firstSent] = [seen, sent];
+    await sleep(5_000);
+    const [second, secondSent] = [await subscribeVideo(lis), await publishStats(pub)];
+    const fps = (second.framesDecoded - first.framesDecoded) / 5;
+    const sentFps = ((secondSent.layers[best]?.framesSent ?? 0) - (firstSent.layers[best]?.framesSent ?? 0)) / 5;
+    assert.ok(fps >= 0.9 * sentFps && fps >= 10, `the listener decodes ${fps} frames/s of layer ${best}, of which the publisher sends ${sentFps}`);
+    assert.ok(second.packetsLost <= 0, `no layer mixing: nothing looks lost (${second.packetsLost})`);
+    console.log(`# SSRC simulcast: grid tile on layer ${small}, spotlight on ${best} (${second.frameWidth} px) at ${fps} frames/s`);
+  }));
+});
 
 describe('simulcast: a listener whose downlink is shaped with tc', () => {
   const pub = new Participant('shaped-pub');

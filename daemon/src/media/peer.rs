@@ -81,10 +81,11 @@ pub(crate) fn build_connection(
             Some(Duration::from_secs(2)),
         );
     settings = settings.with_crypto_provider(keys.clone());
-    if fast_path {
-        // The 32-bit-tag profile is left out so the fast path can tell the
-        // counter-mode profile from the keys alone; browsers offer GCM and
-        // the 80-bit one.
+    if fast_path || kind == PcKind::Publish {
+        // The 32-bit-tag profile is left out so the engine can tell the
+        // counter-mode profile from the keys alone (for the fast path, and
+        // for a publisher's SSRC simulcast layers it reads itself);
+        // browsers offer GCM and the 80-bit one.
         settings = settings.with_srtp_protection_profiles(vec![
             SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
             SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
@@ -300,12 +301,18 @@ pub fn sends_media(sdp: &str) -> bool {
 ///   it drops them, and a lost packet would never be repaired. Without RTX
 ///   the publisher retransmits on each layer's own SSRC, which arrives like
 ///   any late packet and reaches the subscribers that lost it.
-pub(crate) fn publish_answer(sdp: &str) -> String {
+/// - So do the video sections `ssrc_simulcast` names (by mid): the offer
+///   made them SSRC simulcast (`a=ssrc-group:SIM`, see [`sim_groups`]),
+///   whose layers `rtc` does not bind but the first, so the engine reads
+///   the others itself; their RTX streams would need the same.
+pub(crate) fn publish_answer(sdp: &str, ssrc_simulcast: &[String]) -> String {
     let mut out = String::with_capacity(sdp.len());
     let sections = split_sections(sdp);
     for section in sections {
+        let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:"));
         let simulcast_video = section.first().is_some_and(|l| l.starts_with("m=video"))
-            && section.iter().any(|l| l.starts_with("a=simulcast:"));
+            && (section.iter().any(|l| l.starts_with("a=simulcast:"))
+                || mid.is_some_and(|m| ssrc_simulcast.iter().any(|s| s == m)));
         let rtx: Vec<&str> = if simulcast_video {
             section
                 .iter()
@@ -353,6 +360,37 @@ pub(crate) fn publish_answer(sdp: &str) -> String {
     }
     out
 }
+
+/// The SSRC simulcast groups of an offer (`a=ssrc-group:SIM`, RFC 5576 with
+/// the semantics browsers give it): for each video section that has one,
+/// its mid and the layers' SSRCs, lowest layer first. A malformed group,
+/// or one of fewer than two SSRCs, is none.
+pub(crate) fn sim_groups(sdp: &str) -> Vec<(String, Vec<u32>)> {
+    split_sections(sdp)
+        .into_iter()
+        .skip(1)
+        .filter(|s| s.first().is_some_and(|l| l.starts_with("m=video")))
+        .filter_map(|section| {
+            let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:"))?;
+            let ssrcs = section.iter().find_map(|l| {
+                let group = l.strip_prefix("a=ssrc-group:SIM ")?;
+                group
+                    .split_ascii_whitespace()
+                    .map(|s| s.parse::<u32>().ok())
+                    .collect::<Option<Vec<u32>>>()
+            })?;
+            let distinct = ssrcs
+                .iter()
+                .enumerate()
+                .all(|(i, s)| !ssrcs[..i].contains(s));
+            (ssrcs.len() >= 2 && ssrcs.len() <= MAX_SIM_LAYERS && distinct)
+                .then(|| (mid.to_owned(), ssrcs))
+        })
+        .collect()
+}
+
+/// Most layers an SSRC simulcast group may have (browsers send three).
+const MAX_SIM_LAYERS: usize = 4;
 
 /// An SDP's lines, the session part first, then one group per m-section.
 fn split_sections(sdp: &str) -> Vec<Vec<&str>> {
@@ -417,7 +455,7 @@ mod tests {
             m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:2\r\n\
             a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 goog-remb\r\na=rtcp-fb:96 nack\r\n\
             a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
-        let got = publish_answer(answer);
+        let got = publish_answer(answer, &[]);
         assert!(
             !got.contains("goog-remb") && !got.contains("ccm fir"),
             "{got}"
@@ -441,6 +479,30 @@ mod tests {
         assert!(sections[3].starts_with("video 9 UDP/TLS/RTP/SAVPF 96 97\r\n"));
         assert!(sections[3].contains("a=fmtp:97 apt=96\r\n"));
         assert!(got.starts_with("v=0\r\n") && got.ends_with("apt=96\r\n"));
+    }
+
+    #[test]
+    fn ssrc_simulcast_sections_are_found_and_answered_without_rtx() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ssrc-group:SIM 1 2\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\na=ssrc-group:FID 10 11\r\n\
+            a=ssrc-group:SIM 10 20 30\r\na=ssrc:10 cname:x\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=ssrc-group:SIM 5 x\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=ssrc-group:SIM 7\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=ssrc-group:SIM 8 8\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:5\r\na=ssrc-group:SIM 1 2 3 4 5\r\n";
+        // Audio, malformed, single, repeated and oversized groups are none.
+        assert_eq!(sim_groups(offer), vec![("1".to_owned(), vec![10, 20, 30])]);
+        let answer = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\n\
+            a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:2\r\n\
+            a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+        let got = publish_answer(answer, &["1".to_owned()]);
+        let sections: Vec<&str> = got.split("m=").collect();
+        assert!(sections[1].starts_with("video 9 UDP/TLS/RTP/SAVPF 96\r\n"));
+        assert!(!sections[1].contains("rtx"), "{got}");
+        assert!(sections[2].contains("a=fmtp:97 apt=96\r\n"), "{got}");
     }
 
     #[test]

@@ -28,15 +28,22 @@ impl MediaEngine {
         packet: rtc::rtp::Packet,
         now: Instant,
     ) {
-        self.stats.rtp_in += 1;
         let Some(track) = self
             .conns
             .get(&id)
             .and_then(|c| c.tracks.get(core_track))
             .copied()
         else {
+            self.stats.rtp_in += 1;
             return;
         };
+        self.forward_track(track, packet, now);
+    }
+
+    /// One packet of a layer of `track` to every subscriber leg that takes
+    /// that layer.
+    pub(super) fn forward_track(&mut self, track: TrackId, packet: rtc::rtp::Packet, now: Instant) {
+        self.stats.rtp_in += 1;
         let Some(source) = self.sources.get_mut(&track) else {
             return;
         };
@@ -426,7 +433,7 @@ pub(super) fn start_fast_path(conn: &mut Conn) {
     }
     let keys = &conn.keys;
     conn.srtp = keys.outgoing_context();
-    conn.srtcp_in = keys.incoming_context();
+    conn.srtp_in = keys.incoming_context();
     if conn.srtp.is_none() {
         warn!(peer = %conn.peer, "SRTP keys not observed: forwarding through rtc for this connection");
     }

@@ -16,10 +16,12 @@ mod fanout;
 mod negotiate;
 mod prefs;
 mod source;
+mod ssrc_simulcast;
 mod tap;
 
 use fanout::start_fast_path;
 use source::{Layer, Source, Subscriber};
+use ssrc_simulcast::{read_sim_layers, SimInput};
 
 use super::simulcast::VideoCodec;
 
@@ -215,9 +217,17 @@ struct Conn {
     fingerprints: Vec<Vec<u8>>,
     /// Subscribe side, once connected: the fast path's SRTP context.
     srtp: Option<SrtpContext>,
-    /// Subscribe side, once connected: the subscriber's keys, to read its
-    /// transport-wide feedback without `rtc` (`twcc::read_feedback`).
-    srtcp_in: Option<SrtpContext>,
+    /// Once connected, the peer's keys, where the engine reads what it sent
+    /// without `rtc`: a subscriber's transport-wide feedback
+    /// (`twcc::read_feedback`), a publisher's SSRC simulcast layers
+    /// (`ssrc_simulcast`).
+    srtp_in: Option<SrtpContext>,
+    /// Publish side: the SSRC simulcast groups of the last offer, each
+    /// lowest layer first (see `ssrc_simulcast`).
+    sim: Vec<Vec<u32>>,
+    /// Publish side: the SSRCs of those groups that `rtc` bound to a track
+    /// (it binds one per group) and delivers itself.
+    sim_bound: Vec<u32>,
     /// Where the connection's DTLS and SRTP go: the selected candidate pair's
     /// remote address, learnt from what `rtc` sends.
     media_dest: Option<(usize, SocketAddr)>,
@@ -494,7 +504,7 @@ impl MediaEngine {
         conn.last_rx = now;
         if conn.adaptive {
             if let Some(feedback) = conn
-                .srtcp_in
+                .srtp_in
                 .as_mut()
                 .and_then(|ctx| twcc::read_feedback(ctx, data))
             {
@@ -537,6 +547,30 @@ impl MediaEngine {
             return;
         }
         self.drive(id, now);
+        // After `rtc`, which may just have opened the track on this datagram.
+        let sim = self
+            .conns
+            .get_mut(&id)
+            .and_then(|conn| ssrc_simulcast::read(conn, data));
+        match sim {
+            Some(SimInput::Rtp(packet)) => {
+                if let Some(track) = self.track_of_ssrc(id, packet.header.ssrc) {
+                    self.forward_track(track, packet, now);
+                }
+            }
+            Some(SimInput::SenderReports(reports)) => self.on_sender_reports(&reports, now),
+            None => {}
+        }
+    }
+
+    /// The track of publish connection `id` that has a layer `ssrc`.
+    fn track_of_ssrc(&self, id: ConnId, ssrc: u32) -> Option<TrackId> {
+        let conn = self.conns.get(&id)?;
+        conn.tracks.values().copied().find(|t| {
+            self.sources
+                .get(t)
+                .is_some_and(|s| s.layer_of(ssrc).is_some())
+        })
     }
 
     /// Handles everything a connection produced: datagrams out, events, and
@@ -694,6 +728,7 @@ impl MediaEngine {
                 conn.connected = true;
                 conn.connect_by = None;
                 start_fast_path(conn);
+                read_sim_layers(conn);
                 let remote = conn.addrs.last().map(|(_, a)| *a);
                 let tracks: Vec<TrackId> = conn.legs.keys().copied().collect();
                 info!(%peer, pc = ?kind, ?remote, "connected");
@@ -802,7 +837,10 @@ impl MediaEngine {
         };
         info!(peer = %conn.peer, track = track.0, kind = kind.as_str(), codec = %codec.mime_type, ssrc = init.ssrc, rids = ?rids, "track published");
         let peer = conn.peer;
-        let layers = if rids.len() > 1 && kind == MediaKind::Video {
+        let sim_layers = ssrc_simulcast::layers_of(conn, init.ssrc, kind);
+        let layers = if let Some(layers) = sim_layers {
+            layers
+        } else if rids.len() > 1 && kind == MediaKind::Video {
             rids.into_iter()
                 .map(|rid| {
                     let ssrc = (init.rid.as_deref() == Some(rid.as_str())).then_some(init.ssrc);
@@ -1140,8 +1178,9 @@ impl MediaEngine {
                 layers: if s.simulcast() {
                     s.layers
                         .iter()
-                        .map(|l| LayerReport {
-                            rid: l.rid.clone().unwrap_or_default(),
+                        .enumerate()
+                        .map(|(i, l)| LayerReport {
+                            rid: l.name(i),
                             bitrate_bps: l.bitrate_bps,
                             active: l.active(now),
                             paused: l.paused.is_some(),
@@ -1155,7 +1194,8 @@ impl MediaEngine {
         tracks.sort_by_key(|t| t.id);
         let rid = |track: &TrackId, layer: Option<usize>| {
             let source = self.sources.get(track)?;
-            source.layers.get(layer?)?.rid.clone()
+            let layer = layer?;
+            Some(source.layers.get(layer)?.name(layer))
         };
         let mut receiving: Vec<ReceivedLayerReport> = p
             .and_then(|p| p.subscribe)

@@ -49,7 +49,9 @@ impl MediaEngine {
                 fast_path,
                 fingerprints: Vec::new(),
                 srtp: None,
-                srtcp_in: None,
+                srtp_in: None,
+                sim: Vec::new(),
+                sim_bound: Vec::new(),
                 media_dest: None,
                 offer_outstanding: false,
                 negotiated: false,
@@ -102,6 +104,7 @@ impl MediaEngine {
     ) -> Result<Negotiated, MediaError> {
         let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
         let remote = peer::sha256_fingerprints(&offer.sdp);
+        let sim = peer::sim_groups(&offer.sdp);
         conn.pc
             .set_remote_description(now, offer)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
@@ -111,7 +114,10 @@ impl MediaEngine {
             .create_answer(None)
             .map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let mut described = describe(conn, answer, &self.announced, now)?;
-        described.sdp = peer::publish_answer(&described.sdp);
+        let sim_mids: Vec<String> = sim.iter().map(|(mid, _)| mid.clone()).collect();
+        described.sdp = peer::publish_answer(&described.sdp, &sim_mids);
+        conn.sim = sim.into_iter().map(|(_, ssrcs)| ssrcs).collect();
+        read_sim_layers(conn);
         let (_, usable) = peer::media_sections(&described.sdp);
         if offered > 0 && usable == 0 {
             return Err(MediaError::NoUsableCodec);

@@ -78,8 +78,11 @@ impl MediaEngine {
                     changed.push(*track);
                 }
             }
+            // Only a layer with a RID can be named to the publisher's page
+            // (an SSRC simulcast layer has none): the others are not paused.
             for l in source.layers.iter_mut().skip(1) {
-                if l.paused.is_none()
+                if l.rid.is_some()
+                    && l.paused.is_none()
                     && l.active(now)
                     && now.saturating_duration_since(l.wanted_at) >= PAUSE_UNUSED
                 {

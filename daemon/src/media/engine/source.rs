@@ -79,6 +79,12 @@ impl Layer {
         }
     }
 
+    /// How reports name it: its RID, or for SSRC simulcast (no RIDs) its
+    /// index, 0 the lowest.
+    pub(super) fn name(&self, index: usize) -> String {
+        self.rid.clone().unwrap_or_else(|| index.to_string())
+    }
+
     /// Whether the publisher is sending this layer.
     pub(super) fn active(&self, now: Instant) -> bool {
         self.last_packet
