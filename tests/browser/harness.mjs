@@ -402,6 +402,22 @@ export class ShapedPort {
   }
 }
 
+/** Drops every UDP datagram sent from `port` on `lo` for `ms`: an outage of that sender's path. */
+export async function blackholeFrom(port, ms) {
+  const tc = ShapedPort.tc;
+  tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
+  try {
+    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
+    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:30', 'htb', 'rate', '10gbit');
+    tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:30', 'handle', '30:', 'pfifo', 'limit', '0');
+    tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
+      'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', 'sport', String(port), '0xffff', 'flowid', '1:30');
+    await sleep(ms);
+  } finally {
+    tc('qdisc', 'del', 'dev', 'lo', 'root');
+  }
+}
+
 /** The value of an unlabelled counter in sfud's /metrics. */
 export async function metric(name) {
   const text = await (await fetch(`${daemon.url}/metrics`)).text();

@@ -228,6 +228,8 @@ struct Conn {
     /// Publish side: the SSRCs of those groups that `rtc` bound to a track
     /// (it binds one per group) and delivers itself.
     sim_bound: Vec<u32>,
+    /// Publish side: what the other SSRCs of those groups miss.
+    sim_losses: Vec<(u32, ssrc_simulcast::Losses)>,
     /// Where the connection's DTLS and SRTP go: the selected candidate pair's
     /// remote address, learnt from what `rtc` sends.
     media_dest: Option<(usize, SocketAddr)>,
@@ -554,7 +556,13 @@ impl MediaEngine {
             .and_then(|conn| ssrc_simulcast::read(conn, data));
         match sim {
             Some(SimInput::Rtp(packet)) => {
-                if let Some(track) = self.track_of_ssrc(id, packet.header.ssrc) {
+                let (ssrc, seq) = (packet.header.ssrc, packet.header.sequence_number);
+                if let Some(track) = self.track_of_ssrc(id, ssrc) {
+                    let receiver = self.sources.get(&track).map(|s| s.receiver);
+                    if let (Some(receiver), Some(conn)) = (receiver, self.conns.get_mut(&id)) {
+                        ssrc_simulcast::note_arrival(conn, receiver, ssrc, seq, now);
+                        flush(conn, &mut self.out, &self.local_addrs);
+                    }
                     self.forward_track(track, packet, now);
                 }
             }

@@ -52,6 +52,7 @@ impl MediaEngine {
                 srtp_in: None,
                 sim: Vec::new(),
                 sim_bound: Vec::new(),
+                sim_losses: Vec::new(),
                 media_dest: None,
                 offer_outstanding: false,
                 negotiated: false,
