@@ -56,7 +56,7 @@ pub use accounting::LatencySummary;
 pub use client::{Client, Joined, MediaCounters};
 pub use error::ClientError;
 pub use histogram::Histogram;
-pub use media::{MediaSource, PublishOptions};
+pub use media::{video_packets_per_frame, MediaSource, PublishOptions};
 pub use snapshot::{OfferedTrack, RemoteTrack, SenderReportSeen, Snapshot};
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -169,6 +169,13 @@ pub(crate) struct Pacing {
     pub clock_rate: u32,
 }
 
+/// Packets in each frame of synthetic video at `packets_per_sec` (about 30
+/// frames a second, at least one packet each): what one GSO send of a
+/// forwarder can batch for one subscriber.
+pub fn video_packets_per_frame(packets_per_sec: u32) -> u32 {
+    packets_per_sec.max(1).div_ceil(TARGET_FPS).max(1)
+}
+
 impl Pacing {
     pub fn video(opts: &PublishOptions) -> Self {
         Self::video_at(opts.video_packets_per_sec, opts.video_payload_bytes)
@@ -177,7 +184,7 @@ impl Pacing {
     /// Video at `packets_per_sec` (one simulcast layer's rate, or the whole track's).
     pub fn video_at(packets_per_sec: u32, payload_bytes: usize) -> Self {
         let pps = packets_per_sec.max(1);
-        let packets_per_frame = pps.div_ceil(TARGET_FPS).max(1);
+        let packets_per_frame = video_packets_per_frame(pps);
         Self {
             packets_per_frame,
             frame_interval: Duration::from_secs_f64(f64::from(packets_per_frame) / f64::from(pps)),

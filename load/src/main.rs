@@ -297,13 +297,21 @@ fn bench_doc(
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
     let sfud: sfu_load::report::Report = read(dir, "sfud.json")?;
-    let video_share = {
+    // Published video packets per audio packet, from the defaults the run used.
+    let defaults = sfu_client::PublishOptions::default();
+    let audio_pps = defaults.audio_packets_per_sec;
+    let video_pps = {
         let w = &sfud.window;
-        // Published video packets per audio packet, from the defaults the run used.
         let per_stream = w.packets_out_expected_per_s / (w.scenario.streams().max(1) as f64);
-        let audio = 50.0;
-        ((per_stream - audio) / audio).max(0.0)
+        (per_stream - f64::from(audio_pps)).max(0.0).round() as u32
     };
+    let video_share = f64::from(video_pps) / f64::from(audio_pps.max(1));
+    let floor_video_batches = [1, 2]
+        .iter()
+        .map(|b| format!("floor-video-{b}.json"))
+        .filter(|name| dir.join(name).exists())
+        .map(|name| read(dir, &name))
+        .collect::<Result<Vec<_>, _>>()?;
     let sfud_simulcast = if dir.join("sfud-simulcast.json").exists() {
         Some(read(dir, "sfud-simulcast.json")?)
     } else {
@@ -317,6 +325,9 @@ fn bench_doc(
         janus_ramp: read(dir, "janus-ramp.json")?,
         floor_video: read(dir, "floor-video.json")?,
         floor_audio: read(dir, "floor-audio.json")?,
+        floor_video_batches,
+        video_pps,
+        audio_pps,
         video_share,
         profile: std::fs::read_to_string(dir.join("profile.txt")).ok(),
         analysis: analysis.map(text).transpose()?,
