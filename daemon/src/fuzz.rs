@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+mod behind_dtls;
+
 const CHROMIUM_OFFER: &str = include_str!("../fuzz/corpus/chromium-offer.sdp");
 const CHROMIUM_SIMULCAST_OFFER: &str = include_str!("../fuzz/corpus/chromium-simulcast-offer.sdp");
 

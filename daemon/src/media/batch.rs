@@ -43,6 +43,16 @@ impl SendBatch {
         self.queued.push(Queued { sock, to, data });
     }
 
+    /// Takes what is queued, unsent: for the fuzz targets, whose client
+    /// reads it in memory.
+    #[cfg(test)]
+    pub(crate) fn take(&mut self) -> Vec<(SocketAddr, BytesMut)> {
+        std::mem::take(&mut self.queued)
+            .into_iter()
+            .map(|q| (q.to, q.data))
+            .collect()
+    }
+
     /// Datagrams queued.
     pub(crate) fn len(&self) -> usize {
         self.queued.len()

@@ -18,7 +18,7 @@ pub(crate) mod peer;
 mod recv;
 mod rtcp;
 pub(crate) mod simulcast;
-mod srtp_keys;
+pub(crate) mod srtp_keys;
 pub(crate) mod twcc;
 
 use std::net::SocketAddr;

@@ -1344,15 +1344,45 @@ impl MediaEngine {
     /// A publish connection for `peer`, answered from `offer`; the server's
     /// ICE ufrag, if the offer was answered.
     pub(crate) fn fuzz_publish(&mut self, peer: PeerId, offer: &str) -> Option<String> {
+        self.fuzz_answer(peer, offer)?
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
+    }
+
+    /// A publish connection for `peer`: the answer to `offer`, if any.
+    pub(crate) fn fuzz_answer(&mut self, peer: PeerId, offer: &str) -> Option<String> {
         let events: EventSink = Arc::new(|_| {});
         let answer = self
             .publish(peer, events, offer.to_owned(), Instant::now())
             .ok()?;
-        answer
-            .sdp
-            .lines()
-            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-            .map(str::to_owned)
+        Some(answer.sdp)
+    }
+
+    /// Like [`MediaEngine::fuzz_datagram`] (`data: None` for the timers
+    /// alone), but what the engine sends is handed back instead of sent:
+    /// a client in the same test (one that completes DTLS) reads it.
+    pub(crate) fn fuzz_exchange(
+        &mut self,
+        from: SocketAddr,
+        data: Option<&[u8]>,
+    ) -> Vec<(SocketAddr, BytesMut)> {
+        let now = Instant::now();
+        if let Some(data) = data {
+            self.on_datagram(0, from, data, now, now);
+        }
+        self.on_timers(now);
+        self.out.take()
+    }
+
+    /// RTP packets the connections' cores delivered to the engine so far.
+    pub(crate) fn fuzz_rtp_in(&self) -> u64 {
+        self.stats.rtp_in
+    }
+
+    /// The first socket's address.
+    pub(crate) fn fuzz_local_addr(&self) -> SocketAddr {
+        self.local_addrs[0]
     }
 
     /// Datagrams taken in so far: routed to a connection, and not.
