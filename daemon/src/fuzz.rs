@@ -203,22 +203,37 @@ fn sdp_offers_through_the_webrtc_stack() {
     });
 }
 
-#[test]
-fn datagrams_through_the_media_engine() {
-    use crate::media::{engine_settings, MediaEngine, PeerId};
-    use rtc::stun::attributes::ATTR_USERNAME;
-    use rtc::stun::message::{Message, TransactionId, BINDING_REQUEST};
-    use rtc::stun::textattrs::Username;
-    use std::net::SocketAddr;
+/// A media engine on loopback (any port), driven without its loop, and the
+/// runtime its sockets belong to: enter it while the engine is used.
+fn loopback_engine() -> (
+    tokio::runtime::Runtime,
+    crate::media::MediaEngine,
+    crate::media::MediaHandle,
+) {
+    use crate::media::{engine_settings, MediaEngine};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let (engine, handle) = {
+        let _entered = rt.enter();
+        let mut config = crate::config::Config::default();
+        config.rtc.udp_port = 0;
+        let settings = engine_settings(&config, &["127.0.0.1".parse().expect("literal")]);
+        MediaEngine::bind(&settings).expect("binds on loopback")
+    };
+    (rt, engine, handle)
+}
+
+#[test]
+fn datagrams_through_the_media_engine() {
+    use crate::media::PeerId;
+    use rtc::stun::attributes::ATTR_USERNAME;
+    use rtc::stun::message::{Message, TransactionId, BINDING_REQUEST};
+    use rtc::stun::textattrs::Username;
+    use std::net::SocketAddr;
+    let (rt, mut engine, _handle) = loopback_engine();
     let _entered = rt.enter();
-    let mut config = crate::config::Config::default();
-    config.rtc.udp_port = 0;
-    let settings = engine_settings(&config, &["127.0.0.1".parse().expect("literal")]);
-    let (mut engine, _handle) = MediaEngine::bind(&settings).expect("binds on loopback");
     let ufrag = engine
         .fuzz_publish(PeerId(1), CHROMIUM_OFFER)
         .expect("Chromium's offer is answered");

@@ -8,7 +8,7 @@
 
 use super::campaign;
 use crate::media::srtp_keys::KeyTap;
-use crate::media::{engine_settings, MediaEngine, PeerId};
+use crate::media::{MediaEngine, PeerId};
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine as CodecRegistry;
@@ -165,15 +165,8 @@ fn corpus() -> Vec<Vec<u8>> {
 
 #[test]
 fn srtp_datagrams_behind_dtls() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (rt, mut engine, _handle) = super::loopback_engine();
     let _entered = rt.enter();
-    let mut config = crate::config::Config::default();
-    config.rtc.udp_port = 0;
-    let settings = engine_settings(&config, &["127.0.0.1".parse().expect("literal")]);
-    let (mut engine, _handle) = MediaEngine::bind(&settings).expect("binds on loopback");
     let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal");
     let (mut client, keys) = client(addr);
     let offer = client.create_offer(None).expect("offer");
