@@ -140,7 +140,7 @@ describe('simulcast: SSRC simulcast (a=ssrc-group:SIM), as Chromium sends it fro
     ?.tracks.find((t) => t.kind === 'video');
   const received = async () => (await roomShown(roomName))?.members.find((m) => m.name === 'ssrc-lis')?.receiving?.[0];
 
-  it('each SSRC is a layer of one track: a grid tile gets a small one, the spotlight the best, with nothing mixed', { timeout: 120_000 }, track(async () => {
+  it('each SSRC is a layer of one track: a grid tile gets a small one, the unused top layer pauses, the spotlight brings it back, nothing mixed', { timeout: 180_000 }, track(async () => {
     let sent;
     await waitFor(20_000, async () => {
       sent = await publishStats(pub);
@@ -166,21 +166,32 @@ describe('simulcast: SSRC simulcast (a=ssrc-group:SIM), as Chromium sends it fro
     const small = got.layer;
 
     // An outage of the publisher's path: what the listener's layer lost is asked for again
-    // and resent, so the listener ends up missing nothing.
+    // and resent, so the outage leaves the listener missing nothing more than before it.
     const member = (await roomShown(roomName)).members.find((m) => m.name === 'ssrc-pub');
     const before = await subscribeVideo(lis);
     await blackholeFrom(Number(member.publish.remote.split(':').pop()), 300);
     let after;
     await waitFor(10_000, async () => {
       after = await subscribeVideo(lis);
-      return after.framesDecoded > before.framesDecoded + 20 && after.packetsLost <= 0;
+      return after.framesDecoded > before.framesDecoded + 20 && after.packetsLost <= before.packetsLost;
     }, () => `after a 300 ms outage of the publisher's path the listener on layer ${small} misses packets: `
       + `${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
 
-    // Spotlit on a big page: the best layer sent (2, unless Chromium's estimate leaves it
-    // off: then it stays on 1), at full rate.
+    // Nobody receives layer 2: 10 s later sfud asks the publisher to stop encoding it,
+    // naming it by its index.
+    await waitFor(30_000, async () => {
+      shown = await video();
+      sent = await publishStats(pub);
+      return shown?.layers[2]?.paused && sent.layers['2']?.active === false;
+    }, () => `layer 2 is not paused at the publisher: sfud shows ${JSON.stringify(shown?.layers)}, the publisher ${JSON.stringify(sent.layers)}`);
+
+    // Spotlit on a big page: layer 2 is asked for again, and the listener gets the best
+    // layer sent (2, unless Chromium's estimate leaves it off: then it stays on 1), at
+    // full rate.
     await lis.page.setViewportSize({ width: 1280, height: 1400 });
     await spotlight(lis, pub);
+    await waitFor(10_000, async () => (sent = await publishStats(pub)).layers['2']?.active === true,
+      () => `layer 2 is not resumed at the publisher: ${JSON.stringify(sent.layers)}`);
     let best;
     await waitFor(30_000, async () => {
       got = await received();
@@ -195,8 +206,10 @@ describe('simulcast: SSRC simulcast (a=ssrc-group:SIM), as Chromium sends it fro
     const fps = (second.framesDecoded - first.framesDecoded) / 5;
     const sentFps = ((secondSent.layers[best]?.framesSent ?? 0) - (firstSent.layers[best]?.framesSent ?? 0)) / 5;
     assert.ok(fps >= 0.9 * sentFps && fps >= 10, `the listener decodes ${fps} frames/s of layer ${best}, of which the publisher sends ${sentFps}`);
-    assert.ok(second.packetsLost <= 0, `no layer mixing: nothing looks lost (${second.packetsLost})`);
-    console.log(`# SSRC simulcast: grid tile on layer ${small}, spotlight on ${best} (${second.frameWidth} px) at ${fps} frames/s`);
+    assert.ok(second.packetsLost <= first.packetsLost,
+      `no layer mixing: nothing looks lost on the best layer (${first.packetsLost} -> ${second.packetsLost})`);
+    console.log(`# SSRC simulcast: ${second.packetsLost} packets lost in all; `
+      + `grid tile on layer ${small}, spotlight on ${best} (${second.frameWidth} px) at ${fps} frames/s`);
   }));
 });
 

@@ -6,7 +6,8 @@
 //! `allocate`). A simulcast layer that no subscriber leg forwards or waits
 //! for, and the recorder does not copy, for [`PAUSE_UNUSED`] is paused at
 //! the publisher: its room tells the publisher over signaling (`layers`),
-//! and the publisher stops encoding it. Allocation still counts it, at the
+//! and the publisher stops encoding it (a layer is named by its RID, or for
+//! SSRC simulcast by its index). Allocation still counts it, at the
 //! rate it had: a leg that then wants it asks the publisher to resume it,
 //! and switches to it at its first key frame. The lowest layer is never
 //! paused, so that a new subscriber always has something to start with.
@@ -78,11 +79,8 @@ impl MediaEngine {
                     changed.push(*track);
                 }
             }
-            // Only a layer with a RID can be named to the publisher's page
-            // (an SSRC simulcast layer has none): the others are not paused.
             for l in source.layers.iter_mut().skip(1) {
-                if l.rid.is_some()
-                    && l.paused.is_none()
+                if l.paused.is_none()
                     && l.active(now)
                     && now.saturating_duration_since(l.wanted_at) >= PAUSE_UNUSED
                 {
@@ -100,7 +98,8 @@ impl MediaEngine {
             let active: Vec<(String, bool)> = source
                 .layers
                 .iter()
-                .map(|l| (l.rid.clone().unwrap_or_default(), l.paused.is_none()))
+                .enumerate()
+                .map(|(i, l)| (l.name(i), l.paused.is_none()))
                 .collect();
             info!(
                 track = track.0,
