@@ -170,6 +170,7 @@ fn sdp_as_sfud_reads_and_rewrites_it() {
 #[test]
 fn sdp_offers_through_the_webrtc_stack() {
     use crate::media::peer::{build_connection, Announced, IceTimeouts};
+    use crate::media::sdp_limits::{self, Described};
     use rtc::peer_connection::sdp::RTCSessionDescription;
     use sfu_proto::signaling::PcKind;
     let corpus = [
@@ -186,12 +187,17 @@ fn sdp_offers_through_the_webrtc_stack() {
     };
     // Each input builds a peer connection: far fewer than the cheap targets.
     campaign("sdp_negotiation", &corpus, 300, |input| {
+        // As the engine does, before `rtc` sees the offer.
+        let sdp = text(input);
+        if sdp_limits::check(&sdp, Described::Offer).is_err() {
+            return;
+        }
         let Ok((mut pc, _)) =
             build_connection(PcKind::Publish, "fuzzufrag", timeouts, &announced, false)
         else {
             return;
         };
-        let Ok(offer) = RTCSessionDescription::offer(text(input)) else {
+        let Ok(offer) = RTCSessionDescription::offer(sdp) else {
             return;
         };
         let now = Instant::now();

@@ -17,6 +17,7 @@ mod forward;
 pub(crate) mod peer;
 mod recv;
 mod rtcp;
+pub(crate) mod sdp_limits;
 pub(crate) mod simulcast;
 pub(crate) mod srtp_keys;
 pub(crate) mod twcc;

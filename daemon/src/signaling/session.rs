@@ -16,6 +16,11 @@ use crate::rooms::{Membership, Outbound, Refusal};
 /// Messages a room may queue for one session before it counts as stuck.
 const MAILBOX: usize = 256;
 
+/// Publish offers a session may send per second (bursts of twice as many).
+/// Each costs the media loop up to tens of milliseconds to apply (see
+/// `media::sdp_limits`); a browser renegotiates when it adds a track.
+const OFFERS_PER_SECOND: u32 = 2;
+
 /// What to do after handling a message.
 enum Flow {
     Continue,
@@ -24,12 +29,14 @@ enum Flow {
 
 pub(super) async fn run(socket: WebSocket, state: Arc<AppState>, remote: SocketAddr) {
     let span = info_span!("session", %remote, peer = tracing::field::Empty);
-    let limit = gate::RateLimit::new(std::time::Instant::now(), state.gate.messages_per_second());
+    let now = std::time::Instant::now();
+    let limit = gate::RateLimit::new(now, state.gate.messages_per_second());
     Session {
         state,
         remote,
         joined: None,
         limit,
+        offers: gate::RateLimit::new(now, OFFERS_PER_SECOND),
     }
     .serve(socket)
     .instrument(span)
@@ -41,6 +48,7 @@ struct Session {
     remote: SocketAddr,
     joined: Option<Membership>,
     limit: gate::RateLimit,
+    offers: gate::RateLimit,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
@@ -240,6 +248,15 @@ impl Session {
                     return Err(Refusal::new(
                         ErrorCode::BadRequest,
                         "offers are accepted only for the publish connection; the server offers the subscribe connection",
+                    ));
+                }
+                if !self
+                    .offers
+                    .allow(std::time::Instant::now(), OFFERS_PER_SECOND)
+                {
+                    return Err(Refusal::new(
+                        ErrorCode::RateLimited,
+                        format!("too many offers: at most {OFFERS_PER_SECOND} a second"),
                     ));
                 }
                 m.room.offer(m.peer, sdp).await?;

@@ -563,3 +563,84 @@ async fn a_fingerprint_that_is_not_the_clients_certificate_is_reported_at_once()
     .expect("bob connects");
     server.stop().await;
 }
+
+/// A publish offer whose video section lists `formats` payload types, each
+/// with an `rtpmap` line: `rtc` parses a section's attributes again for each
+/// of its payload types, so applying this costs formats squared.
+fn payload_type_flood(formats: usize) -> String {
+    let pts: Vec<String> = (0..formats).map(|i| (96 + i % 32).to_string()).collect();
+    let mut sdp = video_offer!("", "a=msid:stream-1 track-1\r\n").replace(
+        "UDP/TLS/RTP/SAVPF \r\n",
+        &format!("UDP/TLS/RTP/SAVPF {}\r\n", pts.join(" ")),
+    );
+    for pt in &pts {
+        sdp.push_str(&format!("a=rtpmap:{pt} VP8/90000\r\n"));
+    }
+    sdp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_too_complex_or_too_frequent_are_refused_and_a_call_carries_on() {
+    let server = TestServer::start().await;
+    let (alice, alice_id) = crate::harness::speaker(&server, "complex", "alice").await;
+    let (bob, _) = crate::harness::speaker(&server, "complex", "bob").await;
+    let received =
+        |s: &sfu_client::Snapshot| s.track_from(&alice_id, "video").map_or(0, |t| t.packets);
+    bob.wait_for(crate::harness::MEDIA_DEADLINE, "media from alice", |s| {
+        received(s) >= 50
+    })
+    .await
+    .expect("media flows");
+
+    let mut ws = RawSocket::connect(&server).await;
+    ws.join("complex", "flood").await;
+    // 1,500 payload types in 60 KB (under the 64 KiB frame limit): seconds
+    // of the media loop's time if applied, refused before `rtc` reads it.
+    let flood = payload_type_flood(1500);
+    assert!(flood.len() < 62_000, "{} bytes", flood.len());
+    let sent = std::time::Instant::now();
+    ws.send_json(json!({"type":"offer","pc":"publish","sdp":flood}))
+        .await;
+    // (The server's subscribe offer for alice and bob comes first.)
+    let refusal = ws
+        .recv_until("the refusal", |m| matches!(m, ServerMessage::Error { .. }))
+        .await;
+    assert!(
+        matches!(&refusal, ServerMessage::Error { code, message }
+            if code.as_str() == "bad_sdp" && message.contains("1500 payload types (at most 64)")),
+        "the refusal names the bound: {refusal:?}"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "refused before it is applied, not after: {:?}",
+        sent.elapsed()
+    );
+
+    // Offers in a burst: past a few, each is refused without being applied.
+    for _ in 0..8 {
+        ws.send_json(json!({"type":"offer","pc":"publish","sdp":MSID_ONLY_OFFER}))
+            .await;
+    }
+    let limited = ws
+        .recv_until(
+            "an offer refused as too frequent",
+            |m| matches!(m, ServerMessage::Error { code, .. } if code.as_str() == "rate_limited"),
+        )
+        .await;
+    assert!(
+        matches!(&limited, ServerMessage::Error { message, .. } if message.contains("too many offers")),
+        "{limited:?}"
+    );
+
+    // The call carried on.
+    let before = received(&bob.snapshot());
+    bob.wait_for(
+        crate::harness::MEDIA_DEADLINE,
+        "more media from alice",
+        |s| received(s) >= before + 50,
+    )
+    .await
+    .expect("media still flows");
+    drop(alice);
+    server.stop().await;
+}

@@ -5,6 +5,7 @@
 use super::*;
 use crate::media::downlink::Downlink;
 use crate::media::forward::ABS_SEND_TIME_URI;
+use crate::media::sdp_limits::{self, Described};
 use crate::media::simulcast::LayerSwitcher;
 use crate::media::twcc::TRANSPORT_CC_URI;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpRtxParameters;
@@ -81,6 +82,7 @@ impl MediaEngine {
         sdp: String,
         now: Instant,
     ) -> Result<Negotiated, MediaError> {
+        sdp_limits::check(&sdp, Described::Offer)?;
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let (offered, _) = peer::media_sections(&offer.sdp);
@@ -270,6 +272,7 @@ impl MediaEngine {
         if !conn.offer_outstanding {
             return Err(MediaError::NoOfferOutstanding);
         }
+        sdp_limits::check(&sdp, Described::Answer)?;
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let remote = peer::sha256_fingerprints(&answer.sdp);
