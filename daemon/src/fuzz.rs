@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 mod behind_dtls;
+mod feedback_behind_dtls;
 
 const CHROMIUM_OFFER: &str = include_str!("../fuzz/corpus/chromium-offer.sdp");
 const CHROMIUM_SIMULCAST_OFFER: &str = include_str!("../fuzz/corpus/chromium-simulcast-offer.sdp");

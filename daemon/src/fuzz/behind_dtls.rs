@@ -32,10 +32,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The client's video SSRC.
-const SSRC: u32 = 0x1234_5678;
+pub(super) const SSRC: u32 = 0x1234_5678;
 
-/// A publishing client on `addr`, with the tap that learns its keys.
-fn client(addr: SocketAddr) -> (RTCPeerConnection, Arc<KeyTap>) {
+/// A client on `addr`, publishing VP8 if `publish` (else it only answers),
+/// with the tap that learns its keys.
+pub(super) fn client(addr: SocketAddr, publish: bool) -> (RTCPeerConnection, Arc<KeyTap>) {
     let keys = KeyTap::new().expect("crypto provider");
     let settings = SettingEngineBuilder::new()
         .with_crypto_provider(keys.clone())
@@ -66,6 +67,9 @@ fn client(addr: SocketAddr) -> (RTCPeerConnection, Arc<KeyTap>) {
     .expect("host candidate");
     let init = RTCIceCandidate::from(&host).to_json().expect("candidate");
     pc.add_local_candidate(init).expect("local candidate");
+    if !publish {
+        return (pc, keys);
+    }
     let track = MediaStreamTrack::new(
         "fuzz".to_owned(),
         "video".to_owned(),
@@ -96,58 +100,105 @@ fn client(addr: SocketAddr) -> (RTCPeerConnection, Arc<KeyTap>) {
     (pc, keys)
 }
 
-/// Hands the engine what the client sends, and the client what the engine
-/// answers, until the client is connected.
-fn connect(engine: &mut MediaEngine, client: &mut RTCPeerConnection, addr: SocketAddr) {
+/// Adds the candidates of `description` (the engine's) to `client`.
+pub(super) fn add_candidates(client: &mut RTCPeerConnection, description: &str) {
+    let candidates = description
+        .lines()
+        .filter_map(|l| l.strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"));
+    for candidate in candidates {
+        client
+            .add_remote_candidate(RTCIceCandidateInit {
+                candidate: candidate.to_owned(),
+                ..Default::default()
+            })
+            .expect("remote candidate");
+    }
+}
+
+/// One round between `client` (on `addr`) and the engine: the client's
+/// timers and what it sends go to the engine, what the engine sends to the
+/// client's address comes back to it. Returns whether the client sent
+/// anything, whether it is now connected, and what the engine sent.
+pub(super) fn pump(
+    engine: &mut MediaEngine,
+    client: &mut RTCPeerConnection,
+    addr: SocketAddr,
+) -> (bool, bool, Vec<BytesMut>) {
     let server = engine.fuzz_local_addr();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let now = Instant::now();
+    if client.poll_timeout().is_some_and(|at| at <= now) {
+        client.handle_timeout(now).expect("client timers");
+    }
+    let mut sent = Vec::new();
+    while let Some(d) = client.poll_write() {
+        sent.push(d.message);
+    }
+    let mut answers = engine.fuzz_exchange(addr, None);
+    for d in &sent {
+        answers.extend(engine.fuzz_exchange(addr, Some(d)));
+    }
+    let mut received = Vec::new();
+    for (to, message) in answers {
+        if to != addr {
+            continue;
+        }
+        received.push(message.clone());
+        let msg = TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: addr,
+                peer_addr: server,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message,
+        };
+        let _ = client.handle_read(msg);
+    }
     let mut connected = false;
-    while !connected {
+    while let Some(ev) = client.poll_event() {
+        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = ev {
+            connected |= state == RTCPeerConnectionState::Connected;
+        }
+    }
+    while client.poll_read().is_some() {}
+    (!sent.is_empty(), connected, received)
+}
+
+/// Pumps until the client is connected, and the engine too.
+pub(super) fn connect(engine: &mut MediaEngine, client: &mut RTCPeerConnection, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
         assert!(Instant::now() < deadline, "the client did not connect");
-        let now = Instant::now();
-        if client.poll_timeout().is_some_and(|at| at <= now) {
-            client.handle_timeout(now).expect("client timers");
+        let (sent, connected, _) = pump(engine, client, addr);
+        if connected {
+            // What the client sent last (the server's last DTLS flight,
+            // when the client is the DTLS server) still has to reach the
+            // engine.
+            let _ = pump(engine, client, addr);
+            return;
         }
-        let mut sent = Vec::new();
-        while let Some(d) = client.poll_write() {
-            sent.push(d.message);
-        }
-        let mut answers = engine.fuzz_exchange(addr, None);
-        for d in &sent {
-            answers.extend(engine.fuzz_exchange(addr, Some(d)));
-        }
-        for (_, message) in answers {
-            let msg = TaggedBytesMut {
-                now: Instant::now(),
-                transport: TransportContext {
-                    local_addr: addr,
-                    peer_addr: server,
-                    ecn: None,
-                    transport_protocol: TransportProtocol::UDP,
-                },
-                message,
-            };
-            let _ = client.handle_read(msg);
-        }
-        while let Some(ev) = client.poll_event() {
-            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = ev {
-                connected |= state == RTCPeerConnectionState::Connected;
-            }
-        }
-        while client.poll_read().is_some() {}
-        if sent.is_empty() {
+        if !sent {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
 /// A VP8 keyframe's first packet as the client sends it (payload type 96,
-/// marker set) and an RTCP sender report with an SDES chunk, plaintext.
-fn corpus() -> Vec<Vec<u8>> {
+/// marker set), plaintext.
+pub(super) fn keyframe_packet() -> Vec<u8> {
     let mut rtp = vec![0x80, 0xe0, 0x12, 0x34, 0, 0, 0x10, 0];
     rtp.extend_from_slice(&SSRC.to_be_bytes());
     rtp.extend_from_slice(&[0x90, 0x80, 0x81, 0x23, 0x10, 0x2a, 0x00, 0x9d, 0x01, 0x2a]);
     rtp.extend_from_slice(&[0x80, 0x02, 0x68, 0x01, 0x00, 0, 0, 0, 0, 0]);
+    rtp
+}
+
+/// The keyframe packet and an RTCP sender report with an SDES chunk,
+/// plaintext.
+fn corpus() -> Vec<Vec<u8>> {
+    let rtp = keyframe_packet();
     let mut rtcp = vec![0x80, 200, 0, 6];
     rtcp.extend_from_slice(&SSRC.to_be_bytes());
     rtcp.extend_from_slice(&[0xe5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 1]);
@@ -163,39 +214,39 @@ fn corpus() -> Vec<Vec<u8>> {
     ]
 }
 
-#[test]
-fn srtp_datagrams_behind_dtls() {
-    let (rt, mut engine, _handle) = super::loopback_engine();
-    let _entered = rt.enter();
-    let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal");
-    let (mut client, keys) = client(addr);
+/// Offers what `client` publishes to the engine as `peer`'s publish
+/// connection (as `munge` rewrites the offer) and applies the answer, which
+/// it returns.
+pub(super) fn publish(
+    engine: &mut MediaEngine,
+    client: &mut RTCPeerConnection,
+    peer: PeerId,
+    munge: impl Fn(&str) -> String,
+) -> String {
     let offer = client.create_offer(None).expect("offer");
     client
         .set_local_description(Instant::now(), offer.clone())
         .expect("local description");
     let answer = engine
-        .fuzz_answer(PeerId(1), &offer.sdp)
+        .fuzz_answer(peer, &munge(&offer.sdp))
         .expect("the client's offer is answered");
-    let candidates: Vec<String> = answer
-        .lines()
-        .filter_map(|l| l.strip_prefix("a="))
-        .filter(|l| l.starts_with("candidate:"))
-        .map(str::to_owned)
-        .collect();
     client
         .set_remote_description(
             Instant::now(),
-            RTCSessionDescription::answer(answer).expect("answer"),
+            RTCSessionDescription::answer(answer.clone()).expect("answer"),
         )
         .expect("remote description");
-    for candidate in candidates {
-        client
-            .add_remote_candidate(RTCIceCandidateInit {
-                candidate,
-                ..Default::default()
-            })
-            .expect("remote candidate");
-    }
+    answer
+}
+
+#[test]
+fn srtp_datagrams_behind_dtls() {
+    let (rt, mut engine, _handle) = super::loopback_engine();
+    let _entered = rt.enter();
+    let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal");
+    let (mut client, keys) = client(addr, true);
+    let answer = publish(&mut engine, &mut client, PeerId(1), str::to_owned);
+    add_candidates(&mut client, &answer);
     connect(&mut engine, &mut client, addr);
     let mut srtp = keys
         .outgoing_context()

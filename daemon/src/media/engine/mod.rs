@@ -1375,6 +1375,38 @@ impl MediaEngine {
         self.out.take()
     }
 
+    /// The tracks published so far.
+    pub(crate) fn fuzz_tracks(&self) -> Vec<TrackInfo> {
+        self.sources.values().map(|s| s.info.clone()).collect()
+    }
+
+    /// A subscribe connection for `peer` carrying `tracks`: the server's
+    /// offer, if any.
+    pub(crate) fn fuzz_subscribe(
+        &mut self,
+        peer: PeerId,
+        tracks: Vec<TrackInfo>,
+    ) -> Option<String> {
+        let events: EventSink = Arc::new(|_| {});
+        let offer = self
+            .subscribe(peer, events, tracks, Instant::now())
+            .ok()??;
+        Some(offer.sdp)
+    }
+
+    /// Applies the subscriber's answer to the outstanding offer.
+    pub(crate) fn fuzz_subscribe_answer(&mut self, peer: PeerId, answer: &str) -> bool {
+        self.subscribe_answer(peer, answer.to_owned(), Instant::now())
+            .is_ok()
+    }
+
+    /// Transport feedback the fast path read, packets retransmitted for
+    /// NACKs, and PLIs sent to publishers, so far.
+    pub(crate) fn fuzz_feedback(&self) -> (u64, u64, u64) {
+        let s = &self.stats;
+        (s.feedback_fast, s.rtp_retransmitted, s.plis_sent)
+    }
+
     /// RTP packets the connections' cores delivered to the engine so far.
     pub(crate) fn fuzz_rtp_in(&self) -> u64 {
         self.stats.rtp_in
