@@ -1,7 +1,7 @@
 //! Fuzz targets on stable Rust: a seeded mutation driver feeds every parser
 //! of untrusted input with inputs grown from real ones (`daemon/fuzz/corpus`:
-//! Chromium's publish offers with and without simulcast, and valid messages
-//! and files written here) and with random bytes. A target passes when no
+//! Chromium's and Firefox's publish offers with and without simulcast, and
+//! valid messages and files written here) and with random bytes. A target passes when no
 //! input panics.
 //!
 //! `cargo test` runs a short campaign of each (a few thousand inputs);
@@ -19,7 +19,22 @@ mod behind_dtls;
 mod feedback_behind_dtls;
 
 const CHROMIUM_OFFER: &str = include_str!("../fuzz/corpus/chromium-offer.sdp");
-const CHROMIUM_SIMULCAST_OFFER: &str = include_str!("../fuzz/corpus/chromium-simulcast-offer.sdp");
+
+/// Publish offers of real browsers, as sfud's demo page makes them (audio,
+/// then video; the simulcast ones with three RID layers). Captured with
+/// `daemon/fuzz/capture`. No Safari: it does not run here.
+pub(crate) const BROWSER_OFFERS: [(&str, &str); 4] = [
+    ("chromium", CHROMIUM_OFFER),
+    (
+        "chromium-simulcast",
+        include_str!("../fuzz/corpus/chromium-simulcast-offer.sdp"),
+    ),
+    ("firefox", include_str!("../fuzz/corpus/firefox-offer.sdp")),
+    (
+        "firefox-simulcast",
+        include_str!("../fuzz/corpus/firefox-simulcast-offer.sdp"),
+    ),
+];
 
 /// How long, or how many inputs, a campaign runs.
 fn budget(default_inputs: u64) -> (Option<Duration>, u64) {
@@ -153,10 +168,7 @@ fn signaling_messages() {
 #[test]
 fn sdp_as_sfud_reads_and_rewrites_it() {
     use crate::media::peer;
-    let corpus = [
-        CHROMIUM_OFFER.as_bytes(),
-        CHROMIUM_SIMULCAST_OFFER.as_bytes(),
-    ];
+    let corpus = BROWSER_OFFERS.map(|(_, sdp)| sdp.as_bytes());
     campaign("sdp_helpers", &corpus, 5_000, |input| {
         let sdp = text(input);
         let _ = peer::media_sections(&sdp);
@@ -174,10 +186,7 @@ fn sdp_offers_through_the_webrtc_stack() {
     use crate::media::sdp_limits::{self, Described};
     use rtc::peer_connection::sdp::RTCSessionDescription;
     use sfu_proto::signaling::PcKind;
-    let corpus = [
-        CHROMIUM_OFFER.as_bytes(),
-        CHROMIUM_SIMULCAST_OFFER.as_bytes(),
-    ];
+    let corpus = BROWSER_OFFERS.map(|(_, sdp)| sdp.as_bytes());
     let announced = [Announced {
         bound: "127.0.0.1:9".parse().expect("literal"),
         public: None,
@@ -230,6 +239,26 @@ fn loopback_engine() -> (
         MediaEngine::bind(&settings).expect("binds on loopback")
     };
     (rt, engine, handle)
+}
+
+/// The seed offers reach as deep as they can: the engine answers each, and
+/// takes the simulcast ones as simulcast.
+#[test]
+fn browser_offers_are_answered() {
+    use crate::media::PeerId;
+    let (rt, mut engine, _handle) = loopback_engine();
+    let _entered = rt.enter();
+    for (i, (browser, offer)) in BROWSER_OFFERS.into_iter().enumerate() {
+        let answer = engine
+            .fuzz_answer(PeerId(i as u64 + 1), offer)
+            .unwrap_or_else(|| panic!("{browser}'s offer is answered"));
+        let simulcast = answer.contains("a=simulcast:recv q;h;f");
+        assert_eq!(
+            simulcast,
+            browser.ends_with("simulcast"),
+            "{browser}: {answer}"
+        );
+    }
 }
 
 #[test]

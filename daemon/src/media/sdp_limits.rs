@@ -77,10 +77,6 @@ pub(crate) fn check(sdp: &str, described: Described) -> Result<(), MediaError> {
 mod tests {
     use super::*;
 
-    const CHROMIUM_OFFER: &str = include_str!("../../fuzz/corpus/chromium-offer.sdp");
-    const CHROMIUM_SIMULCAST_OFFER: &str =
-        include_str!("../../fuzz/corpus/chromium-simulcast-offer.sdp");
-
     /// A session header and `sections` video m-sections, each listing
     /// `formats` payload types and `attributes` attribute lines.
     fn offer(sections: usize, formats: usize, attributes: usize) -> String {
@@ -107,7 +103,7 @@ mod tests {
 
     #[test]
     fn browser_offers_fit() {
-        for sdp in [CHROMIUM_OFFER, CHROMIUM_SIMULCAST_OFFER] {
+        for (_, sdp) in crate::fuzz::BROWSER_OFFERS {
             assert!(check(sdp, Described::Offer).is_ok());
             assert!(check(sdp, Described::Answer).is_ok());
         }
