@@ -33,6 +33,9 @@ export const CHROMIUM_ARGS = [
   '--autoplay-policy=no-user-gesture-required',
 ];
 export const MIN_FRAMES = 30;
+// Media addresses of the daemon: loopback, and any a test file adds (SFUD_BIND_IPS, set
+// before its first test starts the daemon).
+const bindIps = () => (process.env.SFUD_BIND_IPS ?? '127.0.0.1').split(',');
 // The daemon accepts join tokens signed with this key (auth stays open: tokens are optional).
 export const TOKEN_KEY = { id: 'browser-test', secret: 'browser-test-secret-of-at-least-32-bytes' };
 
@@ -79,7 +82,7 @@ export class Daemon {
     this.socket = path.join(this.dir, 'sfud.sock');
     await writeFile(config, [
       '[http]', `listen = "127.0.0.1:${this.port}"`, '',
-      '[rtc]', 'udp_port = 0', 'bind_ips = ["127.0.0.1"]', '',
+      '[rtc]', 'udp_port = 0', `bind_ips = [${bindIps().map((ip) => `"${ip}"`).join(', ')}]`, '',
       // Its own control socket, so that it runs beside any other sfud.
       '[control]', `socket = "${this.socket}"`, '',
       // Every page joins from 127.0.0.1.
@@ -364,7 +367,8 @@ export function subscribeVideo(participant) {
  * spans the page and asks sfud for the video at that size.
  */
 export async function spotlight(viewer, subject) {
-  const id = await waitFor(20_000, async () => (await subject.snapshot()).peerId,
+  // A participant, or the peer id of one the harness does not drive.
+  const id = typeof subject === 'string' ? subject : await waitFor(20_000, async () => (await subject.snapshot()).peerId,
     () => `${subject.name} has not joined within 20 s`);
   const tile = `.tile.has-video[data-peer-id="${id}"]`;
   await viewer.page.waitForSelector(tile, { timeout: 20_000 });
