@@ -255,7 +255,11 @@ pub fn room(r: &RoomDetail) -> String {
                 p.name.clone(),
                 p.downlink_bps.map_or_else(|| "-".to_owned(), bitrate),
                 r.track.to_string(),
-                r.layer.clone().unwrap_or_else(|| "-".to_owned()),
+                match (&r.layer, r.starved) {
+                    (Some(layer), _) => layer.clone(),
+                    (None, true) => "- (link too narrow)".to_owned(),
+                    (None, false) => "-".to_owned(),
+                },
                 r.target.clone().unwrap_or_else(|| "-".to_owned()),
                 asked_for(r),
             ]);

@@ -312,6 +312,10 @@ pub struct ReceivedLayer {
     /// The participant paused it (its tile is hidden).
     #[serde(default)]
     pub paused: bool,
+    /// Paused because the participant's link cannot carry even its lowest
+    /// layer.
+    #[serde(default)]
+    pub starved: bool,
     /// The size the participant shows it at, as it said.
     #[serde(default)]
     pub max_width: Option<u32>,
@@ -706,6 +710,7 @@ mod tests {
                         layer: Some("h".into()),
                         target: Some("f".into()),
                         paused: false,
+                        starved: false,
                         max_width: Some(640),
                         max_height: Some(480),
                         max_layer: None,

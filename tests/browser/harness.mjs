@@ -376,10 +376,14 @@ export async function spotlight(viewer, subject) {
   await viewer.page.waitForSelector(`${tile}.spotlight`, { timeout: 5_000 });
 }
 
-/** Shapes UDP to one port on `lo` (this test's own network namespace) with tc: htb, `kbit` or unlimited. */
+/**
+ * Shapes UDP to one port on `lo` (this test's own network namespace) with tc: htb, `kbit` or
+ * unlimited. The link's queue is `lo`'s (1000 packets) unless `queue` packets are given.
+ */
 export class ShapedPort {
-  constructor(port) {
+  constructor(port, { queue } = {}) {
     this.port = port;
+    this.queue = queue;
   }
 
   static tc(...args) {
@@ -392,6 +396,7 @@ export class ShapedPort {
       ShapedPort.tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
       ShapedPort.tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
       ShapedPort.tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:20', 'htb', 'rate', rate);
+      if (this.queue) ShapedPort.tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:20', 'pfifo', 'limit', String(this.queue));
       ShapedPort.tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
         'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', 'dport', String(this.port), '0xffff', 'flowid', '1:20');
       this.installed = true;

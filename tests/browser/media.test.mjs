@@ -466,3 +466,79 @@ describe('adaptive video: on a narrow link the spotlit tile goes up first', () =
     console.log(`# spotlight priority at ${limit} kbit/s (q ${q.toFixed(0)}, h ${h.toFixed(0)} kbit/s)`);
   }));
 });
+
+describe('a video sent once (no simulcast) that a listener\'s link cannot carry', () => {
+  const pub = new Participant('once-pub', { simulcast: '0' });
+  const lis = new Participant('once-lis', { role: 'listener' });
+  const roomName = `once-${process.pid}`;
+  inRoom(roomName, [pub, lis]);
+  let shaped = null;
+  after(() => shaped?.remove());
+  const shown = async () => (await roomShown(roomName))?.members.find((m) => m.name === 'once-lis');
+  /** The audio the listener's subscribe connection receives. */
+  const audio = () => lis.page.evaluate(async () => {
+    const out = { packetsReceived: 0, packetsLost: 0 };
+    (await window.sfud.pcs.subscribe?.getStats())?.forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+        out.packetsReceived += r.packetsReceived ?? 0;
+        out.packetsLost += r.packetsLost ?? 0;
+      }
+    });
+    return out;
+  });
+
+  it('is paused for that listener, whose audio goes on clean, and resumes when the link allows', { timeout: 180_000 }, track(async () => {
+    // The publisher ramps past what the link will carry.
+    let me;
+    let video;
+    await waitFor(45_000, async () => {
+      const r = await roomShown(roomName);
+      me = r?.members.find((m) => m.name === 'once-lis');
+      video = r?.members.find((m) => m.name === 'once-pub')?.tracks.find((t) => t.kind === 'video');
+      return me?.subscribe?.state === 'connected' && video?.bitrate_bps >= 400_000
+        && (await subscribeVideo(lis)).framesDecoded >= 30;
+    }, () => `the listener does not decode the publisher's video at 400 kbit/s or more within 45 s: ${JSON.stringify({ me, video })}`);
+
+    // 200 kbit/s carries the audio (Opus at about 40 kbit/s and its headers) and not the
+    // video; a queue of 30 packets (about a second of this link), as a home router's.
+    const limit = 200;
+    shaped = new ShapedPort(Number(me.subscribe.remote.split(':').pop()), { queue: 30 });
+    shaped.limit(limit);
+    await waitFor(20_000, async () => (me = await shown())?.receiving.some((r) => r.track === video.id && r.starved),
+      () => `at ${limit} kbit/s sfud does not pause the video for the listener within 20 s: ${JSON.stringify(me)}`);
+    // Paused: the audio arrives whole and on time. sfud tries the video again after a
+    // calm while (5 s, then twice as long after each try the link could not carry):
+    // judged over 6 s during which it stayed paused.
+    const paused = Date.now();
+    let a;
+    let b;
+    let va;
+    let vb;
+    let tries = 0;
+    await waitFor(90_000, async () => {
+      tries += 1;
+      [a, va] = [await audio(), await subscribeVideo(lis)];
+      await sleep(6_000);
+      [b, vb] = [await audio(), await subscribeVideo(lis)];
+      me = await shown();
+      const got = b.packetsReceived - a.packetsReceived;
+      return me.receiving.some((r) => r.track === video.id && r.starved) && vb.framesDecoded - va.framesDecoded <= 5
+        && got >= 270 && got <= 330;
+    }, () => `no 6 s window within 90 s of the pause with the video paused and the audio at its 50 packets a second: `
+      + `${JSON.stringify({ a, b, va, vb, me })}`);
+    const received = b.packetsReceived - a.packetsReceived;
+    const lost = b.packetsLost - a.packetsLost;
+    assert.ok(lost <= 0.02 * received, `the listener's audio is clean while the video is paused: ${lost} of ${received} packets lost`);
+    const drained = (Date.now() - paused) / 1000;
+
+    // Lifted: the video comes back.
+    shaped.limit(0);
+    const lifted = Date.now();
+    await waitFor(30_000, async () => {
+      me = await shown();
+      return !me.receiving.some((r) => r.track === video.id) && (await subscribeVideo(lis)).framesDecoded > vb.framesDecoded + 30;
+    }, async () => `30 s after the limit lifted the video has not resumed: ${JSON.stringify(me)} ${JSON.stringify(await subscribeVideo(lis))}`);
+    console.log(`# video sent once at ${limit} kbit/s: paused, audio clean ${drained.toFixed(0)} s later (window ${tries}),  ${received} packets in 6 s with ${lost} lost; `
+      + `resumed ${((Date.now() - lifted) / 1000).toFixed(1)} s after the limit lifted`);
+  }));
+});

@@ -280,6 +280,7 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
                 layer: r.layer,
                 target: r.target,
                 paused: r.prefs.paused,
+                starved: r.starved,
                 max_width: r.prefs.max_width,
                 max_height: r.prefs.max_height,
                 max_layer: r.prefs.max_layer,

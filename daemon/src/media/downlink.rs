@@ -61,8 +61,13 @@ const MARGIN: f64 = 0.85;
 /// With no queue at all, the link is taken to carry this much more than it
 /// delivered.
 const GROWTH: f64 = 1.25;
-/// How long a paused track waits, without congestion, to resume.
+/// How long a paused track waits, without congestion, to resume; doubled
+/// after each resume that congestion followed, up to [`MAX_RESUME_AFTER`]
+/// (a link that cannot carry a track is not flooded every few seconds).
 const RESUME_AFTER: Duration = Duration::from_secs(5);
+const MAX_RESUME_AFTER: Duration = Duration::from_secs(60);
+/// A resume that this long passed without congestion held.
+const RESUME_HELD: Duration = Duration::from_secs(10);
 /// How long a failed probe's queue is given to drain.
 const DRAIN: Duration = Duration::from_secs(2);
 /// Least time between two cuts of the capacity.
@@ -111,6 +116,10 @@ pub(crate) struct Downlink {
     probe_delivered: u64,
     /// When congestion was last seen.
     last_congestion: Option<Instant>,
+    /// How long a paused track waits to resume now, and when one last
+    /// resumed (until congestion followed, or it held).
+    resume_after: Duration,
+    resumed_at: Option<Instant>,
     /// While a failed probe's queue drains, congestion is not news.
     quiet_until: Option<Instant>,
     /// What the link delivered over the last second, per the last feedback.
@@ -144,6 +153,8 @@ impl Default for Downlink {
             recent: VecDeque::new(),
             probe_delivered: 0,
             last_congestion: None,
+            resume_after: RESUME_AFTER,
+            resumed_at: None,
             quiet_until: None,
             delivered: None,
             losses: VecDeque::new(),
@@ -217,6 +228,13 @@ impl Downlink {
             None => bps,
         });
         self.last_congestion = Some(now);
+        if let Some(resumed) = self.resumed_at.take() {
+            self.resume_after = if now.saturating_duration_since(resumed) < RESUME_HELD {
+                (self.resume_after * 2).min(MAX_RESUME_AFTER)
+            } else {
+                RESUME_AFTER
+            };
+        }
         self.backoff = FIRST_BACKOFF;
         self.hold_until = Some(now + self.backoff);
     }
@@ -434,11 +452,19 @@ impl Downlink {
     /// probe for it, so the link is taken to carry `needed` (what its lowest
     /// layer takes); if it does not, congestion says so again.
     pub(crate) fn resume(&mut self, needed: u64, now: Instant) {
+        if self
+            .resumed_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= RESUME_HELD)
+        {
+            self.resumed_at = None;
+            self.resume_after = RESUME_AFTER;
+        }
         let calm = self
             .last_congestion
-            .is_none_or(|t| now.saturating_duration_since(t) >= RESUME_AFTER);
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.resume_after);
         if calm && self.probe.is_none() && needed > self.budget() {
             self.capacity = Some((needed as f64 / MARGIN) as u64 + 1);
+            self.resumed_at = Some(now);
         }
     }
 
@@ -501,6 +527,37 @@ mod tests {
             d.on_transport_feedback(&batch, last);
         }
         last
+    }
+
+    #[test]
+    fn a_track_that_congests_again_waits_twice_as_long_to_resume() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = Downlink::default();
+        // Congestion: the link carries 200 kbit/s; a paused track needs 600.
+        d.congestion(200_000, at(0));
+        d.resume(600_000, at(4));
+        assert!(d.budget() < 600_000, "not calm for 5 s yet");
+        d.resume(600_000, at(5));
+        assert!(d.budget() >= 600_000, "resumed after 5 s of calm");
+        // It congests again at once: the next try waits 10 s, then 20.
+        d.congestion(200_000, at(6));
+        d.resume(600_000, at(15));
+        assert!(d.budget() < 600_000, "not 10 s yet");
+        d.resume(600_000, at(16));
+        assert!(d.budget() >= 600_000, "resumed after 10 s of calm");
+        d.congestion(200_000, at(17));
+        d.resume(600_000, at(36));
+        assert!(d.budget() < 600_000, "not 20 s yet");
+        d.resume(600_000, at(37));
+        assert!(d.budget() >= 600_000, "resumed after 20 s of calm");
+        // That one held for 10 s: the next pause waits 5 s again.
+        d.congestion(200_000, at(60));
+        d.resume(600_000, at(65));
+        assert!(
+            d.budget() >= 600_000,
+            "back to 5 s after a resume that held"
+        );
     }
 
     #[test]

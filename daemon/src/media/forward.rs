@@ -113,9 +113,12 @@ pub(crate) struct Leg {
     pub layer_since: Option<std::time::Instant>,
     /// What the subscriber asked for this track (`track_settings`).
     pub prefs: crate::media::TrackPrefs,
-    /// A leg without a switcher that the subscriber paused forwards
-    /// nothing, and resumes at a key frame.
+    /// A leg without a switcher that the subscriber paused, or that is
+    /// starved, forwards nothing, and resumes at a key frame.
     pub hold: Hold,
+    /// A video leg without a switcher that its subscriber's link cannot
+    /// carry (see `engine::allocate`).
+    pub starved: bool,
     /// The sequence number after the last one forwarded.
     pub next_seq: u16,
 }
@@ -153,6 +156,7 @@ impl Leg {
             layer_since: None,
             prefs: Default::default(),
             hold: Hold::Forwarding,
+            starved: false,
             next_seq: 0,
         }
     }

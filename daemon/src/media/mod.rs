@@ -381,6 +381,9 @@ pub struct ReceivedLayerReport {
     pub target: Option<String>,
     /// What the subscriber asked for it.
     pub prefs: TrackPrefs,
+    /// Paused because the subscriber's link cannot carry even its lowest
+    /// layer.
+    pub starved: bool,
 }
 
 /// What media knows about one peer.

@@ -45,6 +45,33 @@ pub(crate) fn enable_timestamps(socket: &UdpSocket) {
     }
 }
 
+/// Send and receive buffer asked for on each media socket.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Gives `socket` [`SOCKET_BUFFER`] bytes each way: a keyframe fanned out to
+/// hundreds of subscribers leaves in one turn, and what waits in the
+/// host's queues for a slow link counts against the socket's send buffer
+/// (with the kernel's default of 208 KiB, one subscriber's full queue
+/// stopped every send, STUN answers to publishers included). Root (or
+/// CAP_NET_ADMIN) gets it whatever the limits; others get up to
+/// `net.core.wmem_max` and `rmem_max` (docs/operations.md).
+pub(crate) fn size_buffers(socket: &UdpSocket) {
+    let send = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER));
+    let receive = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER)
+        .or_else(|_| setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER));
+    if let Err(e) = send.and(receive) {
+        tracing::warn!(error = %e, "cannot size the media socket's buffers");
+    }
+    let sizes = (
+        nix::sys::socket::getsockopt(socket, sockopt::SndBuf),
+        nix::sys::socket::getsockopt(socket, sockopt::RcvBuf),
+    );
+    if let (Ok(send), Ok(receive)) = sizes {
+        tracing::debug!(send, receive, "media socket buffers");
+    }
+}
+
 /// Reads one datagram without waiting: `WouldBlock` when none is queued.
 pub(crate) fn try_recv(
     socket: &UdpSocket,

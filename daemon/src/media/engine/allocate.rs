@@ -1,13 +1,14 @@
-//! Which simulcast layer each subscriber leg forwards.
+//! Which simulcast layer each subscriber leg forwards, and which video a
+//! subscriber's link cannot carry at all.
 //!
-//! Per subscriber, the simulcast tracks it receives share what its link
-//! carries (`downlink::Downlink`, from the browser's REMB and the engine's
-//! probes) after the tracks sent once (audio, video without simulcast):
-//! every track gets its lowest layer first, then the rest lifts tracks one
-//! layer at a time, the track shown biggest first (a spotlit tile, by the
-//! subscriber's `track_settings`), then the oldest (`allocation::allocate`); a track for
-//! which even its lowest layer does not fit is paused. Layers the publisher
-//! is not sending are skipped. A leg moves down at once and up no sooner
+//! Per subscriber, the video tracks it receives share what its link carries
+//! (`downlink::Downlink`, from the engine's measurement and probes) after
+//! its audio: every track gets its lowest layer first (a track sent once
+//! has one layer), then the rest lifts tracks one layer at a time, the
+//! track shown biggest first (a spotlit tile, by the subscriber's
+//! `track_settings`), then the oldest (`allocation::allocate`); a track for
+//! which even its lowest layer does not fit is paused, audio never. Layers
+//! the publisher is not sending are skipped. A leg moves down at once and up no sooner
 //! than [`MIN_ON_LAYER`] after its last change, so layers do not flap.
 //! Switches happen at the target layer's next keyframe
 //! (`simulcast::LayerSwitcher`), which the forwarding path asks for; a move
@@ -15,9 +16,16 @@
 //!
 //! When the link is known to carry less than the next better allocation,
 //! the subscriber's link is probed for it (see `downlink`).
+//!
+//! A video track sent once has no layer to step down to: it is starved
+//! (forwards nothing, as if its tile were hidden) once it has not fitted
+//! for [`PAUSE_AFTER`], so that the subscriber's audio is not lost in a
+//! congested link, and fed again at a key frame when the link carries it
+//! (after a calm while, `Downlink::resume`).
 
 use super::*;
 use crate::media::allocation::{allocate, cost, layer_cap, next_better};
+use crate::media::forward::Hold;
 
 /// Least time a leg stays on a layer before it moves up again.
 const MIN_ON_LAYER: Duration = Duration::from_secs(2);
@@ -49,13 +57,17 @@ impl MediaEngine {
         let mut wanted: Vec<(TrackId, usize)> = Vec::new();
         // Legs whose target changed, with the layers they now take packets of.
         let mut retargeted: Vec<(TrackId, ConnId, u32)> = Vec::new();
+        // Video sent once that a subscriber's link can carry again: it
+        // resumes at the publisher's next key frame.
+        let mut resumed: Vec<TrackId> = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {
-            // Only subscribers of simulcast tracks have layers to choose (and
-            // this runs ten times a second for every subscriber).
-            if conn.kind != PcKind::Subscribe || conn.legs.values().all(|l| l.switcher.is_none()) {
+            // Only subscribers of video have layers to choose, or video to
+            // pause (and this runs ten times a second for every subscriber).
+            if conn.kind != PcKind::Subscribe || !conn.adaptive {
                 continue;
             }
-            // What the tracks sent once take, then each simulcast track's layers.
+            // What audio takes, then each video track's layers (one for a
+            // track sent once).
             let mut fixed = 0u64;
             let mut tracks: Vec<TrackId> = Vec::new();
             let mut rates: Vec<Vec<Option<u64>>> = Vec::new();
@@ -74,10 +86,8 @@ impl MediaEngine {
                     continue;
                 };
                 let prefs = conn.legs.get(track).map(|l| l.prefs).unwrap_or_default();
-                if !source.simulcast() {
-                    if !prefs.paused {
-                        fixed += (source.bitrate_bps() as f64 * OVERHEAD) as u64;
-                    }
+                if source.info.kind == MediaKind::Audio {
+                    fixed += (source.bitrate_bps() as f64 * OVERHEAD) as u64;
                     continue;
                 }
                 // A track its subscriber paused takes nothing (below).
@@ -152,7 +162,32 @@ impl MediaEngine {
                     continue;
                 };
                 let Some(sw) = leg.switcher.as_mut() else {
-                    current.push(None);
+                    // A video track sent once: forwarded, or starved (paused)
+                    // while the link cannot carry even it.
+                    let state = (!leg.starved).then_some(0);
+                    if layers.first().is_none_or(Option::is_none) || *want == state {
+                        // Agreed (or nothing to decide): the clock of a
+                        // disagreement restarts.
+                        leg.layer_since = Some(now);
+                    } else if want.is_some()
+                        || leg
+                            .layer_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= PAUSE_AFTER)
+                    {
+                        // Starved only once it could not be carried for a
+                        // while; fed again as soon as it fits.
+                        debug!(peer = %conn.peer, track = track.0, starved = want.is_none(), budget, fixed, "video sent once");
+                        leg.starved = want.is_none();
+                        leg.layer_since = Some(now);
+                        if leg.starved {
+                            stats.layer_pauses += 1;
+                            leg.hold = Hold::Paused;
+                        } else if !leg.prefs.paused {
+                            leg.hold = Hold::Resuming;
+                            resumed.push(*track);
+                        }
+                    }
+                    current.push((!leg.starved).then_some(0));
                     continue;
                 };
                 if layers.iter().all(Option::is_none) {
@@ -246,6 +281,9 @@ impl MediaEngine {
             if let Some(source) = self.sources.get_mut(&track) {
                 source.set_interest(id, layers);
             }
+        }
+        for track in resumed {
+            self.request_keyframe(track, now, KeyframeCause::LayerSwitch);
         }
         self.publisher_layers(&wanted, now);
     }

@@ -169,7 +169,7 @@ impl MediaEngine {
                 out.header.timestamp = m.timestamp;
                 vp8 = m.vp8;
             }
-            // Only a subscriber of simulcast tracks has its link measured.
+            // Only a subscriber of video has its link measured.
             let send_time = if conn.adaptive {
                 out.header.extensions.reserve(2);
                 &send_time
@@ -278,6 +278,16 @@ impl MediaEngine {
         let (Some(leg), Some(source)) = (conn.legs.get(track), self.sources.get(track)) else {
             return;
         };
+        // A leg that forwards nothing now (paused, or starved by a link that
+        // cannot carry it) resumes at a key frame: resending what it lost
+        // would only keep that link full.
+        let stopped = match &leg.switcher {
+            Some(sw) => sw.target().is_none(),
+            None => leg.hold == Hold::Paused,
+        };
+        if stopped {
+            return;
+        }
         let send_time =
             Bytes::copy_from_slice(&abs_send_time(now.saturating_duration_since(self.epoch)));
         let at_us = now.saturating_duration_since(self.epoch).as_micros() as i64;

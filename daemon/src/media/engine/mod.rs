@@ -241,9 +241,9 @@ struct Conn {
     connect_by: Option<Instant>,
     /// When the last datagram of any kind arrived from the peer.
     last_rx: Instant,
-    /// Subscribe side: whether any leg is simulcast, so that the link is
+    /// Subscribe side: whether any leg is video, so that the link is
     /// measured (send times and transport-wide numbers stamped, feedback
-    /// read): a subscriber with nothing to adapt costs nothing more.
+    /// read): a subscriber of audio alone costs nothing more.
     adaptive: bool,
     /// Subscribe side: what the subscriber's link carries (see `downlink`).
     downlink: Downlink,
@@ -330,6 +330,7 @@ impl MediaEngine {
             std_socket.set_nonblocking(true)?;
             let socket = UdpSocket::from_std(std_socket)?;
             recv::enable_timestamps(&socket);
+            recv::size_buffers(&socket);
             let bound = socket.local_addr()?;
             // With port 0, every address shares the first one's port where it can.
             port = bound.port();
@@ -1213,12 +1214,13 @@ impl MediaEngine {
             .filter_map(|(track, leg)| {
                 let prefs = leg.prefs;
                 let Some(sw) = leg.switcher.as_ref() else {
-                    // A track sent once is listed when its subscriber paused it.
-                    return leg.prefs.paused.then_some(ReceivedLayerReport {
+                    // A track sent once is listed when it is paused.
+                    return (leg.prefs.paused || leg.starved).then_some(ReceivedLayerReport {
                         track: track.0,
                         layer: None,
                         target: None,
                         prefs,
+                        starved: leg.starved && !leg.prefs.paused,
                     });
                 };
                 let target = (sw.target() != sw.current())
@@ -1229,6 +1231,7 @@ impl MediaEngine {
                     layer: rid(track, sw.current()),
                     target,
                     prefs,
+                    starved: sw.target().is_none() && !prefs.paused,
                 })
             })
             .collect();

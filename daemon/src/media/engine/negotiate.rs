@@ -245,7 +245,15 @@ impl MediaEngine {
             conn.by_ssrc.insert(ssrc, want.id);
             changed = true;
         }
-        conn.adaptive = conn.legs.values().any(|l| l.switcher.is_some());
+        // Whoever receives video has its link measured: the allocation
+        // picks its simulcast layers, and pauses video it cannot carry.
+        let sources = &self.sources;
+        conn.adaptive = conn.legs.iter().any(|(track, leg)| {
+            leg.switcher.is_some()
+                || sources
+                    .get(track)
+                    .is_some_and(|s| s.info.kind == MediaKind::Video)
+        });
         if !changed && (conn.negotiated || conn.legs.is_empty()) {
             return Ok(None);
         }

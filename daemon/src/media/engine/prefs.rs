@@ -44,7 +44,8 @@ impl MediaEngine {
         }
         match (was_paused, prefs.paused) {
             (false, true) => leg.hold = Hold::Paused,
-            (true, false) => {
+            // A starved leg resumes when its link allows (`allocate`).
+            (true, false) if !leg.starved => {
                 leg.hold = Hold::Resuming;
                 self.request_keyframe(track, now, KeyframeCause::NewSubscriber);
             }
