@@ -109,6 +109,31 @@ fn answer(client: &mut RTCPeerConnection, offer: &str) -> String {
     answer.sdp
 }
 
+/// Answers to the engine's subscribe offers, grown from the in-memory
+/// subscriber's `answer`, through the engine's negotiation as a
+/// subscriber's answer goes (the SDP bounds, then `rtc`'s remote
+/// description and the legs' payload types): each input answers a fresh
+/// subscribe connection to the published track, which then closes. Returns
+/// how many were applied.
+fn subscribe_answers(engine: &mut MediaEngine, answer: &str) -> u64 {
+    let tracks = engine.fuzz_tracks();
+    let mut peer = 1_000u64;
+    let mut applied = 0u64;
+    campaign("subscribe_answers", &[answer.as_bytes()], 300, |input| {
+        peer += 1;
+        if engine
+            .fuzz_subscribe(PeerId(peer), tracks.clone())
+            .is_some()
+        {
+            applied += u64::from(engine.fuzz_subscribe_answer(PeerId(peer), &super::text(input)));
+        }
+        engine.fuzz_remove_peer(PeerId(peer));
+    });
+    applied
+}
+
+/// Two targets on one published track: `subscriber_feedback`, then
+/// `subscribe_answers`.
 #[test]
 fn subscriber_feedback_behind_dtls() {
     let (rt, mut engine, _handle) = super::loopback_engine();
@@ -220,10 +245,13 @@ fn subscriber_feedback_behind_dtls() {
     });
     // What was fuzzed got past SRTCP, to the fast path and behind `rtc`.
     let (feedback, retransmitted, plis) = engine.fuzz_feedback();
+    let subscribed = subscribe_answers(&mut engine, &sdp);
     assert!(protected > 0, "nothing could be protected");
     assert!(feedback > 0, "no transport feedback reached the fast path");
     assert!(retransmitted > 0, "no NACK was answered");
+    assert!(subscribed > 0, "no answer was applied");
     if std::env::var_os("SFUD_FUZZ_SECONDS").is_some() {
+        println!("fuzz subscribe_answers: {subscribed} applied");
         println!(
             "fuzz subscriber_feedback: {protected} protected; {feedback} transport feedback \
              read on the fast path, {retransmitted} packets retransmitted, {plis} PLIs \

@@ -1403,6 +1403,11 @@ impl MediaEngine {
             .is_ok()
     }
 
+    /// Closes both connections of `peer`, as when it leaves.
+    pub(crate) fn fuzz_remove_peer(&mut self, peer: PeerId) {
+        self.remove_peer(peer);
+    }
+
     /// Transport feedback the fast path read, packets retransmitted for
     /// NACKs, and PLIs sent to publishers, so far.
     pub(crate) fn fuzz_feedback(&self) -> (u64, u64, u64) {
