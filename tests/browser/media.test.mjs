@@ -508,9 +508,12 @@ describe('a video sent once (no simulcast) that a listener\'s link cannot carry'
     await waitFor(20_000, async () => (me = await shown())?.receiving.some((r) => r.track === video.id && r.starved),
       () => `at ${limit} kbit/s sfud does not pause the video for the listener within 20 s: ${JSON.stringify(me)}`);
     // Paused: the audio arrives whole and on time. sfud tries the video again after a
-    // calm while (5 s, then twice as long after each try the link could not carry):
-    // judged over 6 s during which it stayed paused.
+    // calm while (5 s, then twice as long after each try the link could not carry), and
+    // a try fills the link's queue for a moment: judged over 6 s that begin 2 s into a
+    // pause (the queue has drained, and losses before it have been counted) during
+    // which it stayed paused.
     const paused = Date.now();
+    const starved = async () => (me = await shown())?.receiving.some((r) => r.track === video.id && r.starved);
     let a;
     let b;
     let va;
@@ -518,14 +521,15 @@ describe('a video sent once (no simulcast) that a listener\'s link cannot carry'
     let tries = 0;
     await waitFor(90_000, async () => {
       tries += 1;
+      if (!(await starved())) return false;
+      const before = await audio();
+      await sleep(2_000);
       [a, va] = [await audio(), await subscribeVideo(lis)];
       await sleep(6_000);
       [b, vb] = [await audio(), await subscribeVideo(lis)];
-      me = await shown();
       const got = b.packetsReceived - a.packetsReceived;
       // Paused throughout: no video packet came (a try to resume sends some).
-      return me.receiving.some((r) => r.track === video.id && r.starved) && b.videoPackets - a.videoPackets <= 5
-        && got >= 270 && got <= 330;
+      return (await starved()) && b.videoPackets - before.videoPackets <= 5 && got >= 270 && got <= 330;
     }, () => `no 6 s window within 90 s of the pause with the video paused and the audio at its 50 packets a second: `
       + `${JSON.stringify({ a, b, va, vb, me })}`);
     const received = b.packetsReceived - a.packetsReceived;
