@@ -6,8 +6,8 @@
 //!
 //! `cargo test` runs a short campaign of each (a few thousand inputs);
 //! `scripts/fuzz SECONDS` runs each target for that long
-//! (`SFUD_FUZZ_SECONDS`), with a fresh seed unless `SFUD_FUZZ_SEED` is set,
-//! and prints how many inputs it ran. A failing input's seed and index are
+//! (`SFUD_FUZZ_SECONDS`; `SFUD_FUZZ_TARGETS=a,b` for only those), with a
+//! fresh seed unless `SFUD_FUZZ_SEED` is set, and prints how many inputs it ran. A failing input's seed and index are
 //! in the panic message, so it replays.
 
 use std::time::{Duration, Instant};
@@ -36,14 +36,18 @@ pub(crate) const BROWSER_OFFERS: [(&str, &str); 4] = [
     ),
 ];
 
-/// How long, or how many inputs, a campaign runs.
-fn budget(default_inputs: u64) -> (Option<Duration>, u64) {
+/// How long, or how many inputs, the campaign of target `name` runs:
+/// `SFUD_FUZZ_SECONDS` each, or only for the targets `SFUD_FUZZ_TARGETS`
+/// names (comma-separated; the others run their short campaign).
+fn budget(name: &str, default_inputs: u64) -> (Option<Duration>, u64) {
+    let chosen = std::env::var("SFUD_FUZZ_TARGETS")
+        .map_or(true, |list| list.split(',').any(|t| t.trim() == name));
     match std::env::var("SFUD_FUZZ_SECONDS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     {
-        Some(secs) => (Some(Duration::from_secs(secs)), u64::MAX),
-        None => (None, default_inputs),
+        Some(secs) if chosen => (Some(Duration::from_secs(secs)), u64::MAX),
+        _ => (None, default_inputs),
     }
 }
 
@@ -64,7 +68,7 @@ fn seed() -> u64 {
 /// Runs `target` on inputs grown from `corpus` until the budget is spent.
 fn campaign(name: &str, corpus: &[&[u8]], default_inputs: u64, mut target: impl FnMut(&[u8])) {
     let seed = seed();
-    let (time, inputs) = budget(default_inputs);
+    let (time, inputs) = budget(name, default_inputs);
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let mut ran = 0u64;

@@ -281,3 +281,8 @@ fn interface_addresses() -> Vec<IpAddr> {
     ips.dedup();
     ips
 }
+
+/// The unit tests' allocator, for the fuzz campaigns' speed (see Cargo.toml).
+#[cfg(test)]
+#[global_allocator]
+static FUZZ_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
