@@ -59,15 +59,13 @@ impl MetricsSource {
             .await
             .map_err(|_| "the media engine did not answer")?
             .map_err(|_| "the media engine stopped")?;
-        let rooms = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.rooms.list())
-            .await
-            .map_err(|_| "the rooms did not answer")?;
+        let rooms = self.rooms.counts();
         let recordings = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.recorder.recording_count())
             .await
             .map_err(|_| "the recorder did not answer")?;
         let counts = Counts {
-            rooms: rooms.len(),
-            peers: rooms.iter().map(|r| r.peers).sum(),
+            rooms: rooms.rooms,
+            peers: rooms.peers,
             recordings,
         };
         let mut out = Exposition::default();

@@ -74,18 +74,16 @@ pub fn status_line(rooms: usize, peers: usize, tracks: usize) -> String {
     )
 }
 
-/// The status line for the daemon as it is now (counts it cannot get
-/// within a second are left out).
+/// The status line for the daemon as it is now (tracks as 0 when media
+/// does not answer within a second).
 pub async fn status_now(media: &MediaHandle, rooms: &RoomRegistry) -> String {
     let wait = Duration::from_secs(1);
     let tracks = match tokio::time::timeout(wait, media.stats()).await {
         Ok(Ok(stats)) => stats.tracks,
         _ => 0,
     };
-    match tokio::time::timeout(wait, rooms.list()).await {
-        Ok(list) => status_line(list.len(), list.iter().map(|r| r.peers).sum(), tracks),
-        Err(_) => "serving".to_owned(),
-    }
+    let counts = rooms.counts();
+    status_line(counts.rooms, counts.peers, tracks)
 }
 
 fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
@@ -177,11 +175,8 @@ impl Liveness {
                 continue;
             }
             status_due = now + STATUS_PERIOD;
-            let Ok(rooms) = tokio::time::timeout(period, self.rooms.list()).await else {
-                continue;
-            };
-            let peers = rooms.iter().map(|r| r.peers).sum();
-            let status = status_line(rooms.len(), peers, stats.tracks);
+            let counts = self.rooms.counts();
+            let status = status_line(counts.rooms, counts.peers, stats.tracks);
             if status != last_status {
                 (self.sink)(&[NotifyState::Status(&status)]);
                 last_status = status;

@@ -167,7 +167,7 @@ fn invalid_config(error: &crate::config::ConfigError) -> ControlError {
 }
 
 async fn status(ctx: &Context) -> Status {
-    let rooms = ctx.rooms.list().await;
+    let rooms = ctx.rooms.counts();
     let media = ctx.media.stats().await.unwrap_or_default();
     let rates = ctx.rates.latest();
     let reloader_path = ctx.reloader.path();
@@ -177,8 +177,8 @@ async fn status(ctx: &Context) -> Status {
         uptime_secs: ctx.started.elapsed().as_secs(),
         socket: ctx.socket.display().to_string(),
         config: reloader_path.map(|p| p.display().to_string()),
-        rooms: rooms.len(),
-        peers: rooms.iter().map(|r| r.peers).sum(),
+        rooms: rooms.rooms,
+        peers: rooms.peers,
         connections: media.connections,
         tracks: media.tracks,
         rtp_in: media.rtp_in,

@@ -2,6 +2,7 @@
 //! into state changes, and state changes into messages and media commands.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -30,6 +31,9 @@ pub(crate) struct RoomActor {
     closed: bool,
     /// Told of joins and leaves (the recorder); dropped when the room ends.
     watchers: Vec<mpsc::UnboundedSender<RoomEvent>>,
+    /// Where the room publishes how many participants it has (the
+    /// registry's counts read it).
+    peers: Arc<AtomicUsize>,
 }
 
 fn refusal(e: MediaError) -> Refusal {
@@ -52,6 +56,7 @@ impl RoomActor {
         registry: Weak<RegistryInner>,
         instance: u64,
         persistent: bool,
+        peers: Arc<AtomicUsize>,
     ) -> Self {
         let room_name = room.name.clone();
         let sink: EventSink = Arc::new(move |ev| {
@@ -71,12 +76,14 @@ impl RoomActor {
             created: Instant::now(),
             closed: false,
             watchers: Vec::new(),
+            peers,
         }
     }
 
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
         while let Some(msg) = rx.recv().await {
             self.handle(msg).await;
+            self.peers.store(self.room.len(), Ordering::Relaxed);
             if self.closed || (self.room.is_empty() && !self.persistent) {
                 // Close first so no join can slip in, then drain: pending
                 // joins see their reply dropped and retry on a fresh room.

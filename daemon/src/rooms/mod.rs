@@ -7,6 +7,7 @@ pub mod report;
 pub mod state;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use sfu_proto::signaling::{CandidateInit, ErrorCode, IceServer, Role, RoomMode, ServerMessage};
@@ -154,6 +155,9 @@ pub enum RoomEvent {
 pub struct RoomHandle {
     tx: mpsc::Sender<RoomMsg>,
     instance: u64,
+    /// How many participants the room has, as its actor last published it:
+    /// counts are read without asking the room (or media) anything.
+    peers: Arc<AtomicUsize>,
 }
 
 fn gone() -> Refusal {
@@ -240,7 +244,16 @@ struct RegistryInner {
     media: MediaHandle,
     limits: Mutex<RoomLimits>,
     ice_servers: Mutex<Vec<IceServer>>,
-    next_instance: std::sync::atomic::AtomicU64,
+    next_instance: AtomicU64,
+}
+
+/// Rooms open and the participants in them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomCounts {
+    /// Rooms open.
+    pub rooms: usize,
+    /// Participants in all of them.
+    pub peers: usize,
 }
 
 /// Finds rooms by name and creates them on demand.
@@ -266,7 +279,7 @@ impl RoomRegistry {
                 media,
                 limits: Mutex::new(limits),
                 ice_servers: Mutex::new(ice_servers),
-                next_instance: std::sync::atomic::AtomicU64::new(1),
+                next_instance: AtomicU64::new(1),
             }),
         }
     }
@@ -281,6 +294,19 @@ impl RoomRegistry {
             .collect();
         names.sort();
         names
+    }
+
+    /// How many rooms are open and how many participants they hold, from
+    /// the counts each room publishes: cheap enough for `/metrics`, `sfuctl
+    /// status` and the systemd status however many rooms there are.
+    pub fn counts(&self) -> RoomCounts {
+        let rooms = lock(&self.inner.rooms);
+        let mut counts = RoomCounts::default();
+        for h in rooms.values().filter(|h| !h.tx.is_closed()) {
+            counts.rooms += 1;
+            counts.peers += h.peers.load(Ordering::Relaxed);
+        }
+        counts
     }
 
     /// Joins `room` (creating it if allowed). The `joined` message and
@@ -393,12 +419,14 @@ impl RoomRegistry {
                 format!("the server already has {} rooms", limits.max_rooms),
             ));
         }
-        let instance = self
-            .inner
-            .next_instance
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
-        let handle = RoomHandle { tx, instance };
+        let peers = Arc::new(AtomicUsize::new(0));
+        let handle = RoomHandle {
+            tx,
+            instance,
+            peers: peers.clone(),
+        };
         let mode = mode.unwrap_or_default();
         let room_state = state::Room::new(
             room.to_owned(),
@@ -413,6 +441,7 @@ impl RoomRegistry {
             Arc::downgrade(&self.inner),
             instance,
             persistent,
+            peers,
         );
         tokio::spawn(actor.run(rx));
         rooms.insert(room.to_owned(), handle.clone());

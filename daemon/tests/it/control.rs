@@ -188,8 +188,19 @@ async fn rooms_appear_and_disappear_as_clients_join_and_leave() {
         rooms[0]["peers"] == 1
     })
     .await;
+    // The counts in `status` are what each room publishes after every
+    // message it handles: the room has answered the listing, so they agree.
+    let counts = |status: Value| (status["rooms"].as_u64(), status["peers"].as_u64());
+    assert_eq!(
+        counts(ctl(&server, &["status"]).await.ok()),
+        (Some(1), Some(1))
+    );
     drop(bob);
     rooms_until(&server, "no rooms", <[Value]>::is_empty).await;
+    assert_eq!(
+        counts(ctl(&server, &["status"]).await.ok()),
+        (Some(0), Some(0))
+    );
     server.stop().await;
 }
 
