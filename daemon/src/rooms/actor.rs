@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::report::{PeerDetail, RoomDetail, RoomSummary};
 use super::state::Room;
-use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomEvent, RoomMsg};
+use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomEvent, RoomHandle, RoomMsg};
 use crate::media::{EventSink, LostCause, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
 
 pub(crate) struct RoomActor {
@@ -50,14 +50,14 @@ fn refusal(e: MediaError) -> Refusal {
 impl RoomActor {
     pub(crate) fn new(
         room: Room,
-        own: mpsc::Sender<RoomMsg>,
+        own: &RoomHandle,
         media: MediaHandle,
         ice_servers: Vec<IceServer>,
         registry: Weak<RegistryInner>,
-        instance: u64,
         persistent: bool,
-        peers: Arc<AtomicUsize>,
     ) -> Self {
+        let (instance, peers) = (own.instance, own.peers.clone());
+        let own = own.tx.clone();
         let room_name = room.name.clone();
         let sink: EventSink = Arc::new(move |ev| {
             if own.try_send(RoomMsg::Media(ev)).is_err() {

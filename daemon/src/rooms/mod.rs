@@ -421,11 +421,10 @@ impl RoomRegistry {
         }
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
-        let peers = Arc::new(AtomicUsize::new(0));
         let handle = RoomHandle {
             tx,
             instance,
-            peers: peers.clone(),
+            peers: Arc::new(AtomicUsize::new(0)),
         };
         let mode = mode.unwrap_or_default();
         let room_state = state::Room::new(
@@ -435,13 +434,11 @@ impl RoomRegistry {
         );
         let actor = actor::RoomActor::new(
             room_state,
-            handle.tx.clone(),
+            &handle,
             self.inner.media.clone(),
             lock(&self.inner.ice_servers).clone(),
             Arc::downgrade(&self.inner),
-            instance,
             persistent,
-            peers,
         );
         tokio::spawn(actor.run(rx));
         rooms.insert(room.to_owned(), handle.clone());
