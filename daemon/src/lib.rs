@@ -27,6 +27,7 @@ pub mod recording;
 pub mod reload;
 pub mod rooms;
 pub mod signaling;
+pub mod supervisor;
 pub mod systemd;
 
 use std::future::Future;
@@ -35,13 +36,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sfu_proto::signaling::IceServer;
-use tokio::sync::watch;
 use tracing::info;
 
 use crate::config::Config;
 use crate::media::engine_settings;
 use crate::media::{MediaEngine, MediaHandle};
 use crate::rooms::{RoomLimits, RoomRegistry};
+use crate::supervisor::{Stage, Supervisor};
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,7 @@ pub struct Server {
     control: control::ControlSocket,
     reloader: reload::Reloader,
     recorder: recording::Recorder,
+    supervisor: Supervisor,
     started: std::time::Instant,
 }
 
@@ -163,6 +165,7 @@ impl Server {
             control,
             reloader,
             recorder,
+            supervisor: Supervisor::default(),
             started,
         })
     }
@@ -215,18 +218,35 @@ impl Server {
         self.gate.clone()
     }
 
-    /// Serves until `shutdown` resolves, then tells every peer and stops.
+    /// Starts and stops every long-lived task (to run more beside the
+    /// server, such as systemd's liveness check).
+    pub fn supervisor(&self) -> Supervisor {
+        self.supervisor.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops in stages: no new
+    /// connections or joins, every recording finalized, every peer told,
+    /// media closed, then the rest (see [`supervisor`](crate::supervisor)).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let media_task = tokio::spawn(self.engine.run(stop_rx.clone()));
-        tokio::spawn(logging::budget::report_suppressed(stop_rx.clone()));
+        let sup = self.supervisor.clone();
+        sup.spawn(
+            Stage::Media,
+            "media loop",
+            self.engine.run(sup.token(Stage::Media)),
+        );
+        sup.spawn(
+            Stage::Background,
+            "suppressed log report",
+            logging::budget::report_suppressed(sup.token(Stage::Background)),
+        );
         let app = signaling::router(signaling::AppState {
             rooms: self.rooms.clone(),
             gate: self.gate.clone(),
-            shutdown: stop_rx.clone(),
+            draining: sup.token(Stage::Accept),
+            shutdown: sup.token(Stage::Sessions),
             metrics: metrics::MetricsSource::new(
                 self.rooms.clone(),
                 self.media.clone(),
@@ -236,34 +256,42 @@ impl Server {
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");
         let gate = self.gate.clone();
-        let http_task = tokio::spawn(signaling::listener::serve(
-            self.http,
-            app,
-            gate.connections().clone(),
-            move || gate.listener_limits(),
-            stop_rx.clone(),
-        ));
-        let control_task = tokio::spawn(self.control.serve(
-            control::Services {
-                rooms: self.rooms.clone(),
-                media: self.media.clone(),
-                reloader: self.reloader.clone(),
-                gate: self.gate.clone(),
-                recorder: self.recorder.clone(),
-                started: self.started,
-            },
-            stop_rx.clone(),
-        ));
+        sup.spawn(
+            Stage::Accept,
+            "HTTP listener",
+            signaling::listener::serve(
+                self.http,
+                app,
+                gate.connections().clone(),
+                move || gate.listener_limits(),
+                sup.clone(),
+            ),
+        );
+        sup.spawn(
+            Stage::Accept,
+            "control listener",
+            self.control.serve(
+                control::Services {
+                    rooms: self.rooms.clone(),
+                    media: self.media.clone(),
+                    reloader: self.reloader.clone(),
+                    gate: self.gate.clone(),
+                    recorder: self.recorder.clone(),
+                    started: self.started,
+                },
+                sup.clone(),
+            ),
+        );
         shutdown.await;
         info!("shutting down");
+        sup.stop(Stage::Accept).await;
         // Every recording is finalized before the process exits, and before
         // the peers are told to go: otherwise a room could close under its
         // recording first, which would then end for the wrong reason.
         self.recorder.shutdown().await;
-        let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control_task).await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http_task).await;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), media_task).await;
+        for stage in [Stage::Sessions, Stage::Media, Stage::Background] {
+            sup.stop(stage).await;
+        }
         Ok(())
     }
 }

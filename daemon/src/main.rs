@@ -11,6 +11,7 @@ use sfud::config::Config;
 use sfud::media::MediaHandle;
 use sfud::reload::Reloader;
 use sfud::rooms::RoomRegistry;
+use sfud::supervisor::Stage;
 use sfud::systemd;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
@@ -122,7 +123,11 @@ async fn serve(path: Option<PathBuf>, config: Config) -> Result<(), Box<dyn std:
     // Every socket is bound: connections queue in the kernel until `run`
     // serves them.
     systemd::ready(&systemd::status_now(&media, &rooms).await);
-    tokio::spawn(systemd::Liveness::from_env(media.clone(), rooms.clone()).run());
+    server.supervisor().spawn_until_stopped(
+        Stage::Background,
+        "systemd liveness",
+        systemd::Liveness::from_env(media.clone(), rooms.clone()).run(),
+    );
     server
         .run(until_stopped(signals, reloader, media, rooms))
         .await?;

@@ -190,7 +190,8 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::media::{engine_settings, MediaEngine};
-    use tokio::sync::{mpsc, watch};
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
 
     /// A sink that forwards each notification's text to a channel.
     fn recorder() -> (NotifySink, mpsc::UnboundedReceiver<String>) {
@@ -224,8 +225,8 @@ mod tests {
         let silent = tokio::time::timeout(Duration::from_millis(500), notes.recv()).await;
         assert!(silent.is_err(), "pinged without the media loop: {silent:?}");
 
-        let (stop, stopped) = watch::channel(false);
-        let engine = tokio::spawn(engine.run(stopped));
+        let stop = CancellationToken::new();
+        let engine = tokio::spawn(engine.run(stop.clone()));
         for _ in 0..3 {
             let note = tokio::time::timeout(Duration::from_secs(5), notes.recv())
                 .await
@@ -235,7 +236,7 @@ mod tests {
                 assert!(note.starts_with("STATUS=serving: 0 rooms"), "{note}");
             }
         }
-        let _ = stop.send(true);
+        stop.cancel();
         engine.await.expect("engine stops");
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::UnixListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::backoff::AcceptBackoff;
@@ -27,6 +27,7 @@ use crate::config::ControlConfig;
 use crate::media::MediaHandle;
 use crate::reload::Reloader;
 use crate::rooms::RoomRegistry;
+use crate::supervisor::{Stage, Supervisor};
 
 pub use access::Peer;
 
@@ -184,18 +185,20 @@ impl ControlSocket {
         self.file.path()
     }
 
-    /// Serves until `stop` turns true, then removes the socket file.
-    pub async fn serve(self, services: Services, mut stop: watch::Receiver<bool>) {
+    /// Serves until the supervisor stops accepting, then removes the
+    /// socket file; connections end when it stops sessions.
+    pub async fn serve(self, services: Services, sup: Supervisor) {
+        let stop = sup.token(Stage::Accept);
         let ControlSocket {
             listener,
             file,
             access,
         } = self;
         let rates = Arc::new(rate::MediaRates::default());
-        let sampler = tokio::spawn({
+        sup.spawn(Stage::Background, "bitrate sampler", {
             let rates = rates.clone();
             let media = services.media.clone();
-            let stop = stop.clone();
+            let stop = sup.token(Stage::Background);
             async move { rates.sample(media, stop).await }
         });
         let ctx = Arc::new(handler::Context {
@@ -214,14 +217,14 @@ impl ControlSocket {
         info!(socket = %file.path().display(), "control socket ready");
         loop {
             let permit = tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                () = stop.cancelled() => break,
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
             };
             let accepted = tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                () = stop.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
             let stream = match accepted {
@@ -232,7 +235,7 @@ impl ControlSocket {
                 Err(e) => {
                     let pause = backoff.failed(&e);
                     tokio::select! {
-                        _ = stop.wait_for(|s| *s) => break,
+                        () = stop.cancelled() => break,
                         _ = tokio::time::sleep(pause) => continue,
                     }
                 }
@@ -244,17 +247,13 @@ impl ControlSocket {
                     continue;
                 }
             };
-            let (ctx, access, mut stop) = (ctx.clone(), access.clone(), stop.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = connection::serve(stream, peer, &access, &ctx) => {}
-                    _ = stop.wait_for(|s| *s) => {}
-                }
+            let (ctx, access) = (ctx.clone(), access.clone());
+            sup.spawn_until_stopped(Stage::Sessions, "control connection", async move {
+                connection::serve(stream, peer, &access, &ctx).await;
                 drop(permit);
             });
         }
         drop(listener);
         drop(file);
-        let _ = sampler.await;
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::media::MediaHandle;
 
@@ -69,12 +69,12 @@ impl MediaRates {
     }
 
     /// Reads the media counters every second until `stop`.
-    pub async fn sample(&self, media: MediaHandle, mut stop: watch::Receiver<bool>) {
+    pub async fn sample(&self, media: MediaHandle, stop: CancellationToken) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             match media.stats().await {

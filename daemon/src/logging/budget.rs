@@ -108,12 +108,12 @@ impl<S: Subscriber> Layer<S> for BudgetLayer {
 }
 
 /// Logs what was suppressed every [`REPORT_EVERY`], until `stop`.
-pub async fn report_suppressed(mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn report_suppressed(stop: tokio_util::sync::CancellationToken) {
     let mut every = tokio::time::interval(REPORT_EVERY);
     every.tick().await;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
         for (place, lines) in global().take_suppressed() {

@@ -20,11 +20,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tower::ServiceExt;
 use tracing::debug;
 
 use crate::backoff::AcceptBackoff;
+use crate::supervisor::{Stage, Supervisor};
 
 /// The limits of the listener (`[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,12 +127,14 @@ pub async fn serve(
     router: Router,
     connections: Arc<Connections>,
     limits: impl Fn() -> ListenerLimits,
-    mut stop: watch::Receiver<bool>,
+    sup: Supervisor,
 ) {
+    let stop = sup.token(Stage::Accept);
+    let sessions = sup.token(Stage::Sessions);
     let mut backoff = AcceptBackoff::new("HTTP listener");
     loop {
         let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, remote) = match accepted {
@@ -143,7 +145,7 @@ pub async fn serve(
             Err(error) => {
                 let pause = backoff.failed(&error);
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stop.cancelled() => return,
                     _ = tokio::time::sleep(pause) => continue,
                 }
             }
@@ -167,8 +169,8 @@ pub async fn serve(
                 req.extensions_mut().insert(request_slot.clone());
                 req.map(axum::body::Body::new)
             });
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
+        let sessions = sessions.clone();
+        sup.spawn(Stage::Sessions, "HTTP connection", async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -178,16 +180,13 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                 .with_upgrades();
             tokio::pin!(conn);
-            let stopping = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         debug!(%remote, error = %e, "HTTP connection ended");
                     }
                 }
-                _ = stopping => {
+                () = sessions.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

@@ -15,7 +15,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
 use sfu_proto::signaling::MAX_FRAME_BYTES;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::rooms::RoomRegistry;
 
@@ -33,8 +33,11 @@ pub struct AppState {
     pub rooms: RoomRegistry,
     /// Tokens, origins and rate limits.
     pub gate: Arc<gate::Gatekeeper>,
-    /// Turns true when the daemon is shutting down.
-    pub shutdown: watch::Receiver<bool>,
+    /// Cancelled when the daemon begins to shut down: it takes no new
+    /// joins, and `/healthz` says so.
+    pub draining: CancellationToken,
+    /// Cancelled when sessions must tell their peer and end.
+    pub shutdown: CancellationToken,
     /// What `/metrics` samples.
     pub metrics: crate::metrics::MetricsSource,
 }
@@ -54,7 +57,7 @@ async fn demo_page() -> impl IntoResponse {
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if *state.shutdown.borrow() {
+    if state.draining.is_cancelled() {
         (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n",

@@ -62,7 +62,7 @@ impl Session {
     async fn serve(mut self, socket: WebSocket) {
         let (mut sink, mut stream) = socket.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(MAILBOX);
-        let mut shutdown = self.state.shutdown.clone();
+        let shutdown = self.state.shutdown.clone();
         let mut close: Option<Option<(ErrorCode, String)>> = None;
         // A socket that never joins, or a peer that went away without
         // closing, must not hold a connection (and its memory) for ever.
@@ -92,7 +92,7 @@ impl Session {
                     }
                     None => break,
                 },
-                _ = shutdown.changed() => {
+                () = shutdown.cancelled() => {
                     close = Some(Some((ErrorCode::ShuttingDown, "the server is shutting down".into())));
                     break;
                 }
@@ -217,6 +217,12 @@ impl Session {
                     return Err(Refusal::new(
                         ErrorCode::AlreadyJoined,
                         "this socket already joined a room",
+                    ));
+                }
+                if self.state.draining.is_cancelled() {
+                    return Err(Refusal::new(
+                        ErrorCode::ShuttingDown,
+                        "the server is shutting down",
                     ));
                 }
                 if !self.state.gate.join_allowed(self.remote.ip()) {

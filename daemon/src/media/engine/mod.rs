@@ -63,7 +63,8 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::srtp::context::Context as SrtpContext;
 use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::batch::{SendBatch, HIGH_WATER};
@@ -377,7 +378,7 @@ impl MediaEngine {
     }
 
     /// Runs until `shutdown` turns true or every handle is dropped.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut cmsg = recv::cmsg_buffer();
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
@@ -423,11 +424,7 @@ impl MediaEngine {
                     timer.as_mut().reset(deadline.into());
                 }
                 _ = housekeeping.tick() => self.on_housekeeping(Instant::now()),
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        break;
-                    }
-                }
+                () = shutdown.cancelled() => break,
             }
             self.out.send(&self.sockets, &mut self.stats);
             if let Some((started, forwarded_before)) = turn {
