@@ -132,6 +132,7 @@ impl Server {
                 credential: s.credential.clone(),
             })
             .collect();
+        let supervisor = Supervisor::default();
         let rooms = RoomRegistry::new(
             media.clone(),
             RoomLimits {
@@ -141,6 +142,7 @@ impl Server {
                 mesh_max_peers: config.rooms.mesh_max_peers,
             },
             ice_servers,
+            supervisor.clone(),
         );
         for p in &config.rooms.preset {
             rooms
@@ -165,7 +167,7 @@ impl Server {
             control,
             reloader,
             recorder,
-            supervisor: Supervisor::default(),
+            supervisor,
             started,
         })
     }
@@ -289,7 +291,12 @@ impl Server {
         // the peers are told to go: otherwise a room could close under its
         // recording first, which would then end for the wrong reason.
         self.recorder.shutdown().await;
-        for stage in [Stage::Sessions, Stage::Media, Stage::Background] {
+        for stage in [
+            Stage::Sessions,
+            Stage::Rooms,
+            Stage::Media,
+            Stage::Background,
+        ] {
             sup.stop(stage).await;
         }
         Ok(())

@@ -7,7 +7,7 @@
 //! to end with the runtime. [`Supervisor::shutdown`] stops the stages in
 //! the order the daemon must stop: no new connections, then (between the
 //! first two stages) recordings are finalized, then peers are told and
-//! their sessions end, then media closes, then the rest.
+//! their sessions end, then the rooms, then media closes, then the rest.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,6 +26,9 @@ pub enum Stage {
     /// Connections: WebSocket sessions (which tell their peer), other HTTP
     /// requests, control clients.
     Sessions,
+    /// Room actors: most end when their last member leaves; operators'
+    /// rooms stay until this stage stops.
+    Rooms,
     /// The media loop.
     Media,
     /// Samplers and reporters that outlive everything else.
@@ -34,9 +37,10 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in shutdown order.
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::Accept,
         Stage::Sessions,
+        Stage::Rooms,
         Stage::Media,
         Stage::Background,
     ];
@@ -51,6 +55,7 @@ impl Stage {
             Stage::Accept => Duration::from_secs(1),
             // Closing frames to every peer, and HTTP's graceful shutdown.
             Stage::Sessions => Duration::from_secs(5),
+            Stage::Rooms => Duration::from_secs(1),
             Stage::Media => Duration::from_secs(2),
             Stage::Background => Duration::from_secs(1),
         }
@@ -60,6 +65,7 @@ impl Stage {
         match self {
             Stage::Accept => "accept",
             Stage::Sessions => "sessions",
+            Stage::Rooms => "rooms",
             Stage::Media => "media",
             Stage::Background => "background",
         }
@@ -76,7 +82,7 @@ struct StageTasks {
 /// Starts tasks and stops them in stages. Cheap to clone.
 #[derive(Clone)]
 pub struct Supervisor {
-    stages: Arc<[StageTasks; 4]>,
+    stages: Arc<[StageTasks; 5]>,
 }
 
 impl Default for Supervisor {
@@ -87,7 +93,7 @@ impl Default for Supervisor {
             running: Mutex::new(BTreeMap::new()),
         };
         Supervisor {
-            stages: Arc::new([stage(), stage(), stage(), stage()]),
+            stages: Arc::new(Stage::ALL.map(|_| stage())),
         }
     }
 }
@@ -216,12 +222,21 @@ mod tests {
         assert!(!sup.stopping(Stage::Sessions));
 
         assert!(sup.stop(Stage::Sessions).await.is_empty());
+        assert!(sup.stop(Stage::Rooms).await.is_empty());
         let started = tokio::time::Instant::now();
         assert_eq!(sup.stop(Stage::Media).await, [("stuck", 1)]);
         assert!(started.elapsed() >= Stage::Media.deadline());
         assert!(sup.stop(Stage::Background).await.is_empty());
         let stopped: Vec<Stage> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-        assert_eq!(stopped, [Stage::Sessions, Stage::Media, Stage::Background]);
+        assert_eq!(
+            stopped,
+            [
+                Stage::Sessions,
+                Stage::Rooms,
+                Stage::Media,
+                Stage::Background
+            ]
+        );
         assert_eq!(sup.tasks(Stage::Sessions), []);
     }
 

@@ -214,6 +214,7 @@ mod tests {
             media.clone(),
             crate::reload::room_limits(&config),
             Vec::new(),
+            crate::supervisor::Supervisor::default(),
         );
         let (sink, mut notes) = recorder();
         let liveness = Liveness::new(media, rooms, Some(Duration::from_millis(100)), sink);

@@ -14,6 +14,7 @@ use sfu_proto::signaling::{CandidateInit, ErrorCode, IceServer, Role, RoomMode, 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::media::{MediaHandle, PeerId};
+use crate::supervisor::{Stage, Supervisor};
 
 /// What a room sends to a participant's session.
 #[derive(Debug)]
@@ -245,6 +246,8 @@ struct RegistryInner {
     limits: Mutex<RoomLimits>,
     ice_servers: Mutex<Vec<IceServer>>,
     next_instance: AtomicU64,
+    /// Runs the room actors.
+    supervisor: Supervisor,
 }
 
 /// Rooms open and the participants in them.
@@ -272,7 +275,12 @@ pub struct Membership {
 
 impl RoomRegistry {
     /// An empty registry.
-    pub fn new(media: MediaHandle, limits: RoomLimits, ice_servers: Vec<IceServer>) -> Self {
+    pub fn new(
+        media: MediaHandle,
+        limits: RoomLimits,
+        ice_servers: Vec<IceServer>,
+        supervisor: Supervisor,
+    ) -> Self {
         RoomRegistry {
             inner: Arc::new(RegistryInner {
                 rooms: Mutex::new(HashMap::new()),
@@ -280,6 +288,7 @@ impl RoomRegistry {
                 limits: Mutex::new(limits),
                 ice_servers: Mutex::new(ice_servers),
                 next_instance: AtomicU64::new(1),
+                supervisor,
             }),
         }
     }
@@ -440,7 +449,9 @@ impl RoomRegistry {
             Arc::downgrade(&self.inner),
             persistent,
         );
-        tokio::spawn(actor.run(rx));
+        self.inner
+            .supervisor
+            .spawn_until_stopped(Stage::Rooms, "room", actor.run(rx));
         rooms.insert(room.to_owned(), handle.clone());
         tracing::info!(room, persistent, "room created");
         Ok(handle)
