@@ -564,7 +564,7 @@ impl MediaEngine {
                     self.forward_track(track, packet, now);
                 }
             }
-            Some(SimInput::SenderReports(reports)) => self.on_sender_reports(&reports, now),
+            Some(SimInput::SenderReports(reports)) => self.on_sender_reports(id, &reports, now),
             None => {}
         }
     }
@@ -935,7 +935,7 @@ impl MediaEngine {
                 let mut downlink = None;
                 let mut feedback = Vec::new();
                 if conn.kind == PcKind::Publish {
-                    self.on_sender_reports(&packets, now);
+                    self.on_sender_reports(id, &packets, now);
                     return;
                 }
                 for p in &packets {
@@ -981,18 +981,23 @@ impl MediaEngine {
         }
     }
 
-    /// A publisher's sender reports, each looked up once: to the recorder's
-    /// tap of the track it describes, and translated to its subscriber legs.
-    fn on_sender_reports(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>], now: Instant) {
+    /// Sender reports from publish connection `id`, each looked up among
+    /// that connection's tracks: to the recorder's tap of the track it
+    /// describes, and translated to its subscriber legs.
+    fn on_sender_reports(
+        &mut self,
+        id: ConnId,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) {
         for sr in packets
             .iter()
             .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
         {
-            let Some((track, layer)) = self
-                .sources
-                .iter()
-                .find_map(|(id, s)| s.layer_of(sr.ssrc).map(|l| (*id, l)))
-            else {
+            let Some(track) = self.track_of_ssrc(id, sr.ssrc) else {
+                continue;
+            };
+            let Some(layer) = self.sources.get(&track).and_then(|s| s.layer_of(sr.ssrc)) else {
                 continue;
             };
             if let Some(l) = self
