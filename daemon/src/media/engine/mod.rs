@@ -15,11 +15,13 @@ mod allocate;
 mod fanout;
 mod negotiate;
 mod prefs;
+mod routes;
 mod source;
 mod ssrc_simulcast;
 mod tap;
 
 use fanout::start_fast_path;
+use routes::{Route, Routes};
 use source::{Layer, Source, Subscriber};
 use ssrc_simulcast::{read_sim_layers, SimInput};
 
@@ -200,8 +202,6 @@ struct Conn {
     deadline: Option<Instant>,
     connected: bool,
     lost: bool,
-    /// Remote addresses routed here.
-    addrs: Vec<(usize, SocketAddr)>,
     /// Publish side: the core's track id -> our track.
     tracks: HashMap<String, TrackId>,
     /// Subscribe side: forwarded tracks.
@@ -279,8 +279,8 @@ pub struct MediaEngine {
     rx: mpsc::Receiver<MediaCommand>,
     conns: HashMap<ConnId, Conn>,
     peers: HashMap<PeerId, PeerConns>,
-    by_ufrag: HashMap<String, ConnId>,
-    by_addr: HashMap<(usize, SocketAddr), ConnId>,
+    /// Which connection a datagram belongs to.
+    routes: Routes,
     sources: HashMap<TrackId, Source>,
     timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
     next_conn: ConnId,
@@ -361,8 +361,7 @@ impl MediaEngine {
             rx,
             conns: HashMap::default(),
             peers: HashMap::default(),
-            by_ufrag: HashMap::default(),
-            by_addr: HashMap::default(),
+            routes: Routes::default(),
             sources: HashMap::default(),
             timers: BinaryHeap::new(),
             next_conn: 1,
@@ -482,19 +481,16 @@ impl MediaEngine {
     ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
-        let id = match self.by_addr.get(&(sock, from)) {
-            Some(id) => *id,
-            None => {
-                let Some(id) = stun_local_ufrag(data).and_then(|u| self.by_ufrag.get(&u).copied())
-                else {
-                    self.stats.dropped_unroutable += 1;
-                    return;
-                };
-                self.by_addr.insert((sock, from), id);
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.addrs.push((sock, from));
-                }
-                id
+        let id = match self.routes.route((sock, from), || stun_local_ufrag(data)) {
+            Route::Conn(id) => id,
+            Route::Unknown => {
+                self.stats.dropped_unroutable += 1;
+                return;
+            }
+            Route::Full(id) => {
+                debug!(%from, conn = id, "a new address for a connection that has enough: dropped");
+                self.stats.dropped_unroutable += 1;
+                return;
             }
         };
         let Some(conn) = self.conns.get_mut(&id) else {
@@ -735,7 +731,10 @@ impl MediaEngine {
                 conn.connect_by = None;
                 start_fast_path(conn);
                 read_sim_layers(conn);
-                let remote = conn.addrs.last().map(|(_, a)| *a);
+                let remote = conn
+                    .media_dest
+                    .map(|(_, a)| a)
+                    .or_else(|| self.routes.last_addr(id));
                 let tracks: Vec<TrackId> = conn.legs.keys().copied().collect();
                 info!(%peer, pc = ?kind, ?remote, "connected");
                 self.emit(
@@ -1169,7 +1168,12 @@ impl MediaEngine {
                 } else {
                     "new"
                 },
-                remote: c.addrs.last().map(|(_, a)| *a),
+                // The selected pair's address; before one is, the last
+                // address that named the connection.
+                remote: c
+                    .media_dest
+                    .map(|(_, a)| a)
+                    .or_else(|| self.routes.last_addr(id?)),
             })
         };
         let p = self.peers.get(&peer);
@@ -1265,10 +1269,7 @@ impl MediaEngine {
         };
         let _ = conn.pc.close();
         flush(&mut conn, &mut self.out, &self.local_addrs);
-        self.by_ufrag.remove(&conn.ufrag);
-        for a in &conn.addrs {
-            self.by_addr.remove(a);
-        }
+        self.routes.remove(&conn.ufrag, id);
         for track in conn.tracks.values() {
             self.sources.remove(track);
         }

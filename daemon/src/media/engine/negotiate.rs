@@ -31,7 +31,7 @@ impl MediaEngine {
             peer::build_connection(kind, &ufrag, self.timeouts, &self.announced, fast_path)?;
         let id = self.next_conn;
         self.next_conn += 1;
-        self.by_ufrag.insert(ufrag.clone(), id);
+        self.routes.add(ufrag.clone(), id);
         self.conns.insert(
             id,
             Conn {
@@ -42,7 +42,6 @@ impl MediaEngine {
                 deadline: None,
                 connected: false,
                 lost: false,
-                addrs: Vec::new(),
                 tracks: HashMap::default(),
                 legs: HashMap::default(),
                 by_ssrc: HashMap::default(),
