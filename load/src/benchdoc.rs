@@ -6,6 +6,9 @@ use crate::floor::FloorReport;
 use crate::report::{Report, Window};
 use std::fmt::Write as _;
 
+mod sections;
+use sections::{rooms_section, simulcast_section};
+
 /// What one benchmark run produced.
 pub struct BenchRun {
     /// sfud at the fixed comparison load.
@@ -15,6 +18,9 @@ pub struct BenchRun {
     pub sfud_simulcast: Option<Report>,
     /// Janus at the same load.
     pub janus: Report,
+    /// sfud and Janus on many small rooms, everyone publishing, if that
+    /// scenario ran.
+    pub rooms: Option<(Report, Report)>,
     /// sfud ramp.
     pub sfud_ramp: Report,
     /// Janus ramp.
@@ -44,11 +50,11 @@ pub struct BenchRun {
     pub date: String,
 }
 
-fn us(v: Option<f64>) -> String {
+pub(crate) fn us(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
-fn ms(v: u64) -> String {
+pub(crate) fn ms(v: u64) -> String {
     format!("{:.2}", v as f64 / 1000.0)
 }
 
@@ -128,7 +134,7 @@ fn forwarder_floors(run: &BenchRun) -> (Option<f64>, Option<f64>) {
     )
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
@@ -231,71 +237,8 @@ pub fn render(run: &BenchRun) -> String {
         held_subscribers(&run.sfud_ramp),
         held_subscribers(&run.janus_ramp)
     );
-    let _ = writeln!(
-        d,
-        "| forwarded packets/s (expected {:.0}) | {:.0} | {:.0} | - |",
-        s.packets_out_expected_per_s, s.packets_out_per_s, j.packets_out_per_s
-    );
-    let _ = writeln!(
-        d,
-        "| latency at the receivers p50 / p99 / max, ms | {} / {} / {} | {} / {} / {} | - |",
-        ms(s.latency_p50_us),
-        ms(s.latency_p99_us),
-        ms(s.latency_max_us),
-        ms(j.latency_p50_us),
-        ms(j.latency_p99_us),
-        ms(j.latency_max_us)
-    );
-    let _ = writeln!(
-        d,
-        "| time inside the SFU p50 / p99, ms (its own histogram) | {} / {} | - | - |",
-        bound_ms(s.sfu_forward_delay_p50_us),
-        bound_ms(s.sfu_forward_delay_p99_us)
-    );
-    let _ = writeln!(
-        d,
-        "| loss / duplicates / out of order | {} ({:.3}%) / {} / {} | {} ({:.3}%) / {} / {} | - |",
-        s.lost,
-        s.loss_percent,
-        s.duplicates,
-        s.out_of_order,
-        j.lost,
-        j.loss_percent,
-        j.duplicates,
-        j.out_of_order
-    );
-    let _ = writeln!(
-        d,
-        "| join to first media p50 / max, ms | {:.0} / {:.0} | {:.0} / {:.0} | - |",
-        s.join_to_first_media_p50_ms,
-        s.join_to_first_media_max_ms,
-        j.join_to_first_media_p50_ms,
-        j.join_to_first_media_max_ms
-    );
-    let _ = writeln!(
-        d,
-        "| SFU CPU, % of one core | {:.0} | {:.0} | - |",
-        s.sfu_cpu_percent.unwrap_or(0.0),
-        j.sfu_cpu_percent.unwrap_or(0.0)
-    );
-    let _ = writeln!(
-        d,
-        "| SFU peak RSS, MiB | {:.1} | {:.1} | - |",
-        s.sfu_peak_rss_mib.unwrap_or(0.0),
-        j.sfu_peak_rss_mib.unwrap_or(0.0)
-    );
-    let _ = writeln!(
-        d,
-        "| generator CPU, % of the machine | {:.0} | {:.0} | - |",
-        s.generator_cpu_percent_of_machine.unwrap_or(0.0),
-        j.generator_cpu_percent_of_machine.unwrap_or(0.0)
-    );
-    let _ = writeln!(
-        d,
-        "| other processes, % of the machine | {} | {} | - |\n",
-        pct(s.other_load_percent_of_machine),
-        pct(j.other_load_percent_of_machine)
-    );
+    comparison_rows(&mut d, s, j);
+    let _ = writeln!(d);
     let _ = writeln!(
         d,
         "Ratios of CPU per forwarded packet: **sfud/Janus = {}**, **sfud/floor = {}** \
@@ -307,6 +250,9 @@ pub fn render(run: &BenchRun) -> String {
 
     if let Some(sim) = &run.sfud_simulcast {
         simulcast_section(&mut d, s, &sim.window, forwarder_floors(run));
+    }
+    if let Some((sfud, janus)) = &run.rooms {
+        rooms_section(&mut d, &sfud.window, &janus.window);
     }
 
     let _ = writeln!(d, "## Targets\n");
@@ -332,6 +278,33 @@ pub fn render(run: &BenchRun) -> String {
             0.1
         ))
     );
+    if let (Some(ls), Some(lj)) = (run.sfud_ramp.ramp.first(), run.janus_ramp.ramp.first()) {
+        if ls.scenario == lj.scenario {
+            let _ = writeln!(
+                d,
+                "| light load ({}, the ramps' first step): at least 10x cheaper than Janus | {} µs vs {} µs ({}) | {} |",
+                ls.scenario.describe(),
+                us(ls.sfu_cpu_us_per_packet),
+                us(lj.sfu_cpu_us_per_packet),
+                ratio(ls.sfu_cpu_us_per_packet, lj.sfu_cpu_us_per_packet),
+                yes(within(ls.sfu_cpu_us_per_packet, lj.sfu_cpu_us_per_packet, 0.1))
+            );
+        }
+    }
+    if let Some((rs, rj)) = &run.rooms {
+        let (rs, rj) = (&rs.window, &rj.window);
+        let _ = writeln!(
+            d,
+            "| many small rooms: at least 10x cheaper than Janus | {} µs vs {} µs | {} |",
+            us(rs.sfu_cpu_us_per_packet),
+            us(rj.sfu_cpu_us_per_packet),
+            yes(within(
+                rs.sfu_cpu_us_per_packet,
+                rj.sfu_cpu_us_per_packet,
+                0.1
+            ))
+        );
+    }
     let inside_ok = s.sfu_forward_delay_p99_us.is_some_and(|us| us <= 5_000);
     let _ = writeln!(
         d,
@@ -455,89 +428,77 @@ pub fn render(run: &BenchRun) -> String {
     d
 }
 
-fn per_min(v: Option<f64>) -> String {
+pub(crate) fn per_min(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
-/// The simulcast run next to the plain one: CPU per forwarded packet and
-/// the ratio, what was forwarded, and the layer switches.
-fn simulcast_section(
-    d: &mut String,
-    plain: &Window,
-    sim: &Window,
-    (plain_floor, sim_floor): (Option<f64>, Option<f64>),
-) {
-    let _ = writeln!(d, "### Simulcast\n");
+/// The rows of a table of two SFUs (and a fourth column left empty) that
+/// compare what the receivers got and what each SFU cost.
+pub(crate) fn comparison_rows(d: &mut String, s: &Window, j: &Window) {
     let _ = writeln!(
         d,
-        "The same load with a simulcast publisher: {}. The publisher sends the layers \
-         `q`, `h` and `f` (1/16, 1/4 and all of the video packet rate, each its own SSRC \
-         carrying the mid and rtp-stream-id header extensions, as browsers send them); \
-         subscriber i asks for layer i mod 3 (`track_settings` with `max_layer`). sfud \
-         receives every layer and forwards one per subscriber, so it takes in more and sends \
-         out less than in the plain run; the figure is still CPU per packet the subscribers \
-         received. The forwarder's floor is the floor's cost (below) of what each \
-         subscriber receives, each video frame in one GSO send and audio one send per \
-         packet: a lower layer's frame is one or two packets, not five, and audio is a larger \
-         share, so even the floor costs more per packet for the simulcast run's mix.\n",
-        sim.scenario.describe()
-    );
-    let _ = writeln!(d, "| | plain | simulcast | simulcast / plain |");
-    let _ = writeln!(d, "|---|---:|---:|---:|");
-    let _ = writeln!(
-        d,
-        "| CPU µs per forwarded packet | {} | {} | **{}** |",
-        us(plain.sfu_cpu_us_per_packet),
-        us(sim.sfu_cpu_us_per_packet),
-        ratio(sim.sfu_cpu_us_per_packet, plain.sfu_cpu_us_per_packet)
+        "| forwarded packets/s (expected {:.0}) | {:.0} | {:.0} | - |",
+        s.packets_out_expected_per_s, s.packets_out_per_s, j.packets_out_per_s
     );
     let _ = writeln!(
         d,
-        "| the forwarder's floor for what subscribers receive, µs per packet | {} | {} | {} |",
-        us(plain_floor),
-        us(sim_floor),
-        ratio(sim_floor, plain_floor)
+        "| latency at the receivers p50 / p99 / max, ms | {} / {} / {} | {} / {} / {} | - |",
+        ms(s.latency_p50_us),
+        ms(s.latency_p99_us),
+        ms(s.latency_max_us),
+        ms(j.latency_p50_us),
+        ms(j.latency_p99_us),
+        ms(j.latency_max_us)
     );
     let _ = writeln!(
         d,
-        "| packets/s in from the publisher | {:.0} | {:.0} | {} |",
-        plain.packets_in_per_s,
-        sim.packets_in_per_s,
-        ratio(Some(sim.packets_in_per_s), Some(plain.packets_in_per_s))
+        "| time inside the SFU p50 / p99, ms (its own histogram) | {} / {} | - | - |",
+        bound_ms(s.sfu_forward_delay_p50_us),
+        bound_ms(s.sfu_forward_delay_p99_us)
     );
     let _ = writeln!(
         d,
-        "| forwarded packets/s (expected) | {:.0} ({:.0}) | {:.0} ({:.0}) | {} |",
-        plain.packets_out_per_s,
-        plain.packets_out_expected_per_s,
-        sim.packets_out_per_s,
-        sim.packets_out_expected_per_s,
-        ratio(Some(sim.packets_out_per_s), Some(plain.packets_out_per_s))
+        "| loss / duplicates / out of order | {} ({:.3}%) / {} / {} | {} ({:.3}%) / {} / {} | - |",
+        s.lost,
+        s.loss_percent,
+        s.duplicates,
+        s.out_of_order,
+        j.lost,
+        j.loss_percent,
+        j.duplicates,
+        j.out_of_order
+    );
+    let _ = writeln!(
+        d,
+        "| join to first media p50 / max, ms | {:.0} / {:.0} | {:.0} / {:.0} | - |",
+        s.join_to_first_media_p50_ms,
+        s.join_to_first_media_max_ms,
+        j.join_to_first_media_p50_ms,
+        j.join_to_first_media_max_ms
     );
     let _ = writeln!(
         d,
         "| SFU CPU, % of one core | {:.0} | {:.0} | - |",
-        plain.sfu_cpu_percent.unwrap_or(0.0),
-        sim.sfu_cpu_percent.unwrap_or(0.0)
+        s.sfu_cpu_percent.unwrap_or(0.0),
+        j.sfu_cpu_percent.unwrap_or(0.0)
     );
     let _ = writeln!(
         d,
-        "| latency at the receivers p50 / p99, ms | {} / {} | {} / {} | - |",
-        ms(plain.latency_p50_us),
-        ms(plain.latency_p99_us),
-        ms(sim.latency_p50_us),
-        ms(sim.latency_p99_us)
+        "| SFU peak RSS, MiB | {:.1} | {:.1} | - |",
+        s.sfu_peak_rss_mib.unwrap_or(0.0),
+        j.sfu_peak_rss_mib.unwrap_or(0.0)
     );
     let _ = writeln!(
         d,
-        "| loss / duplicates | {} / {} | {} / {} | - |",
-        plain.lost, plain.duplicates, sim.lost, sim.duplicates
+        "| generator CPU, % of the machine | {:.0} | {:.0} | - |",
+        s.generator_cpu_percent_of_machine.unwrap_or(0.0),
+        j.generator_cpu_percent_of_machine.unwrap_or(0.0)
     );
     let _ = writeln!(
         d,
-        "| layer switches in the window (per subscriber per minute) | - | {} ({}) | - |\n",
-        sim.layer_switches.map_or("-".into(), |n| n.to_string()),
-        per_min(sim.layer_switches_per_subscriber_per_min)
+        "| other processes, % of the machine | {} | {} | - |",
+        pct(s.other_load_percent_of_machine),
+        pct(j.other_load_percent_of_machine)
     );
 }
 
@@ -562,7 +523,7 @@ fn limit_note(w: &Window) -> String {
     )
 }
 
-fn pct(v: Option<f64>) -> String {
+pub(crate) fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.0}"))
 }
 

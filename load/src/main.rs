@@ -317,10 +317,19 @@ fn bench_doc(
     } else {
         None
     };
+    let rooms = if dir.join("sfud-rooms.json").exists() {
+        Some((
+            read(dir, "sfud-rooms.json")?,
+            read(dir, "janus-rooms.json")?,
+        ))
+    } else {
+        None
+    };
     let run = sfu_load::benchdoc::BenchRun {
         sfud,
         sfud_simulcast,
         janus: read(dir, "janus.json")?,
+        rooms,
         sfud_ramp: read(dir, "sfud-ramp.json")?,
         janus_ramp: read(dir, "janus-ramp.json")?,
         floor_video: read(dir, "floor-video.json")?,
