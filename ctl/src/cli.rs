@@ -50,6 +50,9 @@ pub enum Command {
     Config(ConfigCommand),
     /// Re-read the configuration file and apply what can change at run time.
     Reload,
+    /// The cluster of sfud nodes this daemon belongs to.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print a shell completion script to standard output.
     Completions {
         /// The shell to complete for.
@@ -186,6 +189,14 @@ pub enum RecordCommand {
 pub enum ConfigCommand {
     /// Ask the daemon to validate its configuration file as it is now on disk.
     Check,
+}
+
+/// `sfuctl cluster ...`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// List the nodes alive, with their load and the age of their last
+    /// announcement.
+    Status,
 }
 
 /// A room's media mode.

@@ -16,8 +16,8 @@ use sfu_proto::control::{Request, Response};
 use sfu_proto::signaling::RoomMode;
 
 use crate::cli::{
-    Cli, Command, ConfigCommand, Mode, PeersCommand, RecordCommand, RoleArg, RoomsCommand,
-    TokenCommand,
+    Cli, ClusterCommand, Command, ConfigCommand, Mode, PeersCommand, RecordCommand, RoleArg,
+    RoomsCommand, TokenCommand,
 };
 use crate::client::{candidates, Connection, CtlError};
 
@@ -94,6 +94,9 @@ fn request_for(command: Command) -> Option<(Request, Fits)> {
             matches!(r, Response::ConfigValid { .. })
         }),
         Command::Reload => (Request::Reload, |r| matches!(r, Response::Reloaded(_))),
+        Command::Cluster(ClusterCommand::Status) => (Request::ClusterStatus, |r| {
+            matches!(r, Response::Cluster(_))
+        }),
         Command::Completions { .. } | Command::Man => return None,
     })
 }

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use sfu_proto::control::cluster::ClusterStatus;
 use sfu_proto::control::{
     ConnectionReport, LayerDetail, PeerDetail, ReceivedLayer, Recording, ReloadReport, Response,
     RoomDetail, RoomSummary, Status,
@@ -367,8 +368,52 @@ pub fn human(response: &Response) -> String {
         Response::RecordingStarted(r) => format!("recording room {} into {}\n", r.room, r.dir),
         Response::RecordingStopped(r) => recording_stopped(r),
         Response::Recordings { recordings: list } => recordings(list),
+        Response::Cluster(c) => cluster(c),
         Response::Error(e) => format!("{}\n", e.message),
     }
+}
+
+/// `sfuctl cluster status`: the nodes, this one marked.
+pub fn cluster(c: &ClusterStatus) -> String {
+    let mut out = format!("node {} in the cluster at {}\n", c.node_id, c.redis);
+    if c.nodes.is_empty() {
+        out.push_str("no node has announced itself yet\n");
+        return out;
+    }
+    let mut t = Table::new(&[
+        "NODE",
+        "URL",
+        "ROOMS",
+        "PEERS",
+        "TRACKS",
+        "FORWARDED",
+        "CPU",
+        "UP",
+        "SEEN",
+    ]);
+    for n in &c.nodes {
+        let this = if n.node_id == c.node_id {
+            " (this)"
+        } else {
+            ""
+        };
+        t.row(vec![
+            format!("{}{this}", n.node_id),
+            n.url.clone(),
+            n.rooms.to_string(),
+            n.peers.to_string(),
+            n.tracks.to_string(),
+            format!("{} pkt/s", n.forwarded_pps),
+            format!("{}%", n.cpu_percent),
+            duration(c.now_ms.saturating_sub(n.started_ms) / 1000),
+            format!(
+                "{:.1} s ago",
+                c.now_ms.saturating_sub(n.heartbeat_ms) as f64 / 1000.0
+            ),
+        ]);
+    }
+    out.push_str(&t.render());
+    out
 }
 
 /// `sfuctl record stop`.

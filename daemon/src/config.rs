@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod cluster;
+pub use cluster::{valid_node_id, ClusterConfig};
+
 /// The whole configuration, one field per TOML section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,6 +36,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[limits]`: rate limits on signaling.
     pub limits: LimitsConfig,
+    /// `[cluster]`: other nodes, through Redis.
+    pub cluster: ClusterConfig,
 }
 
 /// `[auth]`: join tokens.
@@ -447,6 +452,7 @@ impl Config {
             }
         }
         self.auth.validate(&self.http)?;
+        self.cluster.validate()?;
         at_least_one(
             "limits.joins_per_second",
             u64::from(self.limits.joins_per_second),
@@ -1064,7 +1070,20 @@ secret = "0123456789abcdef0123456789abcdef"
 [limits]
 joins_per_second = 2
 messages_per_second = 20
+
+[cluster]
+redis_url = "redis://10.0.0.9:6379"
+node_id = "sfu-1"
+url = "ws://10.0.0.5:8080"
 "#,
+        );
+        assert_eq!(
+            config.cluster,
+            ClusterConfig {
+                redis_url: Some("redis://10.0.0.9:6379".into()),
+                node_id: Some("sfu-1".into()),
+                url: Some("ws://10.0.0.5:8080".into()),
+            }
         );
         assert_eq!(config.http.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
         assert_eq!(config.auth.mode, AuthMode::Token);

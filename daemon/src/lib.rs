@@ -16,6 +16,7 @@
 
 pub mod auth;
 mod backoff;
+pub mod cluster;
 pub mod config;
 pub mod control;
 #[cfg(test)]
@@ -92,6 +93,7 @@ pub struct Server {
     control: control::ControlSocket,
     reloader: reload::Reloader,
     recorder: recording::Recorder,
+    cluster: cluster::Cluster,
     supervisor: Supervisor,
     started: std::time::Instant,
 }
@@ -167,6 +169,7 @@ impl Server {
             control,
             reloader,
             recorder,
+            cluster: cluster::Cluster::new(config, http_addr),
             supervisor,
             started,
         })
@@ -279,9 +282,21 @@ impl Server {
                     reloader: self.reloader.clone(),
                     gate: self.gate.clone(),
                     recorder: self.recorder.clone(),
+                    cluster: self.cluster.clone(),
                     started: self.started,
                 },
                 sup.clone(),
+            ),
+        );
+        // Announced while the node takes new rooms: it leaves the directory
+        // as soon as it stops accepting.
+        sup.spawn(
+            Stage::Accept,
+            "cluster directory",
+            self.cluster.clone().announce(
+                self.rooms.clone(),
+                self.media.clone(),
+                sup.token(Stage::Accept),
             ),
         );
         shutdown.await;

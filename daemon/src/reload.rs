@@ -10,8 +10,8 @@ use sfu_proto::signaling::IceServer;
 use tracing::info;
 
 use crate::config::{
-    AuthConfig, Config, ConfigError, ControlConfig, HttpConfig, IceServerConfig, LimitsConfig,
-    LogConfig, RecordingConfig, RoomsConfig, RtcConfig,
+    AuthConfig, ClusterConfig, Config, ConfigError, ControlConfig, HttpConfig, IceServerConfig,
+    LimitsConfig, LogConfig, RecordingConfig, RoomsConfig, RtcConfig,
 };
 use crate::rooms::{RoomLimits, RoomRegistry};
 use crate::signaling::gate::Gatekeeper;
@@ -53,6 +53,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         log,
         auth,
         limits,
+        cluster,
     } = new;
     let HttpConfig {
         listen,
@@ -164,6 +165,19 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     // set up once at start.
     let restart = &mut plan.needs_restart;
     note(restart, "http.listen", &old.http.listen, listen);
+    let ClusterConfig {
+        redis_url,
+        node_id,
+        url,
+    } = cluster;
+    note(
+        restart,
+        "cluster.redis_url",
+        &old.cluster.redis_url,
+        redis_url,
+    );
+    note(restart, "cluster.node_id", &old.cluster.node_id, node_id);
+    note(restart, "cluster.url", &old.cluster.url, url);
     note(restart, "rtc.udp_port", &old.rtc.udp_port, udp_port);
     note(restart, "rtc.bind_ips", &old.rtc.bind_ips, bind_ips);
     note(restart, "rtc.public_ips", &old.rtc.public_ips, public_ips);

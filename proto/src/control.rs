@@ -7,6 +7,7 @@
 //! [`ErrorCode::VersionMismatch`] error. Then each request gets exactly one
 //! response, in order, until either side closes.
 
+pub mod cluster;
 pub mod frame;
 pub mod path;
 
@@ -101,6 +102,8 @@ pub enum Request {
     ConfigCheck,
     /// Re-read the configuration file and apply what can change at run time.
     Reload,
+    /// The nodes of the cluster this daemon belongs to.
+    ClusterStatus,
 }
 
 impl Request {
@@ -121,6 +124,7 @@ impl Request {
             Self::RecordList => "record_list",
             Self::ConfigCheck => "config_check",
             Self::Reload => "reload",
+            Self::ClusterStatus => "cluster_status",
         }
     }
 }
@@ -198,6 +202,8 @@ pub enum Response {
         /// One entry per room.
         recordings: Vec<Recording>,
     },
+    /// Answer to [`Request::ClusterStatus`].
+    Cluster(cluster::ClusterStatus),
     /// The request failed; the connection carries on unless the code says
     /// otherwise ([`ErrorCode::closes_connection`]).
     Error(ControlError),
@@ -496,6 +502,10 @@ pub enum ErrorCode {
     NotRecording,
     /// The recording could not start or write (see the message).
     RecordingFailed,
+    /// `cluster` requests on a daemon with no `cluster.redis_url`.
+    NotClustered,
+    /// The cluster's Redis did not answer (see the message).
+    ClusterUnavailable,
     /// Something failed inside the daemon.
     Internal,
     /// A code this build does not know (sent by a newer daemon).
@@ -525,6 +535,8 @@ impl ErrorCode {
             Self::AlreadyRecording => "already_recording",
             Self::NotRecording => "not_recording",
             Self::RecordingFailed => "recording_failed",
+            Self::NotClustered => "not_clustered",
+            Self::ClusterUnavailable => "cluster_unavailable",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
         }

@@ -28,6 +28,8 @@ pub struct Context {
     pub gate: Arc<crate::signaling::gate::Gatekeeper>,
     /// Room recordings.
     pub recorder: crate::recording::Recorder,
+    /// The cluster's directory.
+    pub cluster: crate::cluster::Cluster,
     /// Recent media bitrates.
     pub rates: Arc<MediaRates>,
     /// When the daemon started.
@@ -144,6 +146,10 @@ async fn respond(ctx: &Context, request: Request) -> Result<Response, ControlErr
             }),
             Err(e) => Err(invalid_config(&e)),
         },
+        Request::ClusterStatus => match ctx.cluster.status().await {
+            Ok(status) => Ok(Response::Cluster(status)),
+            Err(e) => Err(cluster_error(&e)),
+        },
         Request::Reload => match ctx.reloader.reload() {
             Ok(done) => Ok(Response::Reloaded(sfu_proto::control::ReloadReport {
                 path: done.path.map(|p| p.display().to_string()),
@@ -189,6 +195,15 @@ async fn status(ctx: &Context) -> Status {
         bitrate_out_bps: rates.out_bps,
         recordings: Some(ctx.recorder.recording_count().await),
     }
+}
+
+/// A cluster error as a control error with a stable code.
+fn cluster_error(e: &crate::cluster::ClusterError) -> ControlError {
+    let code = match e {
+        crate::cluster::ClusterError::NotClustered => ErrorCode::NotClustered,
+        crate::cluster::ClusterError::Unavailable { .. } => ErrorCode::ClusterUnavailable,
+    };
+    ControlError::new(code, e.to_string())
 }
 
 /// A recorder error as a control error with a stable code.

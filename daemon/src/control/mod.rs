@@ -157,6 +157,8 @@ pub struct Services {
     pub gate: Arc<crate::signaling::gate::Gatekeeper>,
     /// Room recordings.
     pub recorder: crate::recording::Recorder,
+    /// The cluster's directory.
+    pub cluster: crate::cluster::Cluster,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -207,6 +209,7 @@ impl ControlSocket {
             reloader: services.reloader,
             gate: services.gate,
             recorder: services.recorder,
+            cluster: services.cluster,
             rates,
             started: services.started,
             socket: file.path().to_owned(),

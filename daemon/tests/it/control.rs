@@ -46,7 +46,7 @@ pub(crate) fn sfuctl_path() -> &'static Path {
 }
 
 /// What one `sfuctl` run did.
-struct Run {
+pub(crate) struct Run {
     code: i32,
     stdout: String,
     stderr: String,
@@ -61,19 +61,25 @@ impl Run {
         }
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("sfuctl printed no JSON ({e}): {self}"))
     }
 
+    /// Expects success; returns what it printed.
+    pub(crate) fn ok_text(self) -> String {
+        assert_eq!(self.code, 0, "sfuctl failed: {self}");
+        self.stdout
+    }
+
     /// Expects success; returns the JSON answer.
-    fn ok(self) -> Value {
+    pub(crate) fn ok(self) -> Value {
         assert_eq!(self.code, 0, "sfuctl failed: {self}");
         self.json()
     }
 
     /// Expects the daemon to refuse with `code`; returns the message.
-    fn refused(self, code: &str) -> String {
+    pub(crate) fn refused(self, code: &str) -> String {
         assert_eq!(self.code, 1, "sfuctl should fail with 1: {self}");
         let answer = self.json();
         assert_eq!(answer["error"]["code"], code, "{self}");
@@ -95,7 +101,7 @@ impl std::fmt::Display for Run {
 }
 
 /// Runs `sfuctl --socket SOCKET ARGS...` (with `--json` when asked).
-async fn sfuctl_at(socket: &Path, json: bool, args: &[&str]) -> Run {
+pub(crate) async fn sfuctl_at(socket: &Path, json: bool, args: &[&str]) -> Run {
     let mut command = tokio::process::Command::new(sfuctl_path());
     command.arg("--socket").arg(socket);
     if json {
@@ -110,7 +116,7 @@ async fn sfuctl_at(socket: &Path, json: bool, args: &[&str]) -> Run {
 }
 
 /// `sfuctl --json ARGS...` against `server`.
-async fn ctl(server: &TestServer, args: &[&str]) -> Run {
+pub(crate) async fn ctl(server: &TestServer, args: &[&str]) -> Run {
     sfuctl_at(&server.socket, true, args).await
 }
 

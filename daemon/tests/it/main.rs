@@ -5,6 +5,7 @@
 //! network namespace (`unshare -n`, `ip link set lo up`), as `.ci/run` does.
 
 mod bad_input;
+mod cluster;
 mod control;
 mod forwarding;
 mod harness;

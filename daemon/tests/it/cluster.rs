@@ -1,0 +1,148 @@
+//! The cluster's node directory through a real Redis (Debian's
+//! `redis-server`, started per test on a free loopback port).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::control::{ctl, sfuctl_at};
+use crate::harness::{test_config, RawSocket, TestServer, DEADLINE};
+
+/// A `redis-server` of this test's own, stopped when dropped.
+struct Redis {
+    child: tokio::process::Child,
+    url: String,
+}
+
+/// A loopback TCP port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Redis {
+    async fn start_on(port: u16) -> Redis {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server runs (scripts/setup --tests installs it)");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server does not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn node_config(redis_url: &str, node_id: &str) -> sfud::config::Config {
+    let mut config = test_config();
+    config.cluster.redis_url = Some(redis_url.to_owned());
+    config.cluster.node_id = Some(node_id.to_owned());
+    config
+}
+
+/// Polls `sfuctl --json cluster status` on `server` until `pred` holds.
+async fn status_until(server: &TestServer, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let answer = ctl(server, &["cluster", "status"]).await.json();
+        if pred(&answer) {
+            return answer;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn node<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node_id"] == id)
+}
+
+#[tokio::test]
+async fn nodes_announce_their_load_and_leave_the_directory_when_they_stop() {
+    let redis = Redis::start_on(free_port()).await;
+    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    let mut alice = RawSocket::connect(&a).await;
+    alice.join("standup", "alice").await;
+
+    // Either node lists both, with the load each announced.
+    let status = status_until(&b, "both nodes, node-a with its participant", |s| {
+        node(s, "node-b").is_some() && node(s, "node-a").is_some_and(|n| n["peers"] == 1)
+    })
+    .await;
+    assert_eq!(status["node_id"], "node-b");
+    let na = node(&status, "node-a").expect("node-a listed");
+    assert_eq!(na["url"], format!("ws://{}", a.http));
+    assert_eq!(na["rooms"], 1);
+    let age = status["now_ms"].as_u64().unwrap_or(0) - na["heartbeat_ms"].as_u64().unwrap_or(0);
+    assert!(age < 5_000, "node-a's announcement is {age} ms old");
+    let table = sfuctl_at(&b.socket, false, &["cluster", "status"]).await;
+    assert!(
+        table.ok_text().contains("node-b (this)"),
+        "the answering node is marked"
+    );
+
+    // A node that stops takes itself out at once, not after its 5 s.
+    b.stop().await;
+    status_until(&a, "node-b gone", |s| {
+        node(s, "node-b").is_none() && node(s, "node-a").is_some()
+    })
+    .await;
+    a.stop().await;
+    redis.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_serves_without_redis_and_announces_itself_once_redis_is_there() {
+    // A single node has no cluster.
+    let single = TestServer::start().await;
+    ctl(&single, &["cluster", "status"])
+        .await
+        .refused("not_clustered");
+    single.stop().await;
+
+    let port = free_port();
+    let server =
+        TestServer::start_with(node_config(&format!("redis://127.0.0.1:{port}"), "lonely")).await;
+    // It serves what it can: joins work.
+    let mut alice = RawSocket::connect(&server).await;
+    alice.join("solo", "alice").await;
+    let message = ctl(&server, &["cluster", "status"])
+        .await
+        .refused("cluster_unavailable");
+    assert!(message.contains(&port.to_string()), "{message}");
+
+    let redis = Redis::start_on(port).await;
+    status_until(&server, "the node announced once Redis is up", |s| {
+        node(s, "lonely").is_some_and(|n| n["peers"] == 1)
+    })
+    .await;
+    server.stop().await;
+    redis.stop().await;
+}
