@@ -206,15 +206,17 @@ impl Cluster {
                 }
             }
         }
-        if let Ok(mut conn) = Self::connection(&inner).await {
-            match tokio::time::timeout(HEARTBEAT, directory::withdraw(&mut conn, &inner.node_id))
-                .await
-            {
-                Ok(Ok(())) => info!(node = %inner.node_id, "left the cluster directory"),
-                _ => {
-                    warn!(node = %inner.node_id, "could not leave the cluster directory; its entry expires within 5 s")
-                }
-            }
+        // Within the accept stage's deadline, Redis or not.
+        let withdraw = async {
+            let mut conn = Self::connection(&inner).await.ok()?;
+            directory::withdraw(&mut conn, &inner.node_id).await.ok()
+        };
+        match tokio::time::timeout(Duration::from_millis(800), withdraw).await {
+            Ok(Some(())) => info!(node = %inner.node_id, "left the cluster directory"),
+            _ => warn!(
+                node = %inner.node_id,
+                "could not leave the cluster directory; its entry expires within 5 s"
+            ),
         }
     }
 }
