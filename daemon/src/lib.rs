@@ -257,6 +257,7 @@ impl Server {
                 self.media.clone(),
                 self.recorder.clone(),
                 self.gate.clone(),
+                self.cluster.clone(),
             ),
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");

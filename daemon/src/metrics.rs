@@ -33,6 +33,7 @@ pub struct MetricsSource {
     media: MediaHandle,
     recorder: Recorder,
     gate: Arc<Gatekeeper>,
+    cluster: crate::cluster::Cluster,
     started: SystemTime,
 }
 
@@ -43,12 +44,14 @@ impl MetricsSource {
         media: MediaHandle,
         recorder: Recorder,
         gate: Arc<Gatekeeper>,
+        cluster: crate::cluster::Cluster,
     ) -> Self {
         MetricsSource {
             rooms,
             media,
             recorder,
             gate,
+            cluster,
             started: SystemTime::now(),
         }
     }
@@ -93,6 +96,19 @@ impl MetricsSource {
              than 20 a second (a flood someone outside can cause).",
             crate::logging::budget::global().suppressed_total(),
         );
+        if let Some(c) = self.cluster.gauges() {
+            out.gauge(
+                "sfud_cluster_reachable",
+                "1 while this node's last announcement in the cluster's Redis succeeded.",
+                usize::from(c.reachable),
+            );
+            out.gauge(
+                "sfud_cluster_nodes",
+                "Nodes alive in the cluster's directory, as this node last listed it \
+                 (every 5 s).",
+                c.nodes,
+            );
+        }
         write_process(&mut out, self.started, &ProcessSample::read());
         Ok(out.text)
     }

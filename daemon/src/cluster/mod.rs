@@ -10,6 +10,7 @@
 
 mod directory;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -56,7 +57,23 @@ struct Inner {
     /// The connection once made (it reconnects by itself after that).
     conn: Mutex<Option<ConnectionManager>>,
     started_ms: u64,
+    /// Whether the last announcement succeeded.
+    reachable: AtomicBool,
+    /// Nodes in the directory when last listed.
+    nodes_seen: AtomicUsize,
 }
+
+/// What `/metrics` shows of the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    /// Whether the last announcement succeeded.
+    pub reachable: bool,
+    /// Nodes in the directory when this node last listed it.
+    pub nodes: usize,
+}
+
+/// How often the announcing node also lists the directory, in heartbeats.
+const LIST_EVERY: u32 = 5;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -107,10 +124,21 @@ impl Cluster {
             redis_shown: without_password(url),
             conn: Mutex::new(None),
             started_ms: now_ms(),
+            reachable: AtomicBool::new(false),
+            nodes_seen: AtomicUsize::new(0),
         };
         Cluster {
             inner: Some(Arc::new(inner)),
         }
+    }
+
+    /// The cluster's gauges, when this node is part of one.
+    pub fn gauges(&self) -> Option<Gauges> {
+        let inner = self.inner.as_ref()?;
+        Some(Gauges {
+            reachable: inner.reachable.load(Ordering::Relaxed),
+            nodes: inner.nodes_seen.load(Ordering::Relaxed),
+        })
     }
 
     /// This node's id, when it is part of a cluster.
@@ -177,6 +205,7 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut load = Load::default();
         let mut reachable = None;
+        let mut beats = 0u32;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -192,6 +221,13 @@ impl Cluster {
                 }
                 Err(e) => Err(e),
             };
+            inner.reachable.store(announced.is_ok(), Ordering::Relaxed);
+            if announced.is_ok() && beats.is_multiple_of(LIST_EVERY) {
+                if let Ok(status) = count_nodes(&inner).await {
+                    inner.nodes_seen.store(status, Ordering::Relaxed);
+                }
+            }
+            beats = beats.wrapping_add(1);
             // Said once per change, not every second.
             match (announced, reachable) {
                 (Ok(()), Some(true)) => {}
@@ -219,6 +255,16 @@ impl Cluster {
             ),
         }
     }
+}
+
+/// How many nodes the directory lists now.
+async fn count_nodes(inner: &Inner) -> Result<usize, ClusterError> {
+    let mut conn = Cluster::connection(inner).await?;
+    tokio::time::timeout(HEARTBEAT, directory::list(&mut conn))
+        .await
+        .map_err(|_| Cluster::unavailable(inner, "no answer within a second"))?
+        .map(|nodes| nodes.len())
+        .map_err(|e| Cluster::unavailable(inner, e))
 }
 
 /// The load a node announces, and what the next sample differs from.

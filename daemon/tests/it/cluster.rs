@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::control::{ctl, sfuctl_at};
 use crate::harness::{test_config, RawSocket, TestServer, DEADLINE};
+use crate::metrics::scrape;
 
 /// A `redis-server` of this test's own, stopped when dropped.
 struct Redis {
@@ -108,6 +109,22 @@ async fn nodes_announce_their_load_and_leave_the_directory_when_they_stop() {
         "the answering node is marked"
     );
 
+    // Its gauges: reachable, and both nodes once it has listed them
+    // (every 5 s).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let m = scrape(&a).await;
+        if m.get("sfud_cluster_reachable") == 1.0 && m.get("sfud_cluster_nodes") == 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-a's cluster gauges: {:?}",
+            m.samples
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A node that stops takes itself out at once, not after its 5 s.
     b.stop().await;
     status_until(&a, "node-b gone", |s| {
@@ -136,6 +153,7 @@ async fn a_node_serves_without_redis_and_announces_itself_once_redis_is_there() 
     let message = ctl(&server, &["cluster", "status"])
         .await
         .refused("cluster_unavailable");
+    assert_eq!(scrape(&server).await.get("sfud_cluster_reachable"), 0.0);
     assert!(message.contains(&port.to_string()), "{message}");
 
     let redis = Redis::start_on(port).await;

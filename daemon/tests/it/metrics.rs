@@ -292,7 +292,7 @@ fn the_parser_rejects_what_prometheus_rejects() {
     }
 }
 
-async fn scrape(server: &TestServer) -> Exposition {
+pub(crate) async fn scrape(server: &TestServer) -> Exposition {
     let response = http_get(server.http, "/metrics").await;
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(
