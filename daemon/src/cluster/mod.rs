@@ -9,6 +9,7 @@
 //! again when Redis is back.
 
 mod directory;
+pub mod lease;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

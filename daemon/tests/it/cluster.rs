@@ -164,3 +164,74 @@ async fn a_node_serves_without_redis_and_announces_itself_once_redis_is_there() 
     server.stop().await;
     redis.stop().await;
 }
+
+#[tokio::test]
+async fn one_node_holds_a_room_and_a_lost_lease_cannot_be_renewed() {
+    use sfud::cluster::lease::{acquire, holder, release, renew, Holder};
+    let redis = Redis::start_on(free_port()).await;
+    let client = redis::Client::open(redis.url.as_str()).expect("a Redis URL");
+    let mut a = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let mut b = a.clone();
+    let ttl = Duration::from_secs(10);
+
+    // Two nodes racing for one room: one gets it.
+    let (ra, rb) = tokio::join!(
+        acquire(&mut a, "standup", "node-a", ttl),
+        acquire(&mut b, "standup", "node-b", ttl)
+    );
+    let (ra, rb) = (ra.expect("node-a asks"), rb.expect("node-b asks"));
+    let (lease, other) = match (ra, rb) {
+        (Holder::Taken(l), other @ Holder::Other { .. })
+        | (other @ Holder::Other { .. }, Holder::Taken(l)) => (l, other),
+        both => panic!("not exactly one owner: {both:?}"),
+    };
+    assert_eq!(
+        other,
+        Holder::Other {
+            node_id: lease.node_id.clone(),
+            fence: lease.fence
+        }
+    );
+    assert_eq!(
+        holder(&mut a, "standup").await.expect("reads"),
+        Some((lease.node_id.clone(), lease.fence))
+    );
+    assert!(renew(&mut a, &lease, ttl).await.expect("renews"));
+
+    // The lease runs out (its owner was cut off): another node takes the
+    // room with a larger fence, and the old owner can renew nothing.
+    assert!(renew(&mut a, &lease, Duration::from_millis(1))
+        .await
+        .expect("shortens"));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let taken = loop {
+        if let Holder::Taken(l) = acquire(&mut b, "standup", "node-c", ttl)
+            .await
+            .expect("asks")
+        {
+            break l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(taken.fence > lease.fence, "{taken:?} after {lease:?}");
+    assert!(
+        !renew(&mut a, &lease, ttl).await.expect("asks"),
+        "a lost lease renewed"
+    );
+    // Releasing a lost lease leaves the new owner's alone.
+    release(&mut a, &lease).await.expect("asks");
+    assert_eq!(
+        holder(&mut a, "standup").await.expect("reads"),
+        Some(("node-c".to_owned(), taken.fence))
+    );
+    release(&mut b, &taken).await.expect("releases");
+    assert_eq!(holder(&mut a, "standup").await.expect("reads"), None);
+    redis.stop().await;
+}
