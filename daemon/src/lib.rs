@@ -135,6 +135,7 @@ impl Server {
             })
             .collect();
         let supervisor = Supervisor::default();
+        let cluster = cluster::Cluster::new(config, http_addr);
         let rooms = RoomRegistry::new(
             media.clone(),
             RoomLimits {
@@ -145,6 +146,7 @@ impl Server {
             },
             ice_servers,
             supervisor.clone(),
+            cluster.clone(),
         );
         for p in &config.rooms.preset {
             rooms
@@ -169,7 +171,7 @@ impl Server {
             control,
             reloader,
             recorder,
-            cluster: cluster::Cluster::new(config, http_addr),
+            cluster,
             supervisor,
             started,
         })
@@ -288,6 +290,14 @@ impl Server {
                 },
                 sup.clone(),
             ),
+        );
+        // Leases are kept while rooms run, and released once they stopped.
+        sup.spawn(
+            Stage::Media,
+            "room leases",
+            self.cluster
+                .clone()
+                .keep_leases(self.rooms.clone(), sup.token(Stage::Media)),
         );
         // Announced while the node takes new rooms: it leaves the directory
         // as soon as it stops accepting.

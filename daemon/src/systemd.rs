@@ -215,6 +215,7 @@ mod tests {
             crate::reload::room_limits(&config),
             Vec::new(),
             crate::supervisor::Supervisor::default(),
+            crate::cluster::Cluster::single(),
         );
         let (sink, mut notes) = recorder();
         let liveness = Liveness::new(media, rooms, Some(Duration::from_millis(100)), sink);

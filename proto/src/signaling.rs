@@ -291,6 +291,11 @@ pub enum ErrorCode {
     /// A media connection's DTLS handshake failed: the certificate the
     /// client presented is not the one its description's fingerprint names.
     DtlsFailed,
+    /// The room is served by another node of the cluster (the message
+    /// names it and its URL).
+    RoomElsewhere,
+    /// This node lost the room to another node of the cluster: join again.
+    RoomMoved,
     /// Something failed inside the server.
     Internal,
 }
@@ -325,6 +330,8 @@ impl ErrorCode {
             Self::UnknownPeer => "unknown_peer",
             Self::UnknownTrack => "unknown_track",
             Self::DtlsFailed => "dtls_failed",
+            Self::RoomElsewhere => "room_elsewhere",
+            Self::RoomMoved => "room_moved",
             Self::Internal => "internal",
         }
     }

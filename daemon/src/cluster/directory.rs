@@ -73,6 +73,20 @@ pub(super) async fn withdraw(
         .await
 }
 
+/// Where node `node_id` serves signaling, if its entry has not expired.
+pub(super) async fn url_of(
+    conn: &mut impl ConnectionLike,
+    node_id: &str,
+) -> Result<Option<String>, RedisError> {
+    let json: Option<String> = redis::cmd("GET")
+        .arg(node_key(node_id))
+        .query_async(conn)
+        .await?;
+    Ok(json
+        .and_then(|j| serde_json::from_str::<ClusterNode>(&j).ok())
+        .map(|n| n.url))
+}
+
 /// The nodes whose announcement has not expired, sorted by id. An entry
 /// that is not a node (written by something else) is skipped.
 pub(super) async fn list(conn: &mut impl ConnectionLike) -> Result<Vec<ClusterNode>, RedisError> {

@@ -10,6 +10,7 @@
 
 mod directory;
 pub mod lease;
+mod placement;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,6 +27,7 @@ use crate::metrics::ProcessSample;
 use crate::rooms::RoomRegistry;
 
 pub use directory::{HEARTBEAT, NODE_TTL};
+pub use placement::{Claim, LEASE_TTL};
 
 /// Why the directory could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,8 @@ struct Inner {
     reachable: AtomicBool,
     /// Nodes in the directory when last listed.
     nodes_seen: AtomicUsize,
+    /// The leases of this node's rooms, by room.
+    leases: Mutex<std::collections::HashMap<String, lease::Lease>>,
 }
 
 /// What `/metrics` shows of the cluster.
@@ -127,10 +131,16 @@ impl Cluster {
             started_ms: now_ms(),
             reachable: AtomicBool::new(false),
             nodes_seen: AtomicUsize::new(0),
+            leases: Mutex::new(std::collections::HashMap::new()),
         };
         Cluster {
             inner: Some(Arc::new(inner)),
         }
+    }
+
+    /// A single node: no cluster.
+    pub fn single() -> Cluster {
+        Cluster { inner: None }
     }
 
     /// The cluster's gauges, when this node is part of one.

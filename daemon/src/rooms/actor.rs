@@ -183,21 +183,18 @@ impl RoomActor {
                 let r = self.report().await;
                 let _ = reply.send(r);
             }
-            RoomMsg::Close { reply } => {
+            RoomMsg::Close { why, reply } => {
                 let n = self.room.len();
                 let ids: Vec<PeerId> = self.room.members().map(|m| m.id).collect();
                 for peer in ids {
                     self.room.leave(peer);
                     self.media.remove_peer(peer).await;
                     if let Some(out) = self.outs.remove(&peer) {
-                        let _ = out.try_send(Outbound::Close(Some((
-                            ErrorCode::RoomClosed,
-                            "the room was closed by an operator".into(),
-                        ))));
+                        let _ = out.try_send(Outbound::Close(Some(why.clone())));
                     }
                 }
                 self.closed = true;
-                info!(room = %self.room.name, peers = n, "room closed by an operator");
+                info!(room = %self.room.name, peers = n, why = %why.1, "room closed");
                 let _ = reply.send(n);
             }
             RoomMsg::Kick { peer, reply } => {

@@ -121,6 +121,7 @@ pub(crate) enum RoomMsg {
         reply: oneshot::Sender<report::RoomDetail>,
     },
     Close {
+        why: (ErrorCode, String),
         reply: oneshot::Sender<usize>,
     },
     Kick {
@@ -248,6 +249,8 @@ struct RegistryInner {
     next_instance: AtomicU64,
     /// Runs the room actors.
     supervisor: Supervisor,
+    /// Which node serves a room, in a cluster.
+    cluster: crate::cluster::Cluster,
 }
 
 /// Rooms open and the participants in them.
@@ -280,6 +283,7 @@ impl RoomRegistry {
         limits: RoomLimits,
         ice_servers: Vec<IceServer>,
         supervisor: Supervisor,
+        cluster: crate::cluster::Cluster,
     ) -> Self {
         RoomRegistry {
             inner: Arc::new(RegistryInner {
@@ -289,6 +293,7 @@ impl RoomRegistry {
                 ice_servers: Mutex::new(ice_servers),
                 next_instance: AtomicU64::new(1),
                 supervisor,
+                cluster,
             }),
         }
     }
@@ -345,6 +350,12 @@ impl RoomRegistry {
                     state::MAX_NAME_CHARS
                 ),
             ));
+        }
+        // In a cluster, a room not open here may be served by another node.
+        if self.handle(room).is_none() {
+            if let Some((code, why)) = self.inner.cluster.claim(room).await.refusal(room) {
+                return Err(Refusal::new(code, why));
+            }
         }
         // A room that empties between our lookup and our join closes its
         // mailbox; the next attempt creates a fresh one.
@@ -509,9 +520,32 @@ impl RoomRegistry {
     pub async fn close(&self, room: &str) -> Result<usize, Refusal> {
         let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
         let (reply, rx) = oneshot::channel();
-        h.tx.send(RoomMsg::Close { reply })
+        let why = (
+            ErrorCode::RoomClosed,
+            "the room was closed by an operator".to_owned(),
+        );
+        h.tx.send(RoomMsg::Close { why, reply })
             .await
             .map_err(|_| unknown_room(room))?;
+        rx.await.map_err(|_| unknown_room(room))
+    }
+
+    /// Closes a room for `code`: every participant gets it with `message`
+    /// and is disconnected.
+    pub async fn close_because(
+        &self,
+        room: &str,
+        code: ErrorCode,
+        message: String,
+    ) -> Result<usize, Refusal> {
+        let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(RoomMsg::Close {
+            why: (code, message),
+            reply,
+        })
+        .await
+        .map_err(|_| unknown_room(room))?;
         rx.await.map_err(|_| unknown_room(room))
     }
 

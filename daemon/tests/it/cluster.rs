@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use sfu_proto::signaling::ServerMessage;
 
 use crate::control::{ctl, sfuctl_at};
 use crate::harness::{test_config, RawSocket, TestServer, DEADLINE};
@@ -233,5 +234,87 @@ async fn one_node_holds_a_room_and_a_lost_lease_cannot_be_renewed() {
     );
     release(&mut b, &taken).await.expect("releases");
     assert_eq!(holder(&mut a, "standup").await.expect("reads"), None);
+    redis.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_is_served_by_one_node_and_a_join_on_another_is_told_which() {
+    let redis = Redis::start_on(free_port()).await;
+    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    let mut alice = RawSocket::connect(&a).await;
+    alice.join("standup", "alice").await;
+
+    // node-a holds the room: node-b refuses it and says where it is, and
+    // does not open a second room of that name.
+    let mut bob = RawSocket::connect(&b).await;
+    let refused = bob
+        .try_join(serde_json::json!({"room": "standup", "name": "bob"}))
+        .await;
+    let ServerMessage::Error { code, message } = refused else {
+        panic!("node-b let bob into node-a's room: {refused:?}");
+    };
+    assert_eq!(code.as_str(), "room_elsewhere", "{message}");
+    assert!(
+        message.contains("node-a") && message.contains(&format!("ws://{}", a.http)),
+        "{message}"
+    );
+    assert!(b.rooms.room_names().is_empty(), "node-b opened the room");
+
+    // The room ends on node-a: its lease goes, and node-b may serve it.
+    drop(alice);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut bob = RawSocket::connect(&b).await;
+        let reply = bob
+            .try_join(serde_json::json!({"room": "standup", "name": "bob"}))
+            .await;
+        if matches!(reply, ServerMessage::Joined { .. }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-b never got the room after node-a's ended: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+    redis.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_lost_a_room_to_another_closes_it_with_room_moved() {
+    let redis = Redis::start_on(free_port()).await;
+    let server = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let mut alice = RawSocket::connect(&server).await;
+    alice.join("contested", "alice").await;
+    // As if node-a had been cut off from Redis past its lease and node-z
+    // had taken the room meanwhile.
+    let client = redis::Client::open(redis.url.as_str()).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let _: () = redis::cmd("SET")
+        .arg("sfud:room:contested")
+        .arg("999999 node-z")
+        .arg("PX")
+        .arg(30_000)
+        .query_async(&mut conn)
+        .await
+        .expect("sets");
+    // Its next renewal (every 3 s) finds the lease gone to node-z.
+    let message = alice
+        .recv_until("room_moved", |m| matches!(m, ServerMessage::Error { .. }))
+        .await;
+    let ServerMessage::Error { code, message } = message else {
+        unreachable!("recv_until returned a non-error");
+    };
+    assert_eq!(code.as_str(), "room_moved", "{message}");
+    assert!(message.contains("node-z"), "{message}");
+    alice.expect_closed().await;
+    assert!(server.rooms.room_names().is_empty(), "the room stayed open");
+    server.stop().await;
     redis.stop().await;
 }

@@ -1,0 +1,175 @@
+//! Which node serves a room: this node's rooms hold leases (see
+//! [`lease`](super::lease)), taken before a room is created here, renewed
+//! by one task, released when the room ends. A join for a room another node
+//! holds is refused with `room_elsewhere` naming that node (until joins are
+//! relayed to the owner). When Redis does not answer, rooms are created
+//! here anyway and claimed once it does; a room that turns out to be held
+//! elsewhere then, or whose lease another node took while this one was cut
+//! off, is closed here with `room_moved`, and its participants join again.
+
+use std::collections::HashSet;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use sfu_proto::signaling::ErrorCode;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::lease::{self, Holder, Lease};
+use super::{Cluster, Inner, HEARTBEAT};
+use crate::rooms::RoomRegistry;
+
+/// How long a room's lease lasts without renewal: a node that dies loses
+/// its rooms within this.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How often the owner renews its leases.
+const RENEW_EVERY: Duration = Duration::from_millis(3_000);
+
+/// Whether a room may be created on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Yes: this node holds its lease (or is a single node).
+    Here,
+    /// Yes for now: Redis did not answer; the lease is claimed later.
+    Unclaimed,
+    /// No: another node holds it.
+    Elsewhere {
+        /// That node's id.
+        node_id: String,
+        /// Where it serves signaling, if its directory entry says.
+        url: Option<String>,
+    },
+}
+
+impl Claim {
+    /// The refusal a join gets for a room held elsewhere.
+    pub fn refusal(&self, room: &str) -> Option<(ErrorCode, String)> {
+        let Claim::Elsewhere { node_id, url } = self else {
+            return None;
+        };
+        let at = url
+            .as_deref()
+            .map(|u| format!(" at {u}"))
+            .unwrap_or_default();
+        Some((
+            ErrorCode::RoomElsewhere,
+            format!("room `{room}` is served by node {node_id}{at}"),
+        ))
+    }
+}
+
+impl Cluster {
+    /// Before room `room` is created here: takes its lease, or says which
+    /// node holds it.
+    pub async fn claim(&self, room: &str) -> Claim {
+        let Some(inner) = &self.inner else {
+            return Claim::Here;
+        };
+        if leases(inner).contains_key(room) {
+            return Claim::Here;
+        }
+        let Ok(mut conn) = Self::connection(inner).await else {
+            return Claim::Unclaimed;
+        };
+        let taken = tokio::time::timeout(
+            HEARTBEAT,
+            lease::acquire(&mut conn, room, &inner.node_id, LEASE_TTL),
+        )
+        .await;
+        match taken {
+            Ok(Ok(Holder::Taken(lease))) => {
+                leases(inner).insert(room.to_owned(), lease);
+                Claim::Here
+            }
+            // This node's own lease from before a restart: it is this node's.
+            Ok(Ok(Holder::Other { node_id, fence })) if node_id == inner.node_id => {
+                let lease = Lease {
+                    room: room.to_owned(),
+                    node_id,
+                    fence,
+                };
+                leases(inner).insert(room.to_owned(), lease);
+                Claim::Here
+            }
+            Ok(Ok(Holder::Other { node_id, .. })) => {
+                let url = super::directory::url_of(&mut conn, &node_id)
+                    .await
+                    .ok()
+                    .flatten();
+                Claim::Elsewhere { node_id, url }
+            }
+            Ok(Err(_)) | Err(_) => Claim::Unclaimed,
+        }
+    }
+
+    /// Every [`RENEW_EVERY`] until `stop`: renews the leases of this node's
+    /// rooms, claims the rooms created while Redis did not answer, releases
+    /// those of rooms that ended, and closes with `room_moved` the rooms
+    /// another node holds. Then releases every lease.
+    pub async fn keep_leases(self, rooms: RoomRegistry, stop: CancellationToken) {
+        let Some(inner) = self.inner.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(RENEW_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Ok(mut conn) = Self::connection(&inner).await else {
+                continue;
+            };
+            let local: HashSet<String> = rooms.room_names().into_iter().collect();
+            let held: Vec<Lease> = leases(&inner).values().cloned().collect();
+            for lease in held {
+                if !local.contains(&lease.room) {
+                    let _ = lease::release(&mut conn, &lease).await;
+                    leases(&inner).remove(&lease.room);
+                    continue;
+                }
+                match lease::renew(&mut conn, &lease, LEASE_TTL).await {
+                    Ok(true) | Err(_) => {}
+                    // Expired while Redis was away: taken again if nobody
+                    // else took it meanwhile.
+                    Ok(false) => {
+                        leases(&inner).remove(&lease.room);
+                    }
+                }
+            }
+            for room in &local {
+                if leases(&inner).contains_key(room) {
+                    continue;
+                }
+                if let Claim::Elsewhere { node_id, .. } = self.claim(room).await {
+                    warn!(%room, node = %node_id, "another node holds this room: closing it here");
+                    let why = format!("room `{room}` moved to node {node_id}: join again");
+                    let _ = rooms.close_because(room, ErrorCode::RoomMoved, why).await;
+                }
+            }
+        }
+        let held: Vec<Lease> = leases(&inner).drain().map(|(_, l)| l).collect();
+        if held.is_empty() {
+            return;
+        }
+        let release = async {
+            let mut conn = Self::connection(&inner).await.ok()?;
+            for lease in &held {
+                lease::release(&mut conn, lease).await.ok()?;
+            }
+            Some(())
+        };
+        match tokio::time::timeout(Duration::from_millis(800), release).await {
+            Ok(Some(())) => info!(rooms = held.len(), "released the rooms' leases"),
+            _ => warn!(
+                rooms = held.len(),
+                "could not release the rooms' leases; they expire within 10 s"
+            ),
+        }
+    }
+}
+
+fn leases(inner: &Inner) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lease>> {
+    inner.leases.lock().unwrap_or_else(PoisonError::into_inner)
+}
