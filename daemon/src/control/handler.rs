@@ -73,6 +73,12 @@ async fn respond(ctx: &Context, request: Request) -> Result<Response, ControlErr
             max_peers,
             mode,
         } => {
+            // In a cluster, a room another node serves is not opened here.
+            if ctx.rooms.room_names().iter().all(|r| *r != room) {
+                if let Some((_, why)) = ctx.cluster.claim(&room).await.refusal(&room) {
+                    return Err(ControlError::new(ErrorCode::Refused, why));
+                }
+            }
             ctx.rooms
                 .create(&room, max_peers, mode)
                 .await

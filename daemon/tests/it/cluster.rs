@@ -260,6 +260,12 @@ async fn a_room_is_served_by_one_node_and_a_join_on_another_is_told_which() {
         "{message}"
     );
     assert!(b.rooms.room_names().is_empty(), "node-b opened the room");
+    // Nor does an operator on node-b.
+    let why = ctl(&b, &["rooms", "create", "standup"])
+        .await
+        .refused("refused");
+    assert!(why.contains("node-a"), "{why}");
+    assert!(b.rooms.room_names().is_empty(), "node-b opened the room");
 
     // The room ends on node-a: its lease goes, and node-b may serve it.
     drop(alice);
