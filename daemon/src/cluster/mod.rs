@@ -3,10 +3,11 @@
 //! entry in the directory, renewed every second. A room's state stays on
 //! the node that serves it.
 //!
-//! This is the directory: [`Cluster::announce`] runs for the daemon's life
-//! and [`Cluster::status`] lists the nodes alive. A node that cannot reach
+//! The directory: [`Cluster::announce`] runs for the daemon's life and
+//! [`Cluster::status`] lists the nodes alive. A node that cannot reach
 //! Redis says so once, keeps serving what it serves, and announces itself
-//! again when Redis is back.
+//! again when Redis is back. Which node serves a room: `placement`, on the
+//! leases of `lease`.
 
 mod directory;
 pub mod lease;
@@ -112,11 +113,11 @@ impl Cluster {
     /// address signaling is served on (the default node URL).
     pub fn new(config: &Config, http: std::net::SocketAddr) -> Cluster {
         let Some(url) = &config.cluster.redis_url else {
-            return Cluster { inner: None };
+            return Cluster::single();
         };
         // `Config::validate` parsed it already.
         let Ok(client) = redis::Client::open(url.as_str()) else {
-            return Cluster { inner: None };
+            return Cluster::single();
         };
         let inner = Inner {
             node_id: config.cluster.node_id.clone().unwrap_or_else(host_name),
@@ -152,11 +153,6 @@ impl Cluster {
         })
     }
 
-    /// This node's id, when it is part of a cluster.
-    pub fn node_id(&self) -> Option<&str> {
-        self.inner.as_ref().map(|i| i.node_id.as_str())
-    }
-
     fn unavailable(inner: &Inner, reason: impl ToString) -> ClusterError {
         ClusterError::Unavailable {
             url: inner.redis_shown.clone(),
@@ -188,18 +184,30 @@ impl Cluster {
         Ok(conn)
     }
 
+    /// A Redis command's answer, or why there was none within a heartbeat.
+    async fn within<T>(
+        inner: &Inner,
+        command: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, ClusterError> {
+        tokio::time::timeout(HEARTBEAT, command)
+            .await
+            .map_err(|_| Self::unavailable(inner, "no answer within a second"))?
+            .map_err(|e| Self::unavailable(inner, e))
+    }
+
+    /// The nodes the directory lists now.
+    async fn list_nodes(inner: &Inner) -> Result<Vec<ClusterNode>, ClusterError> {
+        let mut conn = Self::connection(inner).await?;
+        Self::within(inner, directory::list(&mut conn)).await
+    }
+
     /// The nodes alive, as the directory has them.
     pub async fn status(&self) -> Result<ClusterStatus, ClusterError> {
         let inner = self.inner.as_ref().ok_or(ClusterError::NotClustered)?;
-        let mut conn = Self::connection(inner).await?;
-        let nodes = tokio::time::timeout(HEARTBEAT, directory::list(&mut conn))
-            .await
-            .map_err(|_| Self::unavailable(inner, "no answer within a second"))?
-            .map_err(|e| Self::unavailable(inner, e))?;
         Ok(ClusterStatus {
             node_id: inner.node_id.clone(),
             redis: inner.redis_shown.clone(),
-            nodes,
+            nodes: Self::list_nodes(inner).await?,
             now_ms: now_ms(),
         })
     }
@@ -224,18 +232,13 @@ impl Cluster {
             }
             let node = load.sample(&inner, &rooms, &media).await;
             let announced = match Self::connection(&inner).await {
-                Ok(mut conn) => {
-                    tokio::time::timeout(HEARTBEAT, directory::announce(&mut conn, &node))
-                        .await
-                        .map_err(|_| Self::unavailable(&inner, "no answer within a second"))
-                        .and_then(|r| r.map_err(|e| Self::unavailable(&inner, e)))
-                }
+                Ok(mut conn) => Self::within(&inner, directory::announce(&mut conn, &node)).await,
                 Err(e) => Err(e),
             };
             inner.reachable.store(announced.is_ok(), Ordering::Relaxed);
             if announced.is_ok() && beats.is_multiple_of(LIST_EVERY) {
-                if let Ok(status) = count_nodes(&inner).await {
-                    inner.nodes_seen.store(status, Ordering::Relaxed);
+                if let Ok(nodes) = Self::list_nodes(&inner).await {
+                    inner.nodes_seen.store(nodes.len(), Ordering::Relaxed);
                 }
             }
             beats = beats.wrapping_add(1);
@@ -266,16 +269,6 @@ impl Cluster {
             ),
         }
     }
-}
-
-/// How many nodes the directory lists now.
-async fn count_nodes(inner: &Inner) -> Result<usize, ClusterError> {
-    let mut conn = Cluster::connection(inner).await?;
-    tokio::time::timeout(HEARTBEAT, directory::list(&mut conn))
-        .await
-        .map_err(|_| Cluster::unavailable(inner, "no answer within a second"))?
-        .map(|nodes| nodes.len())
-        .map_err(|e| Cluster::unavailable(inner, e))
 }
 
 /// The load a node announces, and what the next sample differs from.

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::lease::{self, Holder, Lease};
-use super::{Cluster, Inner, HEARTBEAT};
+use super::{Cluster, Inner};
 use crate::rooms::RoomRegistry;
 
 /// How long a room's lease lasts without renewal: a node that dies loses
@@ -72,18 +72,18 @@ impl Cluster {
         let Ok(mut conn) = Self::connection(inner).await else {
             return Claim::Unclaimed;
         };
-        let taken = tokio::time::timeout(
-            HEARTBEAT,
+        let taken = Self::within(
+            inner,
             lease::acquire(&mut conn, room, &inner.node_id, LEASE_TTL),
         )
         .await;
         match taken {
-            Ok(Ok(Holder::Taken(lease))) => {
+            Ok(Holder::Taken(lease)) => {
                 leases(inner).insert(room.to_owned(), lease);
                 Claim::Here
             }
             // This node's own lease from before a restart: it is this node's.
-            Ok(Ok(Holder::Other { node_id, fence })) if node_id == inner.node_id => {
+            Ok(Holder::Other { node_id, fence }) if node_id == inner.node_id => {
                 let lease = Lease {
                     room: room.to_owned(),
                     node_id,
@@ -92,14 +92,14 @@ impl Cluster {
                 leases(inner).insert(room.to_owned(), lease);
                 Claim::Here
             }
-            Ok(Ok(Holder::Other { node_id, .. })) => {
+            Ok(Holder::Other { node_id, .. }) => {
                 let url = super::directory::url_of(&mut conn, &node_id)
                     .await
                     .ok()
                     .flatten();
                 Claim::Elsewhere { node_id, url }
             }
-            Ok(Err(_)) | Err(_) => Claim::Unclaimed,
+            Err(_) => Claim::Unclaimed,
         }
     }
 

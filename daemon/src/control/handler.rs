@@ -74,11 +74,7 @@ async fn respond(ctx: &Context, request: Request) -> Result<Response, ControlErr
             mode,
         } => {
             // In a cluster, a room another node serves is not opened here.
-            if ctx.rooms.room_names().iter().all(|r| *r != room) {
-                if let Some((_, why)) = ctx.cluster.claim(&room).await.refusal(&room) {
-                    return Err(ControlError::new(ErrorCode::Refused, why));
-                }
-            }
+            ctx.rooms.claim(&room).await.map_err(refused)?;
             ctx.rooms
                 .create(&room, max_peers, mode)
                 .await

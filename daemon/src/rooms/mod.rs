@@ -323,6 +323,19 @@ impl RoomRegistry {
         counts
     }
 
+    /// In a cluster, before a room not open here is created: takes its
+    /// lease, or refuses with `room_elsewhere` naming the node that serves
+    /// it. Nothing to do on a single node.
+    pub async fn claim(&self, room: &str) -> Result<(), Refusal> {
+        if self.handle(room).is_some() {
+            return Ok(());
+        }
+        match self.inner.cluster.claim(room).await.refusal(room) {
+            Some((code, why)) => Err(Refusal::new(code, why)),
+            None => Ok(()),
+        }
+    }
+
     /// Joins `room` (creating it if allowed). The `joined` message and
     /// everything after it arrive in `out`.
     pub async fn join(
@@ -351,12 +364,7 @@ impl RoomRegistry {
                 ),
             ));
         }
-        // In a cluster, a room not open here may be served by another node.
-        if self.handle(room).is_none() {
-            if let Some((code, why)) = self.inner.cluster.claim(room).await.refusal(room) {
-                return Err(Refusal::new(code, why));
-            }
-        }
+        self.claim(room).await?;
         // A room that empties between our lookup and our join closes its
         // mailbox; the next attempt creates a fresh one.
         for _attempt in 0..3 {

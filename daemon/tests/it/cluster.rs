@@ -50,6 +50,15 @@ impl Redis {
         }
     }
 
+    /// A client connection of the test's own.
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("a Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects")
+    }
+
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
@@ -170,11 +179,7 @@ async fn a_node_serves_without_redis_and_announces_itself_once_redis_is_there() 
 async fn one_node_holds_a_room_and_a_lost_lease_cannot_be_renewed() {
     use sfud::cluster::lease::{acquire, holder, release, renew, Holder};
     let redis = Redis::start_on(free_port()).await;
-    let client = redis::Client::open(redis.url.as_str()).expect("a Redis URL");
-    let mut a = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
+    let mut a = redis.connection().await;
     let mut b = a.clone();
     let ttl = Duration::from_secs(10);
 
@@ -297,11 +302,7 @@ async fn a_node_that_lost_a_room_to_another_closes_it_with_room_moved() {
     alice.join("contested", "alice").await;
     // As if node-a had been cut off from Redis past its lease and node-z
     // had taken the room meanwhile.
-    let client = redis::Client::open(redis.url.as_str()).expect("a Redis URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
+    let mut conn = redis.connection().await;
     let _: () = redis::cmd("SET")
         .arg("sfud:room:contested")
         .arg("999999 node-z")
