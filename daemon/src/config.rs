@@ -1075,6 +1075,7 @@ messages_per_second = 20
 redis_url = "redis://10.0.0.9:6379"
 node_id = "sfu-1"
 url = "ws://10.0.0.5:8080"
+secret = "fedcba9876543210fedcba9876543210"
 "#,
         );
         assert_eq!(
@@ -1083,6 +1084,7 @@ url = "ws://10.0.0.5:8080"
                 redis_url: Some("redis://10.0.0.9:6379".into()),
                 node_id: Some("sfu-1".into()),
                 url: Some("ws://10.0.0.5:8080".into()),
+                secret: Some("fedcba9876543210fedcba9876543210".into()),
             }
         );
         assert_eq!(config.http.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));

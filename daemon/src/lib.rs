@@ -261,6 +261,7 @@ impl Server {
                 self.gate.clone(),
                 self.cluster.clone(),
             ),
+            cluster: self.cluster.clone(),
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");
         let gate = self.gate.clone();

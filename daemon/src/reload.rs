@@ -169,6 +169,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         redis_url,
         node_id,
         url,
+        secret,
     } = cluster;
     note(
         restart,
@@ -178,6 +179,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     );
     note(restart, "cluster.node_id", &old.cluster.node_id, node_id);
     note(restart, "cluster.url", &old.cluster.url, url);
+    note(restart, "cluster.secret", &old.cluster.secret, secret);
     note(restart, "rtc.udp_port", &old.rtc.udp_port, udp_port);
     note(restart, "rtc.bind_ips", &old.rtc.bind_ips, bind_ips);
     note(restart, "rtc.public_ips", &old.rtc.public_ips, public_ips);

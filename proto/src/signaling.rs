@@ -294,8 +294,12 @@ pub enum ErrorCode {
     /// The room is served by another node of the cluster (the message
     /// names it and its URL).
     RoomElsewhere,
-    /// This node lost the room to another node of the cluster: join again.
+    /// This node lost the room to another node of the cluster, or the node
+    /// serving it went away: join again.
     RoomMoved,
+    /// The node serving the room cannot be reached now (it may have just
+    /// died; its rooms are placed again within 10 s): try again shortly.
+    RoomUnavailable,
     /// Something failed inside the server.
     Internal,
 }
@@ -332,6 +336,7 @@ impl ErrorCode {
             Self::DtlsFailed => "dtls_failed",
             Self::RoomElsewhere => "room_elsewhere",
             Self::RoomMoved => "room_moved",
+            Self::RoomUnavailable => "room_unavailable",
             Self::Internal => "internal",
         }
     }

@@ -28,7 +28,7 @@ use crate::metrics::ProcessSample;
 use crate::rooms::RoomRegistry;
 
 pub use directory::{HEARTBEAT, NODE_TTL};
-pub use placement::{Claim, LEASE_TTL};
+pub use placement::{least_loaded, Claim, Placement, LEASE_TTL};
 
 /// Why the directory could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,8 @@ struct Inner {
     reachable: AtomicBool,
     /// Nodes in the directory when last listed.
     nodes_seen: AtomicUsize,
+    /// What nodes present to each other.
+    secret: String,
     /// The leases of this node's rooms, by room.
     leases: Mutex<std::collections::HashMap<String, lease::Lease>>,
 }
@@ -132,6 +134,7 @@ impl Cluster {
             started_ms: now_ms(),
             reachable: AtomicBool::new(false),
             nodes_seen: AtomicUsize::new(0),
+            secret: config.cluster.secret.clone().unwrap_or_default(),
             leases: Mutex::new(std::collections::HashMap::new()),
         };
         Cluster {
@@ -142,6 +145,26 @@ impl Cluster {
     /// A single node: no cluster.
     pub fn single() -> Cluster {
         Cluster { inner: None }
+    }
+
+    /// This node's id, when it is part of a cluster.
+    pub fn node_id(&self) -> Option<&str> {
+        self.inner.as_deref().map(|i| i.node_id.as_str())
+    }
+
+    /// The secret this node presents to others, when it is part of a
+    /// cluster.
+    pub fn secret(&self) -> Option<&str> {
+        self.inner.as_deref().map(|i| i.secret.as_str())
+    }
+
+    /// Whether `presented` is the cluster's secret (compared in constant
+    /// time). Always false on a single node.
+    pub fn authenticates(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.inner.as_deref().is_some_and(|i| {
+            !i.secret.is_empty() && bool::from(i.secret.as_bytes().ct_eq(presented))
+        })
     }
 
     /// The cluster's gauges, when this node is part of one.

@@ -1,8 +1,9 @@
 //! Which node serves a room: this node's rooms hold leases (see
 //! [`lease`](super::lease)), taken before a room is created here, renewed
-//! by one task, released when the room ends. A join for a room another node
-//! holds is refused with `room_elsewhere` naming that node (until joins are
-//! relayed to the owner). When Redis does not answer, rooms are created
+//! by one task, released when the room ends. A client's join for a room no
+//! node holds places it on the least-loaded node of the directory; a join
+//! for a room another node holds (or was placed on) is relayed there by
+//! signaling. When Redis does not answer, rooms are created
 //! here anyway and claimed once it does; a room that turns out to be held
 //! elsewhere then, or whose lease another node took while this one was cut
 //! off, is closed here with `room_moved`, and its participants join again.
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 use super::lease::{self, Holder, Lease};
 use super::{Cluster, Inner};
 use crate::rooms::RoomRegistry;
+use sfu_proto::control::cluster::ClusterNode;
 
 /// How long a room's lease lasts without renewal: a node that dies loses
 /// its rooms within this.
@@ -26,6 +28,24 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the owner renews its leases.
 const RENEW_EVERY: Duration = Duration::from_millis(3_000);
 
+/// Where a room not open yet may be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the least-loaded live node: a client's join.
+    Anywhere,
+    /// On this node: a join another node relayed here, an operator's
+    /// `rooms create`, a room already open here.
+    Here,
+}
+
+/// The node a new room goes to: the one with the fewest participants,
+/// then the fewest rooms, this node on a tie (no relay), then by id.
+pub fn least_loaded<'a>(nodes: &'a [ClusterNode], me: &str) -> Option<&'a ClusterNode> {
+    nodes
+        .iter()
+        .min_by_key(|n| (n.peers, n.rooms, n.node_id != me, n.node_id.as_str()))
+}
+
 /// Whether a room may be created on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -33,7 +53,7 @@ pub enum Claim {
     Here,
     /// Yes for now: Redis did not answer; the lease is claimed later.
     Unclaimed,
-    /// No: another node holds it.
+    /// No: another node holds it, or it goes to another node.
     Elsewhere {
         /// That node's id.
         node_id: String,
@@ -61,8 +81,10 @@ impl Claim {
 
 impl Cluster {
     /// Before room `room` is created here: takes its lease, or says which
-    /// node holds it.
-    pub async fn claim(&self, room: &str) -> Claim {
+    /// node holds it; with [`Placement::Anywhere`], a room nobody holds
+    /// goes to the least-loaded node, which takes the lease when the join
+    /// is relayed to it.
+    pub async fn claim(&self, room: &str, placement: Placement) -> Claim {
         let Some(inner) = &self.inner else {
             return Claim::Here;
         };
@@ -72,6 +94,25 @@ impl Cluster {
         let Ok(mut conn) = Self::connection(inner).await else {
             return Claim::Unclaimed;
         };
+        if placement == Placement::Anywhere {
+            let placed = async {
+                if lease::holder(&mut conn, room).await?.is_some() {
+                    return Ok(None);
+                }
+                let nodes = super::directory::list(&mut conn).await?;
+                Ok(least_loaded(&nodes, &inner.node_id)
+                    .filter(|n| n.node_id != inner.node_id)
+                    .map(|n| Claim::Elsewhere {
+                        node_id: n.node_id.clone(),
+                        url: Some(n.url.clone()),
+                    }))
+            };
+            match Self::within(inner, placed).await {
+                Ok(Some(elsewhere)) => return elsewhere,
+                Ok(None) => {}
+                Err(_) => return Claim::Unclaimed,
+            }
+        }
         let taken = Self::within(
             inner,
             lease::acquire(&mut conn, room, &inner.node_id, LEASE_TTL),
@@ -142,7 +183,7 @@ impl Cluster {
                 if leases(&inner).contains_key(room) {
                     continue;
                 }
-                if let Claim::Elsewhere { node_id, .. } = self.claim(room).await {
+                if let Claim::Elsewhere { node_id, .. } = self.claim(room, Placement::Here).await {
                     warn!(%room, node = %node_id, "another node holds this room: closing it here");
                     let why = format!("room `{room}` moved to node {node_id}: join again");
                     let _ = rooms.close_because(room, ErrorCode::RoomMoved, why).await;
@@ -172,4 +213,34 @@ impl Cluster {
 
 fn leases(inner: &Inner) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lease>> {
     inner.leases.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, peers: usize, rooms: usize) -> ClusterNode {
+        ClusterNode {
+            node_id: id.into(),
+            url: format!("ws://{id}"),
+            version: String::new(),
+            rooms,
+            peers,
+            tracks: 0,
+            forwarded_pps: 0,
+            cpu_percent: 0,
+            started_ms: 0,
+            heartbeat_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_new_room_goes_to_the_node_with_fewest_participants_and_stays_here_on_a_tie() {
+        let nodes = [node("a", 3, 1), node("b", 0, 0), node("c", 0, 0)];
+        assert_eq!(least_loaded(&nodes, "a").map(|n| &n.node_id[..]), Some("b"));
+        assert_eq!(least_loaded(&nodes, "c").map(|n| &n.node_id[..]), Some("c"));
+        let nodes = [node("a", 2, 2), node("b", 2, 1)];
+        assert_eq!(least_loaded(&nodes, "a").map(|n| &n.node_id[..]), Some("b"));
+        assert!(least_loaded(&[], "a").is_none());
+    }
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::{invalid, ConfigError};
 
 /// `[cluster]`: absent (no `redis_url`), the daemon is a single node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Where the nodes' directory lives, e.g. `redis://127.0.0.1:6379`
@@ -17,7 +17,25 @@ pub struct ClusterConfig {
     /// The URL other nodes reach this node's signaling on, e.g.
     /// `ws://10.0.0.5:8080`. Default: `ws://` and `http.listen`.
     pub url: Option<String>,
+    /// The secret every node of the cluster shares (at least
+    /// [`MIN_SECRET`] bytes): a node relaying a join or an operator's
+    /// request to another presents it. Required with `redis_url`.
+    pub secret: Option<String>,
 }
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &self.redis_url)
+            .field("node_id", &self.node_id)
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The shortest cluster secret.
+pub const MIN_SECRET: usize = 32;
 
 /// The longest node id.
 pub const MAX_NODE_ID: usize = 64;
@@ -48,10 +66,25 @@ impl ClusterConfig {
             if let Err(e) = redis::Client::open(url.as_str()) {
                 return Err(invalid("cluster.redis_url", format!("{e}: {url:?}")));
             }
-        } else if self.node_id.is_some() || self.url.is_some() {
+            match &self.secret {
+                None => {
+                    return Err(invalid(
+                        "cluster.secret",
+                        format!("is required with cluster.redis_url: the same random string of at least {MIN_SECRET} bytes on every node (e.g. `openssl rand -hex 32`)"),
+                    ))
+                }
+                Some(s) if s.len() < MIN_SECRET => {
+                    return Err(invalid(
+                        "cluster.secret",
+                        format!("must be at least {MIN_SECRET} bytes, not {}", s.len()),
+                    ))
+                }
+                Some(_) => {}
+            }
+        } else if self.node_id.is_some() || self.url.is_some() || self.secret.is_some() {
             return Err(invalid(
                 "cluster.redis_url",
-                "is required when cluster.node_id or cluster.url is set",
+                "is required when cluster.node_id, cluster.url or cluster.secret is set",
             ));
         }
         if let Some(id) = &self.node_id {
@@ -78,11 +111,14 @@ impl ClusterConfig {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     fn cluster(redis_url: Option<&str>, node_id: Option<&str>, url: Option<&str>) -> ClusterConfig {
         ClusterConfig {
             redis_url: redis_url.map(str::to_owned),
             node_id: node_id.map(str::to_owned),
             url: url.map(str::to_owned),
+            secret: redis_url.map(|_| SECRET.to_owned()),
         }
     }
 
@@ -132,5 +168,16 @@ mod tests {
         for (c, key) in bad {
             assert_eq!(refused_key(&c).as_deref(), Some(key), "{c:?}");
         }
+        let mut no_secret = cluster(Some("redis://h"), None, None);
+        no_secret.secret = None;
+        assert_eq!(refused_key(&no_secret).as_deref(), Some("cluster.secret"));
+        no_secret.secret = Some("short".into());
+        assert_eq!(refused_key(&no_secret).as_deref(), Some("cluster.secret"));
+        assert!(!format!("{no_secret:?}").contains("short"), "secret shown");
+        let alone = ClusterConfig {
+            secret: Some(SECRET.into()),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(refused_key(&alone).as_deref(), Some("cluster.redis_url"));
     }
 }

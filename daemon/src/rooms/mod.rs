@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use sfu_proto::signaling::{CandidateInit, ErrorCode, IceServer, Role, RoomMode, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cluster::{Claim, Placement};
 use crate::media::{MediaHandle, PeerId};
 use crate::supervisor::{Stage, Supervisor};
 
@@ -262,6 +263,16 @@ pub struct RoomCounts {
     pub peers: usize,
 }
 
+fn bad_room_name() -> Refusal {
+    Refusal::new(
+        ErrorCode::BadName,
+        format!(
+            "room name must be 1 to {} printable characters",
+            state::MAX_NAME_CHARS
+        ),
+    )
+}
+
 /// Finds rooms by name and creates them on demand.
 #[derive(Clone)]
 pub struct RoomRegistry {
@@ -323,21 +334,32 @@ impl RoomRegistry {
         counts
     }
 
-    /// In a cluster, before a room not open here is created: takes its
+    /// In a cluster, before a room not open here is created: where it is
+    /// to be served. A room open here is here; otherwise see
+    /// [`Cluster::claim`](crate::cluster::Cluster::claim).
+    pub async fn place(&self, room: &str, placement: Placement) -> Result<Claim, Refusal> {
+        if !state::valid_name(room) {
+            return Err(bad_room_name());
+        }
+        if self.handle(room).is_some() {
+            return Ok(Claim::Here);
+        }
+        Ok(self.inner.cluster.claim(room, placement).await)
+    }
+
+    /// In a cluster, before a room not open here is created here: takes its
     /// lease, or refuses with `room_elsewhere` naming the node that serves
     /// it. Nothing to do on a single node.
     pub async fn claim(&self, room: &str) -> Result<(), Refusal> {
-        if self.handle(room).is_some() {
-            return Ok(());
-        }
-        match self.inner.cluster.claim(room).await.refusal(room) {
+        match self.place(room, Placement::Here).await?.refusal(room) {
             Some((code, why)) => Err(Refusal::new(code, why)),
             None => Ok(()),
         }
     }
 
     /// Joins `room` (creating it if allowed). The `joined` message and
-    /// everything after it arrive in `out`.
+    /// everything after it arrive in `out`. In a cluster the caller placed
+    /// the room first ([`place`](Self::place)).
     pub async fn join(
         &self,
         admission: &crate::auth::Admission,
@@ -346,13 +368,7 @@ impl RoomRegistry {
     ) -> Result<Membership, Refusal> {
         let room = admission.room.as_str();
         if !state::valid_name(room) {
-            return Err(Refusal::new(
-                ErrorCode::BadName,
-                format!(
-                    "room name must be 1 to {} printable characters",
-                    state::MAX_NAME_CHARS
-                ),
-            ));
+            return Err(bad_room_name());
         }
         // Checked here too, so that a refused name does not create the room.
         if !state::valid_name(&admission.name) {
@@ -364,7 +380,6 @@ impl RoomRegistry {
                 ),
             ));
         }
-        self.claim(room).await?;
         // A room that empties between our lookup and our join closes its
         // mailbox; the next attempt creates a fresh one.
         for _attempt in 0..3 {
@@ -505,13 +520,7 @@ impl RoomRegistry {
         mode: Option<RoomMode>,
     ) -> Result<(), Refusal> {
         if !state::valid_name(room) {
-            return Err(Refusal::new(
-                ErrorCode::BadName,
-                format!(
-                    "room name must be 1 to {} printable characters",
-                    state::MAX_NAME_CHARS
-                ),
-            ));
+            return Err(bad_room_name());
         }
         if max_peers == Some(0) {
             return Err(Refusal::new(

@@ -4,6 +4,7 @@
 
 pub mod gate;
 pub mod listener;
+mod relay;
 mod session;
 
 use std::net::SocketAddr;
@@ -24,7 +25,7 @@ const DEMO_PAGE: &str = include_str!("../../static/index.html");
 
 /// Frames up to this size are read and answered with `too_large` when over
 /// [`MAX_FRAME_BYTES`]; larger ones close the socket.
-const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+pub(crate) const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 
 /// What every HTTP handler shares.
 #[derive(Clone)]
@@ -40,6 +41,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// What `/metrics` samples.
     pub metrics: crate::metrics::MetricsSource,
+    /// The other nodes, when this one is part of a cluster.
+    pub cluster: crate::cluster::Cluster,
 }
 
 /// The HTTP routes.
@@ -67,6 +70,44 @@ async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
+/// A session another node of the cluster relays (it presents the cluster
+/// secret) comes from the client address it names; any other from the
+/// socket's peer. A wrong secret is refused.
+fn relayed_from(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    remote: SocketAddr,
+) -> Result<session::Origin, Box<axum::response::Response>> {
+    let Some(secret) = headers.get(relay::SECRET_HEADER) else {
+        return Ok(session::Origin {
+            remote,
+            relayed: false,
+        });
+    };
+    if !state.cluster.authenticates(secret.as_bytes()) {
+        tracing::warn!(%remote, "relayed session refused: wrong cluster secret");
+        state
+            .gate
+            .count_refusal(sfu_proto::signaling::ErrorCode::NotAllowed);
+        let refused = (axum::http::StatusCode::FORBIDDEN, "wrong cluster secret\n");
+        return Err(Box::new(refused.into_response()));
+    }
+    let client = headers
+        .get(relay::CLIENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+        .unwrap_or(remote.ip());
+    let node = headers
+        .get(relay::NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?");
+    tracing::debug!(%remote, %client, node, "session relayed by another node");
+    Ok(session::Origin {
+        remote: SocketAddr::new(client, 0),
+        relayed: true,
+    })
+}
+
 async fn websocket(
     ws: WebSocketUpgrade,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -86,13 +127,19 @@ async fn websocket(
         )
             .into_response();
     }
+    let origin = match relayed_from(&state, &headers, remote) {
+        Ok(origin) => origin,
+        Err(response) => return *response,
+    };
     const { assert!(MAX_FRAME_BYTES < HARD_FRAME_LIMIT) };
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
         .on_upgrade(move |socket| async move {
-            // Counted against the connection caps while the session lasts.
-            let _held = slot.and_then(|s| s.0.take());
-            session::run(socket, state, remote).await
+            // Counted against the connection caps while the session lasts;
+            // a relayed session counts on the node its client reached.
+            let held = slot.and_then(|s| s.0.take());
+            let _held = held.filter(|_| !origin.relayed);
+            session::run(socket, state, origin).await
         })
         .into_response()
 }

@@ -10,7 +10,8 @@ use sfu_proto::signaling::{ClientMessage, ErrorCode, PcKind, ServerMessage, MAX_
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
-use super::{gate, AppState};
+use super::{gate, relay, AppState};
+use crate::cluster::{Claim, Placement};
 use crate::rooms::{Membership, Outbound, Refusal};
 
 /// Messages a room may queue for one session before it counts as stuck.
@@ -25,15 +26,31 @@ const OFFERS_PER_SECOND: u32 = 2;
 enum Flow {
     Continue,
     Close,
+    /// The room is served by another node: relay the session there.
+    Relay(relay::Target),
 }
 
-pub(super) async fn run(socket: WebSocket, state: Arc<AppState>, remote: SocketAddr) {
-    let span = info_span!("session", %remote, peer = tracing::field::Empty);
+/// Where a session comes from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Origin {
+    /// The client's address (as the relaying node saw it, for a relayed
+    /// session).
+    pub remote: SocketAddr,
+    /// Whether another node of the cluster relays this session: its room
+    /// is placed here, never relayed further.
+    pub relayed: bool,
+}
+
+pub(super) async fn run(socket: WebSocket, state: Arc<AppState>, origin: Origin) {
+    let remote = origin.remote;
+    let span =
+        info_span!("session", %remote, relayed = origin.relayed, peer = tracing::field::Empty);
     let now = std::time::Instant::now();
     let limit = gate::RateLimit::new(now, state.gate.messages_per_second());
     Session {
         state,
         remote,
+        relayed: origin.relayed,
         joined: None,
         limit,
         offers: gate::RateLimit::new(now, OFFERS_PER_SECOND),
@@ -46,6 +63,7 @@ pub(super) async fn run(socket: WebSocket, state: Arc<AppState>, remote: SocketA
 struct Session {
     state: Arc<AppState>,
     remote: SocketAddr,
+    relayed: bool,
     joined: Option<Membership>,
     limit: gate::RateLimit,
     offers: gate::RateLimit,
@@ -75,6 +93,7 @@ impl Session {
         let mut heard = tokio::time::Instant::now();
         // A frame that broke the protocol: the RFC 6455 close code to send.
         let mut violation: Option<(u16, &'static str)> = None;
+        let mut relay_to = None;
         loop {
             tokio::select! {
                 biased;
@@ -133,6 +152,10 @@ impl Session {
                             close = Some(None);
                             break;
                         }
+                        Ok(Flow::Relay(target)) => {
+                            relay_to = Some(target);
+                            break;
+                        }
                         Err(r) => {
                             self.state.gate.count_refusal(r.code);
                             debug!(code = %r.code, message = %r.message, "request refused");
@@ -146,6 +169,10 @@ impl Session {
         }
         if let Some(m) = self.joined.take() {
             m.room.leave(m.peer).await;
+        }
+        if let Some(target) = relay_to {
+            relay::run(sink, stream, self.state, self.remote.ip(), target).await;
+            return;
         }
         if let Some((code, reason)) = violation {
             debug!(
@@ -239,6 +266,36 @@ impl Session {
                         // Logged without the token.
                         tracing::info!(%room, code = %r.code, "join refused");
                     })?;
+                let placement = if self.relayed {
+                    Placement::Here
+                } else {
+                    Placement::Anywhere
+                };
+                match self.state.rooms.place(&room, placement).await? {
+                    Claim::Here | Claim::Unclaimed => {}
+                    Claim::Elsewhere {
+                        node_id,
+                        url: Some(url),
+                    } if !self.relayed => {
+                        return Ok(Flow::Relay(relay::Target {
+                            node_id,
+                            url,
+                            room,
+                            join: text.to_owned(),
+                        }));
+                    }
+                    Claim::Elsewhere { node_id, url: None } if !self.relayed => {
+                        return Err(Refusal::new(
+                            ErrorCode::RoomUnavailable,
+                            format!("room `{room}` is held by node {node_id}, which is not in the cluster's directory (it may have stopped; its rooms are placed again within 10 s): try again shortly"),
+                        ));
+                    }
+                    elsewhere => {
+                        if let Some((code, why)) = elsewhere.refusal(&room) {
+                            return Err(Refusal::new(code, why));
+                        }
+                    }
+                }
                 let m = self
                     .state
                     .rooms
@@ -331,7 +388,7 @@ fn close_code_for(error: axum::Error) -> Option<(u16, &'static str)> {
     }
 }
 
-async fn send<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), ()>
+pub(super) async fn send<S>(sink: &mut S, msg: &ServerMessage) -> Result<(), ()>
 where
     S: futures_util::Sink<Message> + Unpin,
 {

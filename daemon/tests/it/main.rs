@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod cluster;
+mod cluster_relay;
 mod control;
 mod forwarding;
 mod harness;

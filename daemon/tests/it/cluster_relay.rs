@@ -1,0 +1,344 @@
+//! Rooms of a cluster served by one node and reached through any: joins
+//! relayed to the owner, new rooms placed on the less-loaded node, a node
+//! killed under its calls, Redis lost under them. Real daemons (one of
+//! them a separate process, to be killed), a real Redis, real WebRTC
+//! clients.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sfu_client::{Client, ClientError, PublishOptions, Snapshot};
+use sfu_proto::signaling::Role;
+
+use crate::cluster::{free_port, node, node_config, status_until, Redis, SECRET};
+use crate::control::ctl;
+use crate::harness::{RawSocket, TestServer, DEADLINE, MEDIA_DEADLINE};
+
+/// Media of both kinds from `from`.
+fn receives_from(s: &Snapshot, from: &str, packets: u64) -> bool {
+    s.packets_from(from, "video") >= packets && s.packets_from(from, "audio") >= packets / 3
+}
+
+/// A speaker through the signaling endpoint `ws_url` (a node's `/ws`).
+async fn speaker_at(ws_url: &str, room: &str, name: &str) -> Result<(Client, String), ClientError> {
+    let client = Client::connect(ws_url).await?;
+    let joined = client.join(room, name, Role::Speaker).await?;
+    client.publish(PublishOptions::default()).await?;
+    Ok((client, joined.peer_id))
+}
+
+/// Both speakers receive each other's media.
+async fn hear_each_other(a: (&Client, &str), b: (&Client, &str)) {
+    for ((me, _), (_, other)) in [(a, b), (b, a)] {
+        let s = me
+            .wait_for(MEDIA_DEADLINE, "media from the other", |s| {
+                receives_from(s, other, 50)
+            })
+            .await
+            .expect("media flows");
+        assert!(s.errors.is_empty(), "server errors: {:?}", s.errors);
+    }
+}
+
+/// Waits until both nodes are in the directory: placement reads it.
+async fn both_listed(server: &TestServer) {
+    status_until(server, "both nodes in the directory", |s| {
+        node(s, "node-a").is_some() && node(s, "node-b").is_some()
+    })
+    .await;
+}
+
+/// The participants of `room` on `server`.
+async fn members(server: &TestServer, room: &str) -> usize {
+    server.rooms.show(room).await.map_or(0, |d| d.members.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_joining_through_two_nodes_share_the_room_its_owner_serves() {
+    let redis = Redis::start_on(free_port()).await;
+    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    both_listed(&a).await;
+    let (alice, alice_id) = speaker_at(&a.ws_url(), "standup", "alice")
+        .await
+        .expect("alice joins on node-a");
+    // Equal load: the room stays on the node the first join reached.
+    assert_eq!(a.rooms.room_names(), ["standup"]);
+    let (bob, bob_id) = speaker_at(&b.ws_url(), "standup", "bob")
+        .await
+        .expect("bob joins on node-b");
+    assert!(b.rooms.room_names().is_empty(), "node-b opened the room");
+    assert_eq!(members(&a, "standup").await, 2, "node-a serves both");
+    hear_each_other((&alice, &alice_id), (&bob, &bob_id)).await;
+    // Bob's media connects to node-a: it reports his address.
+    let detail = a.rooms.show("standup").await.expect("the room");
+    let bob_there = detail
+        .members
+        .iter()
+        .find(|m| m.id == bob_id)
+        .expect("bob on node-a");
+    assert!(
+        bob_there
+            .publish
+            .as_ref()
+            .is_some_and(|c| c.remote.is_some()),
+        "bob's publish connection on node-a has no address: {bob_there:?}"
+    );
+
+    // An operator on node-b cannot open a second room of that name.
+    let why = ctl(&b, &["rooms", "create", "standup"])
+        .await
+        .refused("refused");
+    assert!(why.contains("node-a"), "{why}");
+
+    // A wrong cluster secret is refused before any session.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(a.ws_url())
+            .expect("a request");
+    request.headers_mut().insert(
+        "x-sfud-cluster-secret",
+        "not-the-secret".parse().expect("a header"),
+    );
+    let refused = tokio_tungstenite::connect_async(request).await;
+    assert!(refused.is_err(), "a wrong secret was let in");
+
+    // Bob leaves node-b: his session on node-a ends with it.
+    bob.close().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while members(&a, "standup").await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob stayed on node-a"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The room ends: node-a releases its lease.
+    alice.close().await;
+    let mut conn = redis.connection().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let held: Option<String> = redis::cmd("GET")
+            .arg("sfud:room:standup")
+            .query_async(&mut conn)
+            .await
+            .expect("reads");
+        if held.is_none() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease outlived the room: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+    redis.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_room_is_placed_on_the_less_loaded_node() {
+    let redis = Redis::start_on(free_port()).await;
+    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    both_listed(&a).await;
+    let mut busy = Vec::new();
+    for name in ["ann", "art"] {
+        let mut s = RawSocket::connect(&a).await;
+        s.join("busy", name).await;
+        busy.push(s);
+    }
+    status_until(&a, "node-a announcing its 2 participants", |s| {
+        node(s, "node-a").is_some_and(|n| n["peers"] == 2) && node(s, "node-b").is_some()
+    })
+    .await;
+
+    // Carol's join reaches the busy node; her new room goes to node-b.
+    let mut carol = RawSocket::connect(&a).await;
+    carol.join("fresh", "carol").await;
+    assert_eq!(b.rooms.room_names(), ["fresh"]);
+    assert_eq!(a.rooms.room_names(), ["busy"]);
+    // Dave reaches node-b directly and is in the same room.
+    let mut dave = RawSocket::connect(&b).await;
+    dave.join("fresh", "dave").await;
+    assert_eq!(members(&b, "fresh").await, 2);
+    drop((busy, carol, dave));
+    a.stop().await;
+    b.stop().await;
+    redis.stop().await;
+}
+
+/// An sfud process of its own (to be killed), in a cluster.
+struct ProcessNode {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ProcessNode {
+    async fn start(redis_url: &str, node_id: &str) -> ProcessNode {
+        let dir = std::env::temp_dir().join(format!("sfud-{node_id}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        std::fs::write(
+            dir.join("sfud.toml"),
+            format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\n[rtc]\nudp_port = 0\nbind_ips = [\"127.0.0.1\"]\n\
+                 [control]\nsocket = \"{}\"\n[limits]\njoins_per_second = 1000\n\
+                 [cluster]\nredis_url = \"{redis_url}\"\nnode_id = \"{node_id}\"\nsecret = \"{SECRET}\"\n",
+                dir.join("sfud.sock").display()
+            ),
+        )
+        .expect("config written");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sfud"))
+            .arg("--config")
+            .arg(dir.join("sfud.toml"))
+            .stdout(std::fs::File::create(dir.join("sfud.log")).expect("log file"))
+            .stderr(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
+            .spawn()
+            .expect("sfud starts");
+        let up = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(up.elapsed() < DEADLINE, "sfud did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ProcessNode { child, port, dir }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Joins `room` through `ws_url` again and again, as the demo page does
+/// after `room_moved` or a lost socket, until it is in and publishing.
+async fn join_again(ws_url: &str, room: &str, name: &str, by: Instant) -> (Client, String) {
+    loop {
+        match speaker_at(ws_url, room, name).await {
+            Ok(joined) => return joined,
+            Err(e) => assert!(Instant::now() < by, "{name} never got back in: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_owner_is_killed_its_call_resumes_on_another_node_within_15_s() {
+    let redis = Redis::start_on(free_port()).await;
+    let mut a = ProcessNode::start(&redis.url, "node-a").await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    both_listed(&b).await;
+    let (alice, _) = speaker_at(&a.ws_url(), "standup", "alice")
+        .await
+        .expect("alice joins on node-a");
+    let (bob, _) = speaker_at(&b.ws_url(), "standup", "bob")
+        .await
+        .expect("bob joins through node-b");
+    assert!(b.rooms.room_names().is_empty(), "node-b opened the room");
+    let alice_id = alice.peer_id().expect("alice's id");
+    let bob_id = bob.peer_id().expect("bob's id");
+    hear_each_other((&alice, &alice_id), (&bob, &bob_id)).await;
+
+    let from = bob.message_count();
+    a.kill();
+    let killed = Instant::now();
+    // Bob's session through node-b is told.
+    let (code, message) = bob.next_error(from, DEADLINE).await.expect("bob is told");
+    assert_eq!(code.as_str(), "room_moved", "{message}");
+    drop((alice, bob));
+    // Both join node-b again (the room is placed there once node-a's lease
+    // has run out) and hear each other.
+    let by = killed + Duration::from_secs(15);
+    let (alice, alice_id) = join_again(&b.ws_url(), "standup", "alice", by).await;
+    let (bob, bob_id) = join_again(&b.ws_url(), "standup", "bob", by).await;
+    hear_each_other((&alice, &alice_id), (&bob, &bob_id)).await;
+    let resumed = killed.elapsed();
+    assert!(
+        resumed < Duration::from_secs(15),
+        "the call resumed {resumed:?} after the kill"
+    );
+    assert_eq!(b.rooms.room_names(), ["standup"]);
+    alice.close().await;
+    bob.close().await;
+    b.stop().await;
+    redis.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_holds_while_redis_is_away_and_its_lease_is_taken_again() {
+    let port = free_port();
+    let redis = Redis::start_on(port).await;
+    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    both_listed(&a).await;
+    let (alice, alice_id) = speaker_at(&a.ws_url(), "standup", "alice")
+        .await
+        .expect("alice joins on node-a");
+    let (bob, bob_id) = speaker_at(&b.ws_url(), "standup", "bob")
+        .await
+        .expect("bob joins through node-b");
+    hear_each_other((&alice, &alice_id), (&bob, &bob_id)).await;
+
+    // Redis goes away for longer than a lease lasts: media keeps flowing
+    // both ways, through the relayed session too, and nobody is told to
+    // leave.
+    redis.stop().await;
+    let away = Instant::now() + sfud::cluster::LEASE_TTL + Duration::from_secs(2);
+    while Instant::now() < away {
+        for (me, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
+            let before = me.snapshot().packets_from(other, "video");
+            me.wait_for(DEADLINE, "media still flowing", |s| {
+                s.packets_from(other, "video") > before + 20
+            })
+            .await
+            .expect("media flows without Redis");
+        }
+    }
+    // Redis is back (empty): node-a takes its room's lease again.
+    let redis = Redis::start_on(port).await;
+    let mut conn = redis.connection().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let held: Option<String> = redis::cmd("GET")
+            .arg("sfud:room:standup")
+            .query_async(&mut conn)
+            .await
+            .expect("reads");
+        if held.is_some_and(|h| h.ends_with(" node-a")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-a did not claim its room again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    both_listed(&b).await;
+    for (me, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
+        let before = me.snapshot().packets_from(other, "video");
+        let s = me
+            .wait_for(DEADLINE, "media after Redis is back", |s| {
+                s.packets_from(other, "video") > before + 20
+            })
+            .await
+            .expect("media flows");
+        assert!(s.errors.is_empty(), "errors: {:?}", s.errors);
+    }
+    alice.close().await;
+    bob.close().await;
+    a.stop().await;
+    b.stop().await;
+    redis.stop().await;
+}
