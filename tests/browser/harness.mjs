@@ -74,6 +74,11 @@ export async function waitFor(ms, probe, describeFailure) {
 
 /** The sfud binary on an ephemeral HTTP port and any free UDP port, media on loopback only. */
 export class Daemon {
+  /** `extra`: more lines for its sfud.toml (e.g. a `[cluster]` section). */
+  constructor(extra = []) {
+    this.extra = extra;
+  }
+
   async start() {
     this.dir = await mkdtemp(path.join(os.tmpdir(), 'sfud-browser-'));
     this.port = await freePort();
@@ -88,6 +93,7 @@ export class Daemon {
       // Every page joins from 127.0.0.1.
       '[limits]', 'joins_per_second = 100', '',
       '[auth]', 'mode = "open"', '[[auth.keys]]', `id = "${TOKEN_KEY.id}"`, `secret = "${TOKEN_KEY.secret}"`, '',
+      ...this.extra, '',
     ].join('\n'));
     this.log = [];
     this.exited = null;
@@ -120,6 +126,15 @@ export class Daemon {
     return this.log.join('').split('\n').slice(-300).join('\n');
   }
 
+  /** SIGKILL: the daemon dies with no goodbye, as a crashed machine does. */
+  async kill() {
+    if (this.proc && this.exited === null) {
+      const gone = new Promise((r) => this.proc.once('exit', r));
+      this.proc.kill('SIGKILL');
+      await gone;
+    }
+  }
+
   async stop() {
     if (this.proc && this.exited === null) {
       const gone = new Promise((r) => this.proc.once('exit', r));
@@ -136,8 +151,13 @@ export const daemon = new Daemon();
 
 /** Runs sfuctl against the test's daemon; resolves with what it printed. */
 export function sfuctl(...args) {
+  return sfuctlAt(daemon, ...args);
+}
+
+/** Runs sfuctl against `target` (a Daemon); resolves with what it printed. */
+export function sfuctlAt(target, ...args) {
   return new Promise((resolve, reject) => {
-    execFile(SFUCTL_BIN, ['--socket', daemon.socket, ...args], { timeout: 10_000 }, (err, stdout, stderr) => {
+    execFile(SFUCTL_BIN, ['--socket', target.socket, ...args], { timeout: 10_000 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`sfuctl ${args.join(' ')} failed: ${err.message}\n${stderr}`));
       else resolve(stdout);
     });
@@ -172,7 +192,8 @@ export class Participant {
     everyone.push(this);
   }
 
-  async open(room) {
+  /** Opens the demo page of `at` (a Daemon; default the test's daemon) for `room`. */
+  async open(room, at = daemon) {
     this.context = await browser.newContext();
     if (this.initScript) await this.context.addInitScript(this.initScript);
     this.page = await this.context.newPage();
@@ -180,7 +201,7 @@ export class Participant {
     this.page.on('pageerror', (e) => this.console.push(`[pageerror] ${e.message}`));
     // A token names the room and the participant itself.
     const query = new URLSearchParams({ ...(this.params.token ? {} : { room, name: this.name }), ...this.params });
-    await this.page.goto(`${daemon.url}/?${query}`);
+    await this.page.goto(`${at.url}/?${query}`);
   }
 
   /** What the page knows: its id, role, peers, connections and per-peer inbound stats. */
