@@ -156,22 +156,41 @@ fn occupancy(s: &RoomSummary) -> String {
 }
 
 /// `sfuctl rooms list`.
-pub fn rooms(rooms: &[RoomSummary]) -> String {
+/// `sfuctl rooms list`: in a cluster, with the node serving each room and
+/// the nodes that did not answer.
+pub fn rooms(rooms: &[RoomSummary], unreachable: &[String]) -> String {
+    let missing = if unreachable.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "not answering (their rooms are missing): {}\n",
+            unreachable.join(", ")
+        )
+    };
     if rooms.is_empty() {
-        return "no rooms\n".to_owned();
+        return format!("no rooms\n{missing}");
     }
-    let mut t = Table::new(&["ROOM", "MODE", "PEERS", "TRACKS", "AGE", "PERSISTENT"]);
+    let clustered = rooms.iter().any(|r| r.node.is_some());
+    let mut columns = vec!["ROOM", "MODE", "PEERS", "TRACKS", "AGE", "PERSISTENT"];
+    if clustered {
+        columns.push("NODE");
+    }
+    let mut t = Table::new(&columns);
     for r in rooms {
-        t.row(vec![
+        let mut row = vec![
             r.name.clone(),
             mode(r.mode).to_owned(),
             occupancy(r),
             r.tracks.to_string(),
             duration(r.age_secs),
             yes_no(r.persistent),
-        ]);
+        ];
+        if clustered {
+            row.push(r.node.clone().unwrap_or_else(|| "-".to_owned()));
+        }
+        t.row(row);
     }
-    t.render()
+    t.render() + &missing
 }
 
 fn state(c: &Option<ConnectionReport>) -> &str {
@@ -198,6 +217,9 @@ pub fn room(r: &RoomDetail) -> String {
         duration(s.age_secs),
         if s.persistent { ", persistent" } else { "" }
     );
+    if let Some(node) = &s.node {
+        out.push_str(&format!("served by node {node}\n"));
+    }
     if r.members.is_empty() {
         out.push_str("\nno participants\n");
         return out;
@@ -342,7 +364,10 @@ pub fn human(response: &Response) -> String {
     match response {
         Response::Hello { daemon, .. } => format!("{daemon}\n"),
         Response::Status(s) => status(s),
-        Response::Rooms { rooms: list } => rooms(list),
+        Response::Rooms {
+            rooms: list,
+            unreachable,
+        } => rooms(list, unreachable),
         Response::Room(detail) => room(detail),
         Response::RoomCreated { room } => format!("created room {room}\n"),
         Response::RoomClosed { room, peers } => format!(
@@ -489,7 +514,35 @@ mod tests {
 
     #[test]
     fn an_empty_listing_says_so() {
-        assert_eq!(rooms(&[]), "no rooms\n");
+        assert_eq!(rooms(&[], &[]), "no rooms\n");
+    }
+
+    #[test]
+    fn a_cluster_listing_names_each_room_node_and_the_nodes_not_answering() {
+        let room = |name: &str, node: Option<&str>| RoomSummary {
+            name: name.into(),
+            mode: sfu_proto::signaling::RoomMode::Sfu,
+            peers: 1,
+            tracks: 2,
+            max_peers: 50,
+            age_secs: 5,
+            persistent: false,
+            node: node.map(str::to_owned),
+        };
+        let text = rooms(
+            &[room("a", Some("sfu-1")), room("b", Some("sfu-2"))],
+            &["sfu-3".into()],
+        );
+        assert!(
+            text.lines().next().is_some_and(|h| h.ends_with("NODE")),
+            "{text}"
+        );
+        assert!(text.contains("sfu-2"), "{text}");
+        assert!(
+            text.ends_with("not answering (their rooms are missing): sfu-3\n"),
+            "{text}"
+        );
+        assert!(!rooms(&[room("a", None)], &[]).contains("NODE"));
     }
 
     #[test]

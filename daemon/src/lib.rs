@@ -249,6 +249,18 @@ impl Server {
             "suppressed log report",
             logging::budget::report_suppressed(sup.token(Stage::Background)),
         );
+        let control = self.control.context(
+            control::Services {
+                rooms: self.rooms.clone(),
+                media: self.media.clone(),
+                reloader: self.reloader.clone(),
+                gate: self.gate.clone(),
+                recorder: self.recorder.clone(),
+                cluster: self.cluster.clone(),
+                started: self.started,
+            },
+            &sup,
+        );
         let app = signaling::router(signaling::AppState {
             rooms: self.rooms.clone(),
             gate: self.gate.clone(),
@@ -262,6 +274,7 @@ impl Server {
                 self.cluster.clone(),
             ),
             cluster: self.cluster.clone(),
+            control: control.clone(),
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");
         let gate = self.gate.clone();
@@ -279,18 +292,7 @@ impl Server {
         sup.spawn(
             Stage::Accept,
             "control listener",
-            self.control.serve(
-                control::Services {
-                    rooms: self.rooms.clone(),
-                    media: self.media.clone(),
-                    reloader: self.reloader.clone(),
-                    gate: self.gate.clone(),
-                    recorder: self.recorder.clone(),
-                    cluster: self.cluster.clone(),
-                    started: self.started,
-                },
-                sup.clone(),
-            ),
+            self.control.serve(control, sup.clone()),
         );
         // Leases are kept while rooms run, and released once they stopped.
         sup.spawn(

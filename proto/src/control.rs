@@ -146,6 +146,10 @@ pub enum Response {
     Rooms {
         /// One entry per room.
         rooms: Vec<RoomSummary>,
+        /// In a cluster: nodes of the directory that did not answer (their
+        /// rooms are missing from the list).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unreachable: Vec<String>,
     },
     /// Answer to [`Request::RoomsShow`].
     Room(RoomDetail),
@@ -266,6 +270,9 @@ pub struct RoomSummary {
     /// Created by an operator: stays while empty until closed.
     #[serde(default)]
     pub persistent: bool,
+    /// In a cluster: the node that serves the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// One room in detail, for [`Response::Room`].
@@ -680,7 +687,9 @@ mod tests {
                     max_peers: 50,
                     age_secs: 12,
                     persistent: false,
+                    node: Some("sfu-1".into()),
                 }],
+                unreachable: vec!["sfu-2".into()],
             },
             Response::Room(RoomDetail {
                 summary: RoomSummary {
@@ -691,6 +700,7 @@ mod tests {
                     max_peers: 50,
                     age_secs: 3,
                     persistent: true,
+                    node: None,
                 },
                 members: vec![PeerDetail {
                     id: "00ab".into(),

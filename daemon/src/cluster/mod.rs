@@ -12,6 +12,7 @@
 mod directory;
 pub mod lease;
 mod placement;
+pub mod remote;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -11,6 +11,7 @@ use sfu_proto::control::{
 };
 use sfu_proto::signaling::ErrorCode as RoomErrorCode;
 
+use super::forward::{self, Reach};
 use super::rate::MediaRates;
 use crate::media::MediaHandle;
 use crate::reload::Reloader;
@@ -43,28 +44,39 @@ pub fn daemon_name() -> String {
     format!("sfud {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Answers one request (the handshake is done by the connection).
+/// Answers one request of the operator (the handshake is done by the
+/// connection); in a cluster, requests about a room another node serves
+/// are answered by that node.
 pub async fn handle(ctx: &Context, request: Request) -> Response {
-    match respond(ctx, request).await {
+    handle_within(ctx, request, Reach::Cluster).await
+}
+
+/// Answers one request, acting on the nodes `reach` allows.
+pub async fn handle_within(ctx: &Context, request: Request, reach: Reach) -> Response {
+    match respond(ctx, request, reach).await {
         Ok(response) => response,
         Err(error) => Response::Error(error),
     }
 }
 
-async fn respond(ctx: &Context, request: Request) -> Result<Response, ControlError> {
+async fn respond(ctx: &Context, request: Request, reach: Reach) -> Result<Response, ControlError> {
+    if reach == Reach::Cluster {
+        if let Some(answer) = forward::to_owner(ctx, &request).await {
+            return answer;
+        }
+    }
     match request {
         Request::Hello { .. } => Err(ControlError::new(
             ErrorCode::BadRequest,
             "`hello` is only the first request of a connection",
         )),
         Request::Status => Ok(Response::Status(status(ctx).await)),
-        Request::RoomsList => Ok(Response::Rooms {
-            rooms: ctx.rooms.list().await.into_iter().map(summary).collect(),
-        }),
+        Request::RoomsList => Ok(forward::rooms_list(ctx, reach).await),
         Request::RoomsShow { room } => {
             let detail = ctx.rooms.show(&room).await.map_err(refused)?;
+            let node = ctx.cluster.node_id().map(str::to_owned);
             Ok(Response::Room(RoomDetail {
-                summary: summary(detail.summary),
+                summary: summary(detail.summary, node),
                 members: detail.members.into_iter().map(peer).collect(),
             }))
         }
@@ -200,7 +212,7 @@ async fn status(ctx: &Context) -> Status {
 }
 
 /// A cluster error as a control error with a stable code.
-fn cluster_error(e: &crate::cluster::ClusterError) -> ControlError {
+pub(super) fn cluster_error(e: &crate::cluster::ClusterError) -> ControlError {
     let code = match e {
         crate::cluster::ClusterError::NotClustered => ErrorCode::NotClustered,
         crate::cluster::ClusterError::Unavailable { .. } => ErrorCode::ClusterUnavailable,
@@ -238,8 +250,10 @@ fn refused(refusal: Refusal) -> ControlError {
     ControlError::new(code, refusal.message)
 }
 
-fn summary(s: report::RoomSummary) -> RoomSummary {
+/// A room's line, served by `node` (in a cluster).
+pub(super) fn summary(s: report::RoomSummary, node: Option<String>) -> RoomSummary {
     RoomSummary {
+        node,
         name: s.name,
         mode: s.mode,
         peers: s.peers,

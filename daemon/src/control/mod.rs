@@ -10,7 +10,8 @@
 
 mod access;
 mod connection;
-mod handler;
+pub mod forward;
+pub mod handler;
 mod rate;
 pub mod socket;
 
@@ -187,15 +188,9 @@ impl ControlSocket {
         self.file.path()
     }
 
-    /// Serves until the supervisor stops accepting, then removes the
-    /// socket file; connections end when it stops sessions.
-    pub async fn serve(self, services: Services, sup: Supervisor) {
-        let stop = sup.token(Stage::Accept);
-        let ControlSocket {
-            listener,
-            file,
-            access,
-        } = self;
+    /// What requests act on: `services`, and the bitrate sampler this
+    /// starts. Shared with the node-to-node endpoint of signaling.
+    pub fn context(&self, services: Services, sup: &Supervisor) -> Arc<handler::Context> {
         let rates = Arc::new(rate::MediaRates::default());
         sup.spawn(Stage::Background, "bitrate sampler", {
             let rates = rates.clone();
@@ -203,7 +198,7 @@ impl ControlSocket {
             let stop = sup.token(Stage::Background);
             async move { rates.sample(media, stop).await }
         });
-        let ctx = Arc::new(handler::Context {
+        Arc::new(handler::Context {
             rooms: services.rooms,
             media: services.media,
             reloader: services.reloader,
@@ -212,8 +207,19 @@ impl ControlSocket {
             cluster: services.cluster,
             rates,
             started: services.started,
-            socket: file.path().to_owned(),
-        });
+            socket: self.file.path().to_owned(),
+        })
+    }
+
+    /// Serves `ctx` until the supervisor stops accepting, then removes the
+    /// socket file; connections end when it stops sessions.
+    pub async fn serve(self, ctx: Arc<handler::Context>, sup: Supervisor) {
+        let stop = sup.token(Stage::Accept);
+        let ControlSocket {
+            listener,
+            file,
+            access,
+        } = self;
         let access = Arc::new(access);
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut backoff = AcceptBackoff::new("control socket");

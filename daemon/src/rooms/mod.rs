@@ -309,6 +309,11 @@ impl RoomRegistry {
         }
     }
 
+    /// Whether room `room` is open on this node.
+    pub fn is_open(&self, room: &str) -> bool {
+        self.handle(room).is_some()
+    }
+
     /// Names of the rooms alive.
     pub fn room_names(&self) -> Vec<String> {
         let rooms = lock(&self.inner.rooms);

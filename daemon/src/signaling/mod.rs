@@ -4,6 +4,7 @@
 
 pub mod gate;
 pub mod listener;
+mod node;
 mod relay;
 mod session;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub metrics: crate::metrics::MetricsSource,
     /// The other nodes, when this one is part of a cluster.
     pub cluster: crate::cluster::Cluster,
+    /// What operators' requests act on, for other nodes' requests.
+    pub control: Arc<crate::control::handler::Context>,
 }
 
 /// The HTTP routes.
@@ -52,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::metrics::handler))
+        .route("/cluster/control", get(node::control))
         .with_state(Arc::new(state))
 }
 

@@ -35,12 +35,9 @@ use tracing::{debug, info};
 use super::AppState;
 use crate::cluster::{Claim, Placement};
 
-/// The header carrying the cluster secret on a node-to-node request.
-pub const SECRET_HEADER: &str = "x-sfud-cluster-secret";
+pub use crate::cluster::remote::{NODE_HEADER, SECRET_HEADER};
 /// The header carrying the client's address on a relayed session.
 pub const CLIENT_HEADER: &str = "x-sfud-client";
-/// The header naming the node that relays a session.
-pub const NODE_HEADER: &str = "x-sfud-node";
 
 /// How long the owner has to accept the relayed socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use sfu_client::{Client, ClientError, PublishOptions, Snapshot};
 use sfu_proto::signaling::Role;
 
@@ -56,7 +57,10 @@ async fn members(server: &TestServer, room: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_joining_through_two_nodes_share_the_room_its_owner_serves() {
     let redis = Redis::start_on(free_port()).await;
-    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let recordings = tempfile::tempdir().expect("temp dir");
+    let mut config = node_config(&redis.url, "node-a");
+    config.recording.dir = recordings.path().to_owned();
+    let a = TestServer::start_with(config).await;
     let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
     both_listed(&a).await;
     let (alice, alice_id) = speaker_at(&a.ws_url(), "standup", "alice")
@@ -85,6 +89,26 @@ async fn two_clients_joining_through_two_nodes_share_the_room_its_owner_serves()
         "bob's publish connection on node-a has no address: {bob_there:?}"
     );
 
+    // An operator on node-b sees the room, with its node, and acts on it
+    // through node-a.
+    let listed = ctl(&b, &["rooms", "list"]).await.json();
+    let rooms = listed["rooms"].as_array().expect("rooms");
+    assert_eq!(rooms.len(), 1, "{listed}");
+    assert_eq!(rooms[0]["name"], "standup");
+    assert_eq!(rooms[0]["node"], "node-a");
+    let shown = ctl(&b, &["rooms", "show", "standup"]).await.json();
+    assert_eq!(shown["node"], "node-a", "{shown}");
+    assert_eq!(shown["members"].as_array().map(Vec::len), Some(2));
+    let table = crate::control::sfuctl_at(&b.socket, false, &["rooms", "list"]).await;
+    assert!(table.ok_text().contains("NODE"), "the table names nodes");
+    ctl(&b, &["record", "start", "standup"]).await.ok();
+    ctl(&b, &["record", "stop", "standup"]).await.ok();
+    let written = std::fs::read_dir(recordings.path()).map_or(0, Iterator::count);
+    assert!(written > 0, "node-a recorded nothing");
+    ctl(&b, &["rooms", "show", "nowhere"])
+        .await
+        .refused("unknown_room");
+
     // An operator on node-b cannot open a second room of that name.
     let why = ctl(&b, &["rooms", "create", "standup"])
         .await
@@ -101,8 +125,37 @@ async fn two_clients_joining_through_two_nodes_share_the_room_its_owner_serves()
     );
     let refused = tokio_tungstenite::connect_async(request).await;
     assert!(refused.is_err(), "a wrong secret was let in");
+    let control = format!("ws://{}/cluster/control", a.http);
+    assert!(
+        tokio_tungstenite::connect_async(&control).await.is_err(),
+        "a node request without the secret was let in"
+    );
+    // With it, only what nodes forward is answered.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(&control)
+            .expect("a request");
+    request
+        .headers_mut()
+        .insert("x-sfud-cluster-secret", SECRET.parse().expect("a header"));
+    let (mut node, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the secret opens /cluster/control");
+    let reload = serde_json::to_string(&sfu_proto::control::Request::Reload).expect("JSON");
+    node.send(tokio_tungstenite::tungstenite::Message::Text(reload.into()))
+        .await
+        .expect("sent");
+    let answer = node.next().await.expect("an answer").expect("read");
+    assert!(
+        answer.to_text().is_ok_and(|t| t.contains("bad_request")),
+        "{answer:?}"
+    );
 
-    // Bob leaves node-b: his session on node-a ends with it.
+    // Kicked through node-b: bob's session on node-a ends, and so does
+    // his relayed one.
+    let from = bob.message_count();
+    ctl(&b, &["peers", "kick", "standup", &bob_id]).await.ok();
+    let (code, _) = bob.next_error(from, DEADLINE).await.expect("bob is told");
+    assert_eq!(code.as_str(), "kicked");
     bob.close().await;
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while members(&a, "standup").await != 1 {
