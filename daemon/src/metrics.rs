@@ -108,6 +108,33 @@ impl MetricsSource {
                  (every 5 s).",
                 c.nodes,
             );
+            out.gauge(
+                "sfud_cluster_rooms",
+                "Rooms on all nodes of the cluster, as they announced them when this \
+                 node last listed the directory.",
+                c.cluster_rooms,
+            );
+            out.gauge(
+                "sfud_cluster_peers",
+                "Participants on all nodes of the cluster, likewise.",
+                c.cluster_peers,
+            );
+            out.gauge(
+                "sfud_cluster_leases",
+                "Rooms whose lease this node holds (the rooms it serves).",
+                c.leases,
+            );
+            out.gauge(
+                "sfud_cluster_relayed_sessions",
+                "Signaling sessions this node relays to the node serving their room.",
+                c.relayed_sessions,
+            );
+            out.counter(
+                "sfud_cluster_relay_failures_total",
+                "Relayed sessions whose node could not be reached or went away \
+                 (the client was told to join again).",
+                c.relay_failures,
+            );
         }
         write_process(&mut out, self.started, &ProcessSample::read());
         Ok(out.text)

@@ -66,6 +66,13 @@ struct Inner {
     reachable: AtomicBool,
     /// Nodes in the directory when last listed.
     nodes_seen: AtomicUsize,
+    /// Rooms and participants of the whole directory when last listed.
+    cluster_rooms: AtomicUsize,
+    cluster_peers: AtomicUsize,
+    /// Sessions this node relays to other nodes now.
+    relayed: AtomicUsize,
+    /// Relayed sessions whose owner could not be reached or went away.
+    relay_failures: std::sync::atomic::AtomicU64,
     /// What nodes present to each other.
     secret: String,
     /// The leases of this node's rooms, by room.
@@ -79,6 +86,27 @@ pub struct Gauges {
     pub reachable: bool,
     /// Nodes in the directory when this node last listed it.
     pub nodes: usize,
+    /// Rooms of all nodes, as announced when this node last listed them.
+    pub cluster_rooms: usize,
+    /// Participants of all nodes, likewise.
+    pub cluster_peers: usize,
+    /// Rooms whose lease this node holds.
+    pub leases: usize,
+    /// Sessions this node relays to the nodes serving their rooms.
+    pub relayed_sessions: usize,
+    /// Relayed sessions whose owner could not be reached or went away.
+    pub relay_failures: u64,
+}
+
+/// A session relayed from this node, counted while it lasts.
+pub struct Relayed(Option<Arc<Inner>>);
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        if let Some(inner) = &self.0 {
+            inner.relayed.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// How often the announcing node also lists the directory, in heartbeats.
@@ -135,6 +163,10 @@ impl Cluster {
             started_ms: now_ms(),
             reachable: AtomicBool::new(false),
             nodes_seen: AtomicUsize::new(0),
+            cluster_rooms: AtomicUsize::new(0),
+            cluster_peers: AtomicUsize::new(0),
+            relayed: AtomicUsize::new(0),
+            relay_failures: std::sync::atomic::AtomicU64::new(0),
             secret: config.cluster.secret.clone().unwrap_or_default(),
             leases: Mutex::new(std::collections::HashMap::new()),
         };
@@ -174,7 +206,32 @@ impl Cluster {
         Some(Gauges {
             reachable: inner.reachable.load(Ordering::Relaxed),
             nodes: inner.nodes_seen.load(Ordering::Relaxed),
+            cluster_rooms: inner.cluster_rooms.load(Ordering::Relaxed),
+            cluster_peers: inner.cluster_peers.load(Ordering::Relaxed),
+            leases: inner
+                .leases
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            relayed_sessions: inner.relayed.load(Ordering::Relaxed),
+            relay_failures: inner.relay_failures.load(Ordering::Relaxed),
         })
+    }
+
+    /// Counts a session relayed from this node while the guard lives.
+    pub fn relayed(&self) -> Relayed {
+        if let Some(inner) = &self.inner {
+            inner.relayed.fetch_add(1, Ordering::Relaxed);
+        }
+        Relayed(self.inner.clone())
+    }
+
+    /// Counts a relayed session whose owner could not be reached or went
+    /// away.
+    pub fn relay_failed(&self) {
+        if let Some(inner) = &self.inner {
+            inner.relay_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn unavailable(inner: &Inner, reason: impl ToString) -> ClusterError {
@@ -263,6 +320,10 @@ impl Cluster {
             if announced.is_ok() && beats.is_multiple_of(LIST_EVERY) {
                 if let Ok(nodes) = Self::list_nodes(&inner).await {
                     inner.nodes_seen.store(nodes.len(), Ordering::Relaxed);
+                    let rooms = nodes.iter().map(|n| n.rooms).sum();
+                    inner.cluster_rooms.store(rooms, Ordering::Relaxed);
+                    let peers = nodes.iter().map(|n| n.peers).sum();
+                    inner.cluster_peers.store(peers, Ordering::Relaxed);
                 }
             }
             beats = beats.wrapping_add(1);

@@ -76,6 +76,7 @@ pub(super) async fn run(
     client: IpAddr,
     mut target: Target,
 ) {
+    let _counted = state.cluster.relayed();
     let mut hops = 0;
     let owner = loop {
         hops += 1;
@@ -106,6 +107,7 @@ pub(super) async fn run(
                 }
             }
             Err(why) => {
+                state.cluster.relay_failed();
                 info!(node = %target.node_id, url = %target.url, room = %target.room, %why, "cannot reach the node serving the room");
                 let message = format!(
                     "the node serving room `{}` ({}) cannot be reached: try again in a few seconds",
@@ -119,7 +121,12 @@ pub(super) async fn run(
     debug!(node = %target.node_id, room = %target.room, "session relayed to the owner");
     match pump(&mut sink, &mut stream, owner, &state).await {
         End::ClientGone | End::OwnerClosed => {}
-        End::Tell(code, message) => goodbye(&mut sink, Some((code, message))).await,
+        End::Tell(code, message) => {
+            if code == ErrorCode::RoomMoved {
+                state.cluster.relay_failed();
+            }
+            goodbye(&mut sink, Some((code, message))).await;
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use sfu_proto::signaling::Role;
 use crate::cluster::{free_port, node, node_config, status_until, Redis, SECRET};
 use crate::control::ctl;
 use crate::harness::{RawSocket, TestServer, DEADLINE, MEDIA_DEADLINE};
+use crate::metrics::scrape;
 
 /// Media of both kinds from `from`.
 fn receives_from(s: &Snapshot, from: &str, packets: u64) -> bool {
@@ -88,6 +89,11 @@ async fn two_clients_joining_through_two_nodes_share_the_room_its_owner_serves()
             .is_some_and(|c| c.remote.is_some()),
         "bob's publish connection on node-a has no address: {bob_there:?}"
     );
+
+    // Each node's gauges say what it does for the room.
+    assert_eq!(scrape(&a).await.get("sfud_cluster_leases"), 1.0);
+    assert_eq!(scrape(&b).await.get("sfud_cluster_leases"), 0.0);
+    assert_eq!(scrape(&b).await.get("sfud_cluster_relayed_sessions"), 1.0);
 
     // An operator on node-b sees the room, with its node, and acts on it
     // through node-a.
@@ -221,6 +227,52 @@ async fn a_new_room_is_placed_on_the_less_loaded_node() {
     redis.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_racing_for_a_new_room_on_two_nodes_end_in_one_room() {
+    let redis = Redis::start_on(free_port()).await;
+    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    both_listed(&a).await;
+    // Four joins on each node at once, for a room nobody holds yet: each
+    // node may place it on itself, but only one takes the lease.
+    let join = |server: &TestServer, name: String| {
+        let url = server.http;
+        async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{url}/ws"))
+                .await
+                .expect("connects");
+            let join = serde_json::json!({"type": "join", "room": "race", "name": name});
+            ws.send(tokio_tungstenite::tungstenite::Message::Text(
+                join.to_string().into(),
+            ))
+            .await
+            .expect("sent");
+            let answer = ws.next().await.expect("an answer").expect("read");
+            assert!(
+                answer.to_text().is_ok_and(|t| t.contains("\"joined\"")),
+                "{name} was not let in: {answer:?}"
+            );
+            ws
+        }
+    };
+    let joins: Vec<_> = (0..8)
+        .map(|i| join(if i % 2 == 0 { &a } else { &b }, format!("p{i}")))
+        .collect();
+    let sockets = futures_util::future::join_all(joins).await;
+    let on_a = a.rooms.is_open("race");
+    let on_b = b.rooms.is_open("race");
+    assert!(
+        on_a != on_b,
+        "race open on node-a: {on_a}, on node-b: {on_b}"
+    );
+    let owner = if on_a { &a } else { &b };
+    assert_eq!(members(owner, "race").await, 8);
+    drop(sockets);
+    a.stop().await;
+    b.stop().await;
+    redis.stop().await;
+}
+
 /// An sfud process of its own (to be killed), in a cluster.
 struct ProcessNode {
     child: std::process::Child,
@@ -310,6 +362,7 @@ async fn when_the_owner_is_killed_its_call_resumes_on_another_node_within_15_s()
     // Bob's session through node-b is told.
     let (code, message) = bob.next_error(from, DEADLINE).await.expect("bob is told");
     assert_eq!(code.as_str(), "room_moved", "{message}");
+    assert!(scrape(&b).await.get("sfud_cluster_relay_failures_total") >= 1.0);
     drop((alice, bob));
     // Both join node-b again (the room is placed there once node-a's lease
     // has run out) and hear each other.
