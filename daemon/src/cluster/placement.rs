@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::PoisonError;
 use std::time::Duration;
 
+use sfu_proto::control::cluster::ClusterNode;
 use sfu_proto::signaling::ErrorCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,7 +20,6 @@ use tracing::{info, warn};
 use super::lease::{self, Holder, Lease};
 use super::{Cluster, Inner};
 use crate::rooms::RoomRegistry;
-use sfu_proto::control::cluster::ClusterNode;
 
 /// How long a room's lease lasts without renewal: a node that dies loses
 /// its rooms within this.

@@ -271,6 +271,8 @@ impl Session {
                 } else {
                     Placement::Anywhere
                 };
+                // The token's room, if it names one, not the message's.
+                let room = admission.room.clone();
                 match self.state.rooms.place(&room, placement).await? {
                     Claim::Here | Claim::Unclaimed => {}
                     Claim::Elsewhere {
