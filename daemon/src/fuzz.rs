@@ -206,9 +206,14 @@ fn sdp_offers_through_the_webrtc_stack() {
         if sdp_limits::check(&sdp, Described::Offer).is_err() {
             return;
         }
-        let Ok((mut pc, _)) =
-            build_connection(PcKind::Publish, "fuzzufrag", timeouts, &announced, false)
-        else {
+        let Ok((mut pc, _)) = build_connection(
+            PcKind::Publish,
+            "fuzzufrag",
+            timeouts,
+            &announced,
+            false,
+            std::time::Instant::now(),
+        ) else {
             return;
         };
         let Ok(offer) = RTCSessionDescription::offer(sdp) else {
@@ -223,26 +228,13 @@ fn sdp_offers_through_the_webrtc_stack() {
     });
 }
 
-/// A media engine on loopback (any port), driven without its loop, and the
-/// runtime its sockets belong to: enter it while the engine is used.
-fn loopback_engine() -> (
-    tokio::runtime::Runtime,
-    crate::media::MediaEngine,
-    crate::media::MediaHandle,
-) {
-    use crate::media::{engine_settings, MediaEngine};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (engine, handle) = {
-        let _entered = rt.enter();
-        let mut config = crate::config::Config::default();
-        config.rtc.udp_port = 0;
-        let settings = engine_settings(&config, &["127.0.0.1".parse().expect("literal")]);
-        MediaEngine::bind(&settings).expect("binds on loopback")
-    };
-    (rt, engine, handle)
+/// A media core on loopback, driven without a loop: its datagrams go
+/// nowhere or to a client in the same test.
+fn loopback_engine() -> crate::media::MediaCore {
+    let mut config = crate::config::Config::default();
+    config.rtc.udp_port = 0;
+    let settings = crate::media::engine_settings(&config, &["127.0.0.1".parse().expect("literal")]);
+    crate::media::MediaCore::loopback(&settings, Instant::now())
 }
 
 /// The seed offers reach as deep as they can: the engine answers each, and
@@ -250,8 +242,7 @@ fn loopback_engine() -> (
 #[test]
 fn browser_offers_are_answered() {
     use crate::media::PeerId;
-    let (rt, mut engine, _handle) = loopback_engine();
-    let _entered = rt.enter();
+    let mut engine = loopback_engine();
     for (i, (browser, offer)) in BROWSER_OFFERS.into_iter().enumerate() {
         let answer = engine
             .fuzz_answer(PeerId(i as u64 + 1), offer)
@@ -272,8 +263,7 @@ fn datagrams_through_the_media_engine() {
     use rtc::stun::message::{Message, TransactionId, BINDING_REQUEST};
     use rtc::stun::textattrs::Username;
     use std::net::SocketAddr;
-    let (rt, mut engine, _handle) = loopback_engine();
-    let _entered = rt.enter();
+    let mut engine = loopback_engine();
     let ufrag = engine
         .fuzz_publish(PeerId(1), CHROMIUM_OFFER)
         .expect("Chromium's offer is answered");

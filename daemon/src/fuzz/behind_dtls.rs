@@ -8,7 +8,7 @@
 
 use super::campaign;
 use crate::media::srtp_keys::KeyTap;
-use crate::media::{MediaEngine, PeerId};
+use crate::media::{MediaCore, PeerId};
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::MediaEngine as CodecRegistry;
@@ -121,7 +121,7 @@ pub(super) fn add_candidates(client: &mut RTCPeerConnection, description: &str) 
 /// client's address comes back to it. Returns whether the client sent
 /// anything, whether it is now connected, and what the engine sent.
 pub(super) fn pump(
-    engine: &mut MediaEngine,
+    engine: &mut MediaCore,
     client: &mut RTCPeerConnection,
     addr: SocketAddr,
 ) -> (bool, bool, Vec<BytesMut>) {
@@ -167,7 +167,7 @@ pub(super) fn pump(
 }
 
 /// Pumps until the client is connected, and the engine too.
-pub(super) fn connect(engine: &mut MediaEngine, client: &mut RTCPeerConnection, addr: SocketAddr) {
+pub(super) fn connect(engine: &mut MediaCore, client: &mut RTCPeerConnection, addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "the client did not connect");
@@ -218,7 +218,7 @@ fn corpus() -> Vec<Vec<u8>> {
 /// connection (as `munge` rewrites the offer) and applies the answer, which
 /// it returns.
 pub(super) fn publish(
-    engine: &mut MediaEngine,
+    engine: &mut MediaCore,
     client: &mut RTCPeerConnection,
     peer: PeerId,
     munge: impl Fn(&str) -> String,
@@ -241,8 +241,7 @@ pub(super) fn publish(
 
 #[test]
 fn srtp_datagrams_behind_dtls() {
-    let (rt, mut engine, _handle) = super::loopback_engine();
-    let _entered = rt.enter();
+    let mut engine = super::loopback_engine();
     let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal");
     let (mut client, keys) = client(addr, true);
     let answer = publish(&mut engine, &mut client, PeerId(1), str::to_owned);

@@ -9,7 +9,7 @@
 
 use super::behind_dtls::{add_candidates, client, connect, keyframe_packet, publish, pump, SSRC};
 use super::campaign;
-use crate::media::{MediaEngine, PeerId};
+use crate::media::{MediaCore, PeerId};
 use bytes::BytesMut;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::RTCPeerConnection;
@@ -115,7 +115,7 @@ fn answer(client: &mut RTCPeerConnection, offer: &str) -> String {
 /// description and the legs' payload types): each input answers a fresh
 /// subscribe connection to the published track, which then closes. Returns
 /// how many were applied.
-fn subscribe_answers(engine: &mut MediaEngine, answer: &str) -> u64 {
+fn subscribe_answers(engine: &mut MediaCore, answer: &str) -> u64 {
     let tracks = engine.fuzz_tracks();
     let mut peer = 1_000u64;
     let mut applied = 0u64;
@@ -136,8 +136,7 @@ fn subscribe_answers(engine: &mut MediaEngine, answer: &str) -> u64 {
 /// `subscribe_answers`.
 #[test]
 fn subscriber_feedback_behind_dtls() {
-    let (rt, mut engine, _handle) = super::loopback_engine();
-    let _entered = rt.enter();
+    let mut engine = super::loopback_engine();
     let publisher_addr: SocketAddr = "127.0.0.1:9".parse().expect("literal");
     let subscriber_addr: SocketAddr = "127.0.0.1:10".parse().expect("literal");
     let (mut publisher, publisher_keys) = client(publisher_addr, true);
@@ -151,7 +150,7 @@ fn subscriber_feedback_behind_dtls() {
     let mut media_seq = 0u16;
     // A keyframe packet of each layer from the publisher; what the engine
     // sent the subscriber then.
-    let mut send_media = |engine: &mut MediaEngine| -> Vec<BytesMut> {
+    let mut send_media = |engine: &mut MediaCore| -> Vec<BytesMut> {
         media_seq = media_seq.wrapping_add(1);
         let mut sent = Vec::new();
         for ssrc in [LOWER_LAYERS[0], LOWER_LAYERS[1], SSRC] {

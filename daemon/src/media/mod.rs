@@ -29,6 +29,8 @@ use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::sync::{mpsc, oneshot};
 
 pub use delay::ForwardDelay;
+#[cfg(test)]
+pub(crate) use engine::MediaCore;
 pub use engine::{MediaEngine, MediaStats};
 pub use peer::sends_media;
 

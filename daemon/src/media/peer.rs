@@ -68,6 +68,7 @@ pub(crate) fn build_connection(
     timeouts: IceTimeouts,
     announced: &[Announced],
     fast_path: bool,
+    now: Instant,
 ) -> Result<(RTCPeerConnection, Arc<KeyTap>), MediaError> {
     let internal = |e: rtc::shared::error::Error| MediaError::Internal(e.to_string());
     let keys = KeyTap::new().map_err(|e| MediaError::Internal(e.to_string()))?;
@@ -174,7 +175,7 @@ pub(crate) fn build_connection(
         .with_setting_engine(settings)
         .with_media_engine(codecs)
         .with_interceptor_registry(registry)
-        .build(Instant::now())
+        .build(now)
         .map_err(internal)?;
     for a in announced {
         let init = candidate_for(a).map_err(internal)?;

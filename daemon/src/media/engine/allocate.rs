@@ -46,7 +46,7 @@ fn nominal_rate(layer: usize) -> u64 {
     RATES[layer.min(RATES.len() - 1)]
 }
 
-impl MediaEngine {
+impl MediaCore {
     /// Sets each simulcast leg's target layer, and each subscriber's probe
     /// (see the module docs).
     pub(super) fn select_layers(&mut self, now: Instant) {

@@ -20,7 +20,7 @@ use crate::media::forward::{abs_send_time, push_extension};
 use bytes::BufMut;
 use bytes::Bytes;
 
-impl MediaEngine {
+impl MediaCore {
     pub(super) fn forward(
         &mut self,
         id: ConnId,

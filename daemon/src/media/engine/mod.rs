@@ -1,17 +1,23 @@
-//! The media loop: one task owning every peer connection and the UDP sockets.
+//! The media core, sans-IO in the shape of str0m's `Rtc`: every peer
+//! connection, source and forwarding leg, driven by what is handed to it
+//! with the time (a datagram: `on_datagram`; a room's command:
+//! `handle_command`; the clock: `handle_timeout` when `poll_timeout` says)
+//! and producing datagrams to send (`out`, sent by the driver at the end of
+//! its turn) and events for the rooms (each peer's `EventSink`). No
+//! sockets, channels, tasks or clock reads inside: `driver` is the loop
+//! that does the I/O, and `tests` drive the core with a simulated clock
+//! and an in-memory network.
 //!
 //! Each datagram is routed to its connection (by remote address once known,
-//! by the STUN USERNAME's local ufrag before that), fed to the sans-IO core,
-//! and whatever that produces is handled before the next datagram: outgoing
-//! datagrams are queued and sent at the end of the loop's turn, a
-//! subscriber's share of a video frame in one UDP GSO send (see `batch`;
-//! non-blocking: a full socket buffer drops and counts, it never stalls the
-//! loop), RTP from a publisher is
-//! rewritten for and written to every subscriber leg, keyframe requests are
-//! relayed upstream rate-limited. Nothing here awaits anything but the next
-//! input, and no lock exists.
+//! by the STUN USERNAME's local ufrag before that), fed to that
+//! connection's `rtc` core, and whatever that produces is handled before
+//! the next datagram: outgoing datagrams are queued (a subscriber's share
+//! of a video frame goes out in one UDP GSO send, see `batch`), RTP from a
+//! publisher is rewritten for and written to every subscriber leg, keyframe
+//! requests are relayed upstream rate-limited. No lock exists.
 
 mod allocate;
+mod driver;
 mod fanout;
 mod negotiate;
 mod prefs;
@@ -20,6 +26,7 @@ mod source;
 mod ssrc_simulcast;
 mod tap;
 
+pub use driver::MediaEngine;
 use fanout::start_fast_path;
 use routes::{Route, Routes};
 use source::{Layer, Source, Subscriber};
@@ -64,23 +71,19 @@ use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::srtp::context::Context as SrtpContext;
 use sfu_proto::signaling::{CandidateInit, PcKind};
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::batch::{SendBatch, HIGH_WATER};
+use super::batch::SendBatch;
 use super::delay::ForwardDelay;
 use super::downlink::Downlink;
 use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};
-use super::recv::{self, ArrivalClock};
 use super::srtp_keys::KeyTap;
 use super::twcc;
 use super::{
     Codec, ConnectionReport, EventSink, LayerReport, LostCause, MediaCommand, MediaError,
-    MediaEvent, MediaHandle, MediaKind, Negotiated, PeerId, PeerMediaReport, ReceivedLayerReport,
-    Tap, TapEvent, TrackId, TrackInfo, TrackReport,
+    MediaEvent, MediaKind, Negotiated, PeerId, PeerMediaReport, ReceivedLayerReport, Tap, TapEvent,
+    TrackId, TrackInfo, TrackReport,
 };
 
 /// How long a negotiated connection may take to finish ICE and DTLS. ICE
@@ -98,8 +101,10 @@ const RTC_ICE_FAILED: Duration = Duration::from_secs(30);
 
 /// Least time between two keyframe requests sent to one publisher track.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
-/// Datagrams read per wake-up before commands and timers get a turn.
-const READ_BATCH: usize = 128;
+/// How often the periodic checks run: connections that went silent or
+/// never connected, layers' bitrates, keyframe requests held back, layer
+/// selection.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Largest datagram accepted.
 const MAX_DATAGRAM: usize = 2048;
 
@@ -264,9 +269,11 @@ struct PeerConns {
     tap: Option<Tap>,
 }
 
-/// The media task's state; see the module docs.
-pub struct MediaEngine {
-    sockets: Vec<UdpSocket>,
+/// The media core: every peer connection, source and leg, driven by
+/// datagrams, commands and the time given to it; what it sends collects in
+/// `out` for the driver to send. No sockets, channels or clock inside
+/// (see the module docs and `driver`).
+pub struct MediaCore {
     /// Datagrams produced this turn, sent together at its end.
     out: SendBatch,
     local_addrs: Vec<SocketAddr>,
@@ -276,7 +283,6 @@ pub struct MediaEngine {
     lost_after: Duration,
     /// Whether subscribe connections forward on the fast path.
     fast_path: bool,
-    rx: mpsc::Receiver<MediaCommand>,
     conns: HashMap<ConnId, Conn>,
     peers: HashMap<PeerId, PeerConns>,
     /// Which connection a datagram belongs to.
@@ -296,6 +302,8 @@ pub struct MediaEngine {
     /// Where transport-wide sequence numbers are written, two bytes each,
     /// so that stamping one on a forwarded packet rarely allocates.
     stamps: BytesMut,
+    /// When the periodic checks run next (see `on_housekeeping`).
+    next_housekeeping: Instant,
 }
 
 /// Settings the engine needs from the configuration.
@@ -314,43 +322,13 @@ pub struct MediaSettings {
     pub fast_path: bool,
 }
 
-impl MediaEngine {
-    /// Binds the UDP sockets; the engine runs with [`MediaEngine::run`].
-    pub fn bind(settings: &MediaSettings) -> std::io::Result<(MediaEngine, MediaHandle)> {
-        let mut sockets = Vec::new();
-        let mut announced = Vec::new();
-        let mut port = settings.port;
-        for (ip, public) in &settings.bind {
-            let std_socket =
-                std::net::UdpSocket::bind(SocketAddr::new(*ip, port)).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("cannot bind UDP {}: {e}", SocketAddr::new(*ip, port)),
-                    )
-                })?;
-            std_socket.set_nonblocking(true)?;
-            let socket = UdpSocket::from_std(std_socket)?;
-            recv::enable_timestamps(&socket);
-            recv::size_buffers(&socket);
-            let bound = socket.local_addr()?;
-            // With port 0, every address shares the first one's port where it can.
-            port = bound.port();
-            announced.push(Announced {
-                bound,
-                public: *public,
-            });
-            sockets.push(socket);
-        }
-        let local_addrs: Vec<SocketAddr> = announced.iter().map(|a| a.bound).collect();
-        let (tx, rx) = mpsc::channel(1024);
-        let handle = MediaHandle {
-            tx,
-            local_addrs: std::sync::Arc::new(local_addrs.clone()),
-        };
-        let engine = MediaEngine {
-            sockets,
+impl MediaCore {
+    /// A core serving on the addresses of `announced` (bound by the driver,
+    /// or by nothing in tests), starting at `now`.
+    pub(crate) fn new(settings: &MediaSettings, announced: Vec<Announced>, now: Instant) -> Self {
+        MediaCore {
             out: SendBatch::default(),
-            local_addrs,
+            local_addrs: announced.iter().map(|a| a.bound).collect(),
             announced,
             timeouts: IceTimeouts {
                 disconnected: settings.ice_disconnected,
@@ -358,7 +336,6 @@ impl MediaEngine {
             },
             lost_after: settings.ice_failed,
             fast_path: settings.fast_path,
-            rx,
             conns: HashMap::default(),
             peers: HashMap::default(),
             routes: Routes::default(),
@@ -370,102 +347,28 @@ impl MediaEngine {
             scratch_reads: Vec::new(),
             scratch_events: Vec::new(),
             scratch_rtp: vec![0; MAX_DATAGRAM],
-            epoch: Instant::now(),
+            epoch: now,
             stamps: BytesMut::new(),
-        };
-        Ok((engine, handle))
-    }
-
-    /// Runs until `shutdown` turns true or every handle is dropped.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut cmsg = recv::cmsg_buffer();
-        let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One timer entry, moved only when the earliest deadline does.
-        let mut deadline = Instant::now() + Duration::from_secs(3600);
-        let timer = tokio::time::sleep_until(deadline.into());
-        tokio::pin!(timer);
-        loop {
-            // When this turn read its first datagram, and the forwarded count then.
-            let mut turn = None;
-            let next = self
-                .timers
-                .peek()
-                .map(|Reverse((at, _))| *at)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            if next != deadline {
-                deadline = next;
-                timer.as_mut().reset(deadline.into());
-            }
-            tokio::select! {
-                r = recv_any(&self.sockets, &mut buf, &mut cmsg) => {
-                    match r {
-                        Ok((sock, got)) => {
-                            let now = Instant::now();
-                            let clock = ArrivalClock::now();
-                            turn = Some((now, self.stats.rtp_forwarded));
-                            let arrived = clock.arrival(got.stamp, now);
-                            self.on_datagram(sock, got.from, &buf[..got.len], arrived, now);
-                            self.read_more(&mut buf, &mut cmsg, &clock);
-                        }
-                        Err(e) => warn!(error = %e, "UDP receive failed"),
-                    }
-                }
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd),
-                    None => break,
-                },
-                _ = &mut timer => {
-                    self.on_timers(Instant::now());
-                    // Armed again at the next turn, even for the same deadline.
-                    deadline = Instant::now() + Duration::from_secs(3600);
-                    timer.as_mut().reset(deadline.into());
-                }
-                _ = housekeeping.tick() => self.on_housekeeping(Instant::now()),
-                () = shutdown.cancelled() => break,
-            }
-            self.out.send(&self.sockets, &mut self.stats);
-            if let Some((started, forwarded_before)) = turn {
-                let forwarded = self.stats.rtp_forwarded - forwarded_before;
-                self.stats
-                    .forward_delay
-                    .record(started.elapsed(), forwarded);
-            }
+            next_housekeeping: now + HOUSEKEEPING,
         }
-        self.close_all();
-        self.out.send(&self.sockets, &mut self.stats);
     }
 
-    /// Drains what else is already queued on the sockets, up to a batch.
-    fn read_more(
-        &mut self,
-        buf: &mut [u8],
-        cmsg: &mut [u8; recv::CMSG_BYTES],
-        clock: &ArrivalClock,
-    ) {
-        for _ in 0..READ_BATCH {
-            let mut got = false;
-            for sock in 0..self.sockets.len() {
-                match recv::try_recv(&self.sockets[sock], buf, cmsg) {
-                    Ok(r) => {
-                        got = true;
-                        // Each datagram's own arrival time: the TWCC feedback
-                        // publishers estimate their bandwidth from reports it.
-                        let now = Instant::now();
-                        let arrived = clock.arrival(r.stamp, now);
-                        self.on_datagram(sock, r.from, &buf[..r.len], arrived, now);
-                        if self.out.len() >= HIGH_WATER {
-                            self.out.send(&self.sockets, &mut self.stats);
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => debug!(error = %e, "UDP receive failed"),
-                }
-            }
-            if !got {
-                break;
-            }
+    /// When [`handle_timeout`](Self::handle_timeout) is due next.
+    pub(crate) fn poll_timeout(&self) -> Instant {
+        self.timers
+            .peek()
+            .map_or(self.next_housekeeping, |Reverse((at, _))| {
+                (*at).min(self.next_housekeeping)
+            })
+    }
+
+    /// The time is `now`: connections' timers that fell due, and the
+    /// periodic checks when due.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.on_timers(now);
+        if now >= self.next_housekeeping {
+            self.on_housekeeping(now);
+            self.next_housekeeping = now + HOUSEKEEPING;
         }
     }
 
@@ -702,7 +605,7 @@ impl MediaEngine {
                 self.on_state(id, state, now)
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                self.on_track_open(id, init)
+                self.on_track_open(id, init, now)
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
                 self.on_track_close(id, &track_id)
@@ -770,7 +673,12 @@ impl MediaEngine {
         }
     }
 
-    fn on_track_open(&mut self, id: ConnId, init: rtc::peer_connection::event::RTCTrackEventInit) {
+    fn on_track_open(
+        &mut self,
+        id: ConnId,
+        init: rtc::peer_connection::event::RTCTrackEventInit,
+        now: Instant,
+    ) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -842,18 +750,18 @@ impl MediaEngine {
         };
         info!(peer = %conn.peer, track = track.0, kind = kind.as_str(), codec = %codec.mime_type, ssrc = init.ssrc, rids = ?rids, "track published");
         let peer = conn.peer;
-        let sim_layers = ssrc_simulcast::layers_of(conn, init.ssrc, kind);
+        let sim_layers = ssrc_simulcast::layers_of(conn, init.ssrc, kind, now);
         let layers = if let Some(layers) = sim_layers {
             layers
         } else if rids.len() > 1 && kind == MediaKind::Video {
             rids.into_iter()
                 .map(|rid| {
                     let ssrc = (init.rid.as_deref() == Some(rid.as_str())).then_some(init.ssrc);
-                    Layer::new(Some(rid), ssrc, kind)
+                    Layer::new(Some(rid), ssrc, kind, now)
                 })
                 .collect()
         } else {
-            vec![Layer::new(init.rid.clone(), Some(init.ssrc), kind)]
+            vec![Layer::new(init.rid.clone(), Some(init.ssrc), kind, now)]
         };
         self.sources.insert(
             track,
@@ -1095,8 +1003,8 @@ impl MediaEngine {
         }
     }
 
-    fn on_command(&mut self, cmd: MediaCommand) {
-        let now = Instant::now();
+    /// One command from the rooms, at `now`.
+    pub(crate) fn handle_command(&mut self, cmd: MediaCommand, now: Instant) {
         match cmd {
             MediaCommand::Publish {
                 peer,
@@ -1331,22 +1239,20 @@ fn stun_local_ufrag(data: &[u8]) -> Option<String> {
     Some(local.to_owned())
 }
 
-/// Waits for a datagram on any of the sockets.
-async fn recv_any(
-    sockets: &[UdpSocket],
-    buf: &mut [u8],
-    cmsg: &mut [u8; recv::CMSG_BYTES],
-) -> std::io::Result<(usize, recv::Received)> {
-    if sockets.is_empty() {
-        return std::future::pending().await;
-    }
-    std::future::poll_fn(|cx| recv::poll_recv_any(cx, sockets, buf, cmsg)).await
-}
-
 /// What the datagram fuzz target (`crate::fuzz`) drives: the engine as its
 /// loop does, without the loop.
 #[cfg(test)]
-impl MediaEngine {
+impl MediaCore {
+    /// A core on 127.0.0.1:40000 (nothing bound: tests carry its datagrams
+    /// in memory), its clock starting at `now`.
+    pub(crate) fn loopback(settings: &MediaSettings, now: Instant) -> MediaCore {
+        let announced = vec![Announced {
+            bound: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            public: None,
+        }];
+        MediaCore::new(settings, announced, now)
+    }
+
     /// A publish connection for `peer`, answered from `offer`; the server's
     /// ICE ufrag, if the offer was answered.
     pub(crate) fn fuzz_publish(&mut self, peer: PeerId, offer: &str) -> Option<String> {
@@ -1365,7 +1271,7 @@ impl MediaEngine {
         Some(answer.sdp)
     }
 
-    /// Like [`MediaEngine::fuzz_datagram`] (`data: None` for the timers
+    /// Like [`MediaCore::fuzz_datagram`] (`data: None` for the timers
     /// alone), but what the engine sends is handed back instead of sent:
     /// a client in the same test (one that completes DTLS) reads it.
     pub(crate) fn fuzz_exchange(
@@ -1440,6 +1346,7 @@ impl MediaEngine {
         let now = Instant::now();
         self.on_datagram(0, from, data, now, now);
         self.on_timers(now);
-        self.out.send(&self.sockets, &mut self.stats);
+        // Nobody listens on the fuzzed addresses.
+        self.out.take();
     }
 }

@@ -10,7 +10,7 @@ use crate::media::simulcast::LayerSwitcher;
 use crate::media::twcc::TRANSPORT_CC_URI;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpRtxParameters;
 
-impl MediaEngine {
+impl MediaCore {
     pub(super) fn conn_of(&self, peer: PeerId, kind: PcKind) -> Option<ConnId> {
         let p = self.peers.get(&peer)?;
         match kind {
@@ -24,11 +24,12 @@ impl MediaEngine {
         peer: PeerId,
         kind: PcKind,
         events: EventSink,
+        now: Instant,
     ) -> Result<ConnId, MediaError> {
         let ufrag = peer::new_ufrag();
         let fast_path = kind == PcKind::Subscribe && self.fast_path;
         let (pc, keys) =
-            peer::build_connection(kind, &ufrag, self.timeouts, &self.announced, fast_path)?;
+            peer::build_connection(kind, &ufrag, self.timeouts, &self.announced, fast_path, now)?;
         let id = self.next_conn;
         self.next_conn += 1;
         self.routes.add(ufrag.clone(), id);
@@ -58,7 +59,7 @@ impl MediaEngine {
                 negotiated: false,
                 candidates_sent: false,
                 connect_by: None,
-                last_rx: Instant::now(),
+                last_rx: now,
                 adaptive: false,
                 downlink: Downlink::default(),
                 probe_ratio: 0.0,
@@ -87,7 +88,7 @@ impl MediaEngine {
         let (offered, _) = peer::media_sections(&offer.sdp);
         let (id, fresh) = match self.conn_of(peer, PcKind::Publish) {
             Some(id) => (id, false),
-            None => (self.new_conn(peer, PcKind::Publish, events)?, true),
+            None => (self.new_conn(peer, PcKind::Publish, events, now)?, true),
         };
         let result = self.answer_offer(id, offer, offered, now);
         if result.is_err() && fresh {
@@ -141,7 +142,7 @@ impl MediaEngine {
         let id = match self.conn_of(peer, PcKind::Subscribe) {
             Some(id) => id,
             None if tracks.is_empty() => return Ok(None),
-            None => self.new_conn(peer, PcKind::Subscribe, events)?,
+            None => self.new_conn(peer, PcKind::Subscribe, events, now)?,
         };
         let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
         if conn.offer_outstanding {

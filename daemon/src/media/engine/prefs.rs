@@ -19,7 +19,7 @@ use crate::media::TrackPrefs;
 /// How long a simulcast layer nobody receives goes on being sent.
 const PAUSE_UNUSED: Duration = Duration::from_secs(10);
 
-impl MediaEngine {
+impl MediaCore {
     /// Applies a subscriber's `track_settings` to its leg of `track`. A
     /// simulcast leg follows on the allocation's next round (every 100 ms);
     /// another leg holds at once, and resumes at the next key frame.

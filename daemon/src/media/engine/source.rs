@@ -55,13 +55,18 @@ pub(super) struct Layer {
 }
 
 impl Layer {
-    pub(super) fn new(rid: Option<String>, ssrc: Option<u32>, kind: MediaKind) -> Self {
+    pub(super) fn new(
+        rid: Option<String>,
+        ssrc: Option<u32>,
+        kind: MediaKind,
+        now: Instant,
+    ) -> Self {
         Layer {
             rid,
             ssrc,
             packets: 0,
             bytes: 0,
-            rate_mark: (Instant::now(), 0),
+            rate_mark: (now, 0),
             bitrate_bps: 0,
             peak_bps: 0,
             last_packet: None,
@@ -73,7 +78,7 @@ impl Layer {
             }),
             sender_report: None,
             size: None,
-            wanted_at: Instant::now(),
+            wanted_at: now,
             paused: None,
             resumed_at: None,
         }

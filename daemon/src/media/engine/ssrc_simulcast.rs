@@ -212,7 +212,12 @@ pub(super) fn read(conn: &mut Conn, datagram: &[u8]) -> Option<SimInput> {
 /// The layers of the track `rtc` opened on `ssrc`: its SIM group, lowest
 /// first, each with its SSRC known from the offer; `None` when `ssrc` is in
 /// no group. Remembers that `rtc` delivers `ssrc` itself.
-pub(super) fn layers_of(conn: &mut Conn, ssrc: u32, kind: MediaKind) -> Option<Vec<Layer>> {
+pub(super) fn layers_of(
+    conn: &mut Conn,
+    ssrc: u32,
+    kind: MediaKind,
+    now: Instant,
+) -> Option<Vec<Layer>> {
     let group = conn.sim.iter().find(|g| g.contains(&ssrc))?.clone();
     if kind != MediaKind::Video {
         return None;
@@ -221,7 +226,7 @@ pub(super) fn layers_of(conn: &mut Conn, ssrc: u32, kind: MediaKind) -> Option<V
     Some(
         group
             .into_iter()
-            .map(|s| Layer::new(None, Some(s), kind))
+            .map(|s| Layer::new(None, Some(s), kind, now))
             .collect(),
     )
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl MediaEngine {
+impl MediaCore {
     /// Starts copying one track into a tap; tells the tap what it carries.
     pub(super) fn attach_tap(&mut self, track: TrackId, tap: Tap) {
         if let Some(s) = self.sources.get_mut(&track) {
