@@ -10,110 +10,22 @@ use super::campaign;
 use crate::media::srtp_keys::KeyTap;
 use crate::media::{MediaCore, PeerId};
 use bytes::BytesMut;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::MediaEngine as CodecRegistry;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::configuration::{RTCBundlePolicy, RTCConfigurationBuilder};
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
-};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The client's video SSRC.
-pub(super) const SSRC: u32 = 0x1234_5678;
+pub(super) use crate::media::testnet::{add_candidates, SSRC};
 
 /// A client on `addr`, publishing VP8 if `publish` (else it only answers),
-/// with the tap that learns its keys.
+/// with the tap that learns its keys, on the wall clock.
 pub(super) fn client(addr: SocketAddr, publish: bool) -> (RTCPeerConnection, Arc<KeyTap>) {
-    let keys = KeyTap::new().expect("crypto provider");
-    let settings = SettingEngineBuilder::new()
-        .with_crypto_provider(keys.clone())
-        .build();
-    let mut codecs = CodecRegistry::default();
-    codecs.register_default_codecs().expect("default codecs");
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(
-            RTCConfigurationBuilder::new()
-                .with_bundle_policy(RTCBundlePolicy::MaxBundle)
-                .build(),
-        )
-        .with_setting_engine(settings)
-        .with_media_engine(codecs)
-        .build(Instant::now())
-        .expect("client connection");
-    let host = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .expect("host candidate");
-    let init = RTCIceCandidate::from(&host).to_json().expect("candidate");
-    pc.add_local_candidate(init).expect("local candidate");
-    if !publish {
-        return (pc, keys);
-    }
-    let track = MediaStreamTrack::new(
-        "fuzz".to_owned(),
-        "video".to_owned(),
-        "video".to_owned(),
-        RtpCodecKind::Video,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(SSRC),
-                ..Default::default()
-            },
-            codec: RTCRtpCodec {
-                mime_type: "video/VP8".to_owned(),
-                clock_rate: 90_000,
-                ..Default::default()
-            },
-            ..Default::default()
-        }],
-    );
-    pc.add_transceiver_from_track(
-        track,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Sendonly,
-            streams: vec![],
-            send_encodings: vec![],
-        }),
-    )
-    .expect("video transceiver");
-    (pc, keys)
-}
-
-/// Adds the candidates of `description` (the engine's) to `client`.
-pub(super) fn add_candidates(client: &mut RTCPeerConnection, description: &str) {
-    let candidates = description
-        .lines()
-        .filter_map(|l| l.strip_prefix("a="))
-        .filter(|l| l.starts_with("candidate:"));
-    for candidate in candidates {
-        client
-            .add_remote_candidate(RTCIceCandidateInit {
-                candidate: candidate.to_owned(),
-                ..Default::default()
-            })
-            .expect("remote candidate");
-    }
+    crate::media::testnet::client(addr, publish, Instant::now())
 }
 
 /// One round between `client` (on `addr`) and the engine: the client's

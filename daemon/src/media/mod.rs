@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use delay::ForwardDelay;
 #[cfg(test)]
-pub(crate) use engine::MediaCore;
+pub(crate) use engine::{testnet, MediaCore};
 pub use engine::{MediaEngine, MediaStats};
 pub use peer::sends_media;
 
@@ -120,7 +120,7 @@ pub enum LostCause {
 }
 
 /// What media reports to the room that owns a peer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum MediaEvent {
     /// The first packets of a new track arrived from a publisher.
     TrackPublished(TrackInfo),

@@ -25,6 +25,10 @@ mod routes;
 mod source;
 mod ssrc_simulcast;
 mod tap;
+#[cfg(test)]
+pub(crate) mod testnet;
+#[cfg(test)]
+mod tests;
 
 pub use driver::MediaEngine;
 use fanout::start_fast_path;
