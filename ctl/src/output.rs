@@ -148,6 +148,15 @@ pub fn status(s: &Status) -> String {
     for (key, value) in lines {
         t.row(vec![key.to_owned(), value]);
     }
+    for (i, w) in s.workers.iter().enumerate() {
+        t.row(vec![
+            format!("media worker {i}"),
+            format!(
+                "{} rooms, {} peers, {} connections, {} rtp forwarded",
+                w.rooms, w.peers, w.connections, w.rtp_forwarded
+            ),
+        ]);
+    }
     t.render()
 }
 
@@ -155,7 +164,6 @@ fn occupancy(s: &RoomSummary) -> String {
     format!("{}/{}", s.peers, s.max_peers)
 }
 
-/// `sfuctl rooms list`.
 /// `sfuctl rooms list`: in a cluster, with the node serving each room and
 /// the nodes that did not answer.
 pub fn rooms(rooms: &[RoomSummary], unreachable: &[String]) -> String {

@@ -163,6 +163,10 @@ pub struct RtcConfig {
     /// Whether sfud protects and sends forwarded media itself (the fast
     /// path) rather than through the WebRTC stack's write pipeline.
     pub fast_path: bool,
+    /// Media workers (threads, each with its own UDP port: `udp_port` to
+    /// `udp_port + workers - 1`); a room lives on one of them. Absent: one
+    /// per CPU.
+    pub workers: Option<usize>,
 }
 
 impl Default for RtcConfig {
@@ -176,11 +180,24 @@ impl Default for RtcConfig {
             ice_failed_timeout_ms: 4000,
             subscriber_queue_packets: None,
             fast_path: true,
+            workers: None,
         }
     }
 }
 
+/// The most media workers a daemon runs.
+pub const MAX_WORKERS: usize = 64;
+
 impl RtcConfig {
+    /// How many media workers run: `workers`, or one per CPU.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS)
+        })
+    }
+
     /// How long without a packet before ICE reports a peer disconnected.
     pub fn ice_disconnected_timeout(&self) -> Duration {
         Duration::from_millis(self.ice_disconnected_timeout_ms)
@@ -554,6 +571,24 @@ impl RtcConfig {
                 "must be greater than rtc.ice_disconnected_timeout_ms ({}): both count from the last packet received",
                 self.ice_disconnected_timeout_ms
             )));
+        }
+        if let Some(n) = self.workers {
+            if !(1..=MAX_WORKERS).contains(&n) {
+                return Err(invalid(
+                    "rtc.workers",
+                    format!("must be 1 to {MAX_WORKERS}, or absent for one per CPU"),
+                ));
+            }
+        }
+        let last = usize::from(self.udp_port) + self.worker_count() - 1;
+        if self.udp_port != 0 && last > usize::from(u16::MAX) {
+            return Err(invalid(
+                "rtc.udp_port",
+                format!(
+                    "with {} workers the ports run to {last}, past 65535: lower it",
+                    self.worker_count()
+                ),
+            ));
         }
         Ok(())
     }

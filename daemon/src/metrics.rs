@@ -58,10 +58,16 @@ impl MetricsSource {
 
     /// The whole exposition, or why a snapshot could not be taken.
     pub async fn render(&self) -> Result<String, &'static str> {
-        let stats = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.media.stats())
+        let workers = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.media.worker_stats())
             .await
             .map_err(|_| "the media engine did not answer")?
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|_| "the media engine stopped")?;
+        let mut stats = crate::media::MediaStats::default();
+        for w in &workers {
+            stats.add(w);
+        }
         let rooms = self.rooms.counts();
         let recordings = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.recorder.recording_count())
             .await
@@ -73,6 +79,7 @@ impl MetricsSource {
         };
         let mut out = Exposition::default();
         write_daemon(&mut out, &counts, &stats);
+        write_workers(&mut out, &workers, &self.rooms.worker_counts());
         write_refusals(&mut out, self.gate.refusals());
         let connections = self.gate.connections();
         out.gauge(
@@ -144,6 +151,62 @@ impl MetricsSource {
 impl FromRef<Arc<AppState>> for MetricsSource {
     fn from_ref(state: &Arc<AppState>) -> Self {
         state.metrics.clone()
+    }
+}
+
+/// Each media worker's share: rooms, participants, connections, packets.
+fn write_workers(
+    out: &mut Exposition,
+    workers: &[crate::media::MediaStats],
+    rooms: &[crate::rooms::RoomCounts],
+) {
+    out.family(
+        "sfud_media_worker_rooms",
+        "gauge",
+        "Rooms served by each media worker.",
+    );
+    for (i, r) in rooms.iter().enumerate() {
+        out.sample(
+            "sfud_media_worker_rooms",
+            &[("worker", &i.to_string())],
+            r.rooms,
+        );
+    }
+    out.family(
+        "sfud_media_worker_peers",
+        "gauge",
+        "Participants of the rooms each media worker serves.",
+    );
+    for (i, r) in rooms.iter().enumerate() {
+        out.sample(
+            "sfud_media_worker_peers",
+            &[("worker", &i.to_string())],
+            r.peers,
+        );
+    }
+    out.family(
+        "sfud_media_worker_connections",
+        "gauge",
+        "Peer connections each media worker holds.",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        out.sample(
+            "sfud_media_worker_connections",
+            &[("worker", &i.to_string())],
+            w.connections,
+        );
+    }
+    out.family(
+        "sfud_media_worker_rtp_forwarded_total",
+        "counter",
+        "RTP packets each media worker wrote to subscriber legs.",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        out.sample(
+            "sfud_media_worker_rtp_forwarded_total",
+            &[("worker", &i.to_string())],
+            w.rtp_forwarded,
+        );
     }
 }
 

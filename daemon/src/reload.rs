@@ -69,6 +69,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         // Not used any more; changing it changes nothing.
         subscriber_queue_packets: _,
         fast_path,
+        workers,
     } = rtc;
     let RoomsConfig {
         max_peers,
@@ -196,6 +197,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         ice_failed_timeout_ms,
     );
     note(restart, "rtc.fast_path", &old.rtc.fast_path, fast_path);
+    note(restart, "rtc.workers", &old.rtc.workers, workers);
     note(restart, "rooms.preset", &old.rooms.preset, preset);
     note(restart, "control.socket", &old.control.socket, socket);
     note(restart, "control.group", &old.control.group, group);

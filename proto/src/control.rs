@@ -250,6 +250,22 @@ pub struct Status {
     /// Recording sessions in progress; `None` when this build cannot record.
     #[serde(default)]
     pub recordings: Option<usize>,
+    /// Each media worker's share, in order.
+    #[serde(default)]
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One media worker in [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Rooms it serves.
+    pub rooms: usize,
+    /// Participants of those rooms.
+    pub peers: usize,
+    /// Peer connections it holds.
+    pub connections: usize,
+    /// RTP packets it forwarded since start.
+    pub rtp_forwarded: u64,
 }
 
 /// One room in [`Response::Rooms`].

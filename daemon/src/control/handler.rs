@@ -188,7 +188,27 @@ fn invalid_config(error: &crate::config::ConfigError) -> ControlError {
 
 async fn status(ctx: &Context) -> Status {
     let rooms = ctx.rooms.counts();
-    let media = ctx.media.stats().await.unwrap_or_default();
+    let per_worker: Vec<crate::media::MediaStats> = ctx
+        .media
+        .worker_stats()
+        .await
+        .into_iter()
+        .map(Result::unwrap_or_default)
+        .collect();
+    let mut media = crate::media::MediaStats::default();
+    for w in &per_worker {
+        media.add(w);
+    }
+    let workers = per_worker
+        .iter()
+        .zip(ctx.rooms.worker_counts())
+        .map(|(m, r)| sfu_proto::control::WorkerStatus {
+            rooms: r.rooms,
+            peers: r.peers,
+            connections: m.connections,
+            rtp_forwarded: m.rtp_forwarded,
+        })
+        .collect();
     let rates = ctx.rates.latest();
     let reloader_path = ctx.reloader.path();
     Status {
@@ -208,6 +228,7 @@ async fn status(ctx: &Context) -> Status {
         bitrate_in_bps: rates.in_bps,
         bitrate_out_bps: rates.out_bps,
         recordings: Some(ctx.recorder.recording_count().await),
+        workers,
     }
 }
 

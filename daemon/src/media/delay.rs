@@ -38,6 +38,15 @@ impl ForwardDelay {
         self.sum_us = self.sum_us.saturating_add(us.saturating_mul(packets));
     }
 
+    /// Adds another histogram's counts to this one.
+    pub fn add(&mut self, o: &ForwardDelay) {
+        for (b, n) in self.buckets.iter_mut().zip(&o.buckets) {
+            *b += n;
+        }
+        self.count += o.count;
+        self.sum_us = self.sum_us.saturating_add(o.sum_us);
+    }
+
     /// Cumulative counts per bound, for the exposition format.
     pub fn cumulative(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         BOUNDS_US

@@ -406,26 +406,80 @@ pub struct PeerMediaReport {
     pub downlink_bps: Option<u64>,
 }
 
-/// A cheap, cloneable way to talk to the media engine.
+/// How one media worker is reached.
+pub(crate) struct WorkerTx {
+    /// Its commands.
+    pub tx: mpsc::Sender<MediaCommand>,
+    /// The UDP addresses it serves on.
+    pub local_addrs: Vec<SocketAddr>,
+}
+
+/// Bits of a track id below the worker's index: ids stay unique across
+/// workers, and a track's worker is read from its id (within JavaScript's
+/// exact integers with up to [`crate::config::MAX_WORKERS`] workers).
+pub const TRACK_WORKER_SHIFT: u32 = 40;
+
+/// A cheap, cloneable way to talk to the media workers. Requests about
+/// peers go to one worker (a room's handle is its worker's, see
+/// [`MediaHandle::on_worker`]); counters are summed over all of them.
 #[derive(Clone)]
 pub struct MediaHandle {
-    tx: mpsc::Sender<MediaCommand>,
-    local_addrs: Arc<Vec<SocketAddr>>,
+    workers: Arc<Vec<WorkerTx>>,
+    /// The worker requests about peers go to.
+    worker: usize,
 }
 
 impl MediaHandle {
-    /// The UDP addresses media is served on.
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+    pub(crate) fn new(workers: Vec<WorkerTx>) -> MediaHandle {
+        MediaHandle {
+            workers: Arc::new(workers),
+            worker: 0,
+        }
+    }
+
+    /// How many workers serve media.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The same media, with requests about peers going to worker `worker`.
+    pub fn on_worker(&self, worker: usize) -> MediaHandle {
+        MediaHandle {
+            workers: self.workers.clone(),
+            worker: worker % self.workers.len().max(1),
+        }
+    }
+
+    /// The worker requests about peers go to.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// The UDP addresses media is served on, every worker's.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.workers
+            .iter()
+            .flat_map(|w| w.local_addrs.iter().copied())
+            .collect()
+    }
+
+    fn tx(&self) -> &mpsc::Sender<MediaCommand> {
+        &self.workers[self.worker].tx
     }
 
     async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> MediaCommand,
     ) -> Result<T, MediaError> {
+        Self::call_on(self.tx(), make).await
+    }
+
+    async fn call_on<T>(
+        tx: &mpsc::Sender<MediaCommand>,
+        make: impl FnOnce(oneshot::Sender<T>) -> MediaCommand,
+    ) -> Result<T, MediaError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
+        tx.send(make(reply))
             .await
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)
@@ -487,36 +541,52 @@ impl MediaHandle {
 
     /// Forget a peer; does not wait.
     pub async fn remove_peer(&self, peer: PeerId) {
-        let _ = self.tx.send(MediaCommand::RemovePeer { peer }).await;
+        let _ = self.tx().send(MediaCommand::RemovePeer { peer }).await;
     }
 
     /// Close a peer's publish connection and drop its tracks; does not wait.
     pub async fn close_publish(&self, peer: PeerId) {
-        let _ = self.tx.send(MediaCommand::ClosePublish { peer }).await;
+        let _ = self.tx().send(MediaCommand::ClosePublish { peer }).await;
     }
 
     /// Starts (or with `None` stops) copying `peer`'s published media into `tap`.
     pub async fn set_tap(&self, peer: PeerId, tap: Option<Tap>) {
-        let _ = self.tx.send(MediaCommand::SetTap { peer, tap }).await;
+        let _ = self.tx().send(MediaCommand::SetTap { peer, tap }).await;
     }
 
     /// Asks the publisher of `track` for a keyframe (at most one request per
-    /// track every 500 ms; does not wait).
+    /// track every 500 ms; does not wait). Goes to the track's worker.
     pub async fn request_keyframe(&self, track: TrackId) {
-        let _ = self.tx.send(MediaCommand::RequestKeyframe { track }).await;
+        let worker = (track.0 >> TRACK_WORKER_SHIFT) as usize;
+        if let Some(w) = self.workers.get(worker) {
+            let _ = w.tx.send(MediaCommand::RequestKeyframe { track }).await;
+        }
     }
 
     /// How `peer` wants `track` forwarded to it; does not wait.
     pub async fn track_settings(&self, peer: PeerId, track: TrackId, prefs: TrackPrefs) {
         let _ = self
-            .tx
+            .tx()
             .send(MediaCommand::TrackSettings { peer, track, prefs })
             .await;
     }
 
-    /// Counters.
+    /// Counters, summed over every worker.
     pub async fn stats(&self) -> Result<MediaStats, MediaError> {
-        self.call(|reply| MediaCommand::Stats { reply }).await
+        let mut total = MediaStats::default();
+        for stats in self.worker_stats().await {
+            total.add(&stats?);
+        }
+        Ok(total)
+    }
+
+    /// Each worker's counters, in order.
+    pub async fn worker_stats(&self) -> Vec<Result<MediaStats, MediaError>> {
+        let asks = self
+            .workers
+            .iter()
+            .map(|w| Self::call_on(&w.tx, |reply| MediaCommand::Stats { reply }));
+        futures_util::future::join_all(asks).await
     }
 
     /// Connection states and tracks of `peers`.
@@ -555,5 +625,6 @@ pub fn engine_settings(
         ice_disconnected: config.rtc.ice_disconnected_timeout(),
         ice_failed: config.rtc.ice_failed_timeout(),
         fast_path: config.rtc.fast_path,
+        workers: config.rtc.worker_count(),
     }
 }

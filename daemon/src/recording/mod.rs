@@ -126,7 +126,11 @@ impl Recorder {
             &self.inner.dir,
             room,
             &self.inner.rooms,
-            self.inner.media.clone(),
+            // The worker that serves the room's connections.
+            self.inner
+                .rooms
+                .media_of(room)
+                .unwrap_or_else(|| self.inner.media.clone()),
         )
         .await;
         match started {

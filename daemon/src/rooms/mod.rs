@@ -161,6 +161,8 @@ pub struct RoomHandle {
     /// How many participants the room has, as its actor last published it:
     /// counts are read without asking the room (or media) anything.
     peers: Arc<AtomicUsize>,
+    /// The media worker that serves its connections.
+    worker: usize,
 }
 
 fn gone() -> Refusal {
@@ -263,6 +265,19 @@ pub struct RoomCounts {
     pub peers: usize,
 }
 
+/// The media worker a new room goes to: the one with the fewest
+/// participants, then the fewest rooms, then the first.
+fn least_loaded_worker(rooms: &HashMap<String, RoomHandle>, workers: usize) -> usize {
+    let mut load = vec![(0usize, 0usize); workers.max(1)];
+    for h in rooms.values().filter(|h| !h.tx.is_closed()) {
+        if let Some(l) = load.get_mut(h.worker) {
+            l.0 += h.peers.load(Ordering::Relaxed);
+            l.1 += 1;
+        }
+    }
+    (0..load.len()).min_by_key(|&w| (load[w], w)).unwrap_or(0)
+}
+
 fn bad_room_name() -> Refusal {
     Refusal::new(
         ErrorCode::BadName,
@@ -307,6 +322,25 @@ impl RoomRegistry {
                 cluster,
             }),
         }
+    }
+
+    /// The media of room `room` (its worker's), if it is open.
+    pub fn media_of(&self, room: &str) -> Option<MediaHandle> {
+        let worker = self.handle(room)?.worker;
+        Some(self.inner.media.on_worker(worker))
+    }
+
+    /// Rooms and participants on each media worker, in order.
+    pub fn worker_counts(&self) -> Vec<RoomCounts> {
+        let rooms = lock(&self.inner.rooms);
+        let mut counts = vec![RoomCounts::default(); self.inner.media.workers()];
+        for h in rooms.values().filter(|h| !h.tx.is_closed()) {
+            if let Some(c) = counts.get_mut(h.worker) {
+                c.rooms += 1;
+                c.peers += h.peers.load(Ordering::Relaxed);
+            }
+        }
+        counts
     }
 
     /// Whether room `room` is open on this node.
@@ -469,10 +503,12 @@ impl RoomRegistry {
         }
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
+        let worker = least_loaded_worker(&rooms, self.inner.media.workers());
         let handle = RoomHandle {
             tx,
             instance,
             peers: Arc::new(AtomicUsize::new(0)),
+            worker,
         };
         let mode = mode.unwrap_or_default();
         let room_state = state::Room::new(
@@ -483,7 +519,7 @@ impl RoomRegistry {
         let actor = actor::RoomActor::new(
             room_state,
             &handle,
-            self.inner.media.clone(),
+            self.inner.media.on_worker(worker),
             lock(&self.inner.ice_servers).clone(),
             Arc::downgrade(&self.inner),
             persistent,
@@ -492,7 +528,7 @@ impl RoomRegistry {
             .supervisor
             .spawn_until_stopped(Stage::Rooms, "room", actor.run(rx));
         rooms.insert(room.to_owned(), handle.clone());
-        tracing::info!(room, persistent, "room created");
+        tracing::info!(room, persistent, worker, "room created");
         Ok(handle)
     }
 

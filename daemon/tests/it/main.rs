@@ -14,3 +14,4 @@ mod metrics;
 mod recording;
 mod rooms;
 mod systemd;
+mod workers;

@@ -10,67 +10,167 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::{MediaCore, MediaSettings, MAX_DATAGRAM};
 use crate::media::batch::HIGH_WATER;
 use crate::media::peer::Announced;
 use crate::media::recv::{self, ArrivalClock};
-use crate::media::{MediaCommand, MediaHandle};
+use crate::media::{MediaCommand, MediaHandle, WorkerTx};
 
 /// Datagrams read per wake-up before commands and timers get a turn.
 const READ_BATCH: usize = 128;
 
-/// The media task: the core, its sockets and its commands.
+/// The media workers, bound and not yet running.
 pub struct MediaEngine {
+    workers: Vec<Worker>,
+    settings: MediaSettings,
+}
+
+/// One worker's sockets (bound, not yet registered with a runtime) and
+/// commands.
+struct Worker {
+    index: usize,
+    sockets: Vec<std::net::UdpSocket>,
+    announced: Vec<Announced>,
+    rx: mpsc::Receiver<MediaCommand>,
+}
+
+/// A running worker: its core, its sockets and its commands.
+struct Loop {
     core: MediaCore,
     sockets: Vec<UdpSocket>,
     rx: mpsc::Receiver<MediaCommand>,
 }
 
 impl MediaEngine {
-    /// Binds the UDP sockets; the engine runs with [`MediaEngine::run`].
+    /// Binds every worker's UDP sockets (worker `i` on `settings.port + i`,
+    /// or any free port); the workers run with [`MediaEngine::run`].
     pub fn bind(settings: &MediaSettings) -> std::io::Result<(MediaEngine, MediaHandle)> {
-        let mut sockets = Vec::new();
-        let mut announced = Vec::new();
-        let mut port = settings.port;
-        for (ip, public) in &settings.bind {
-            let std_socket =
-                std::net::UdpSocket::bind(SocketAddr::new(*ip, port)).map_err(|e| {
+        let mut workers = Vec::new();
+        let mut handles = Vec::new();
+        for index in 0..settings.workers.max(1) {
+            let first = if settings.port == 0 {
+                0
+            } else {
+                u16::try_from(usize::from(settings.port) + index).map_err(|_| {
                     std::io::Error::new(
-                        e.kind(),
-                        format!("cannot bind UDP {}: {e}", SocketAddr::new(*ip, port)),
+                        std::io::ErrorKind::InvalidInput,
+                        "the workers' UDP ports run past 65535",
                     )
-                })?;
-            std_socket.set_nonblocking(true)?;
-            let socket = UdpSocket::from_std(std_socket)?;
-            recv::enable_timestamps(&socket);
-            recv::size_buffers(&socket);
-            let bound = socket.local_addr()?;
-            // With port 0, every address shares the first one's port where it can.
-            port = bound.port();
-            announced.push(Announced {
-                bound,
-                public: *public,
+                })?
+            };
+            let (sockets, announced) = bind_worker(settings, first)?;
+            let (tx, rx) = mpsc::channel(1024);
+            handles.push(WorkerTx {
+                tx,
+                local_addrs: announced.iter().map(|a| a.bound).collect(),
             });
-            sockets.push(socket);
+            workers.push(Worker {
+                index,
+                sockets,
+                announced,
+                rx,
+            });
         }
-        let local_addrs: Vec<SocketAddr> = announced.iter().map(|a| a.bound).collect();
-        let (tx, rx) = mpsc::channel(1024);
-        let handle = MediaHandle {
-            tx,
-            local_addrs: std::sync::Arc::new(local_addrs),
-        };
         let engine = MediaEngine {
-            core: MediaCore::new(settings, announced, Instant::now()),
-            sockets,
-            rx,
+            workers,
+            settings: settings.clone(),
         };
-        Ok((engine, handle))
+        Ok((engine, MediaHandle::new(handles)))
     }
 
+    /// Runs every worker on a thread of its own (a current-thread runtime
+    /// each) until `shutdown` or until every handle is dropped; returns
+    /// when all of them stopped.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut stopped = Vec::new();
+        for worker in self.workers {
+            let (done, wait) = tokio::sync::oneshot::channel::<()>();
+            let (settings, stop) = (self.settings.clone(), shutdown.clone());
+            let index = worker.index;
+            let spawned = std::thread::Builder::new()
+                .name(format!("sfud-media-{index}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match runtime {
+                        Ok(rt) => rt.block_on(worker.run(&settings, stop)),
+                        Err(e) => error!(worker = index, error = %e, "media worker cannot start"),
+                    }
+                    drop(done);
+                });
+            match spawned {
+                Ok(_) => stopped.push(wait),
+                Err(e) => error!(worker = index, error = %e, "media worker thread not started"),
+            }
+        }
+        for wait in stopped {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Binds one UDP socket per address of `settings.bind` on `port` (0: a
+/// free port, shared by the addresses where it can be).
+fn bind_worker(
+    settings: &MediaSettings,
+    mut port: u16,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<Announced>)> {
+    let mut sockets = Vec::new();
+    let mut announced = Vec::new();
+    for (ip, public) in &settings.bind {
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(*ip, port)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind UDP {}: {e}", SocketAddr::new(*ip, port)),
+            )
+        })?;
+        socket.set_nonblocking(true)?;
+        let bound = socket.local_addr()?;
+        // With port 0, every address shares the first one's port where it can.
+        port = bound.port();
+        announced.push(Announced {
+            bound,
+            public: *public,
+        });
+        sockets.push(socket);
+    }
+    Ok((sockets, announced))
+}
+
+impl Worker {
+    /// Registers the sockets with this thread's runtime and runs the loop.
+    async fn run(self, settings: &MediaSettings, shutdown: CancellationToken) {
+        let mut sockets = Vec::new();
+        for socket in self.sockets {
+            match UdpSocket::from_std(socket) {
+                Ok(socket) => {
+                    recv::enable_timestamps(&socket);
+                    recv::size_buffers(&socket);
+                    sockets.push(socket);
+                }
+                Err(e) => {
+                    error!(worker = self.index, error = %e, "media socket unusable");
+                    return;
+                }
+            }
+        }
+        let core = MediaCore::new(settings, self.index, self.announced, Instant::now());
+        Loop {
+            core,
+            sockets,
+            rx: self.rx,
+        }
+        .run(shutdown)
+        .await;
+    }
+}
+
+impl Loop {
     /// Runs until `shutdown` turns true or every handle is dropped.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    async fn run(mut self, shutdown: CancellationToken) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut cmsg = recv::cmsg_buffer();
         // One timer entry, moved only when the core's next deadline does.

@@ -163,6 +163,38 @@ pub struct MediaStats {
     pub forward_delay: ForwardDelay,
 }
 
+impl MediaStats {
+    /// Adds another worker's counters to these.
+    pub fn add(&mut self, o: &MediaStats) {
+        self.connections += o.connections;
+        self.tracks += o.tracks;
+        self.datagrams_in += o.datagrams_in;
+        self.bytes_in += o.bytes_in;
+        self.datagrams_out += o.datagrams_out;
+        self.bytes_out += o.bytes_out;
+        self.rtp_in += o.rtp_in;
+        self.rtp_forwarded += o.rtp_forwarded;
+        self.bytes_forwarded += o.bytes_forwarded;
+        self.dropped_unroutable += o.dropped_unroutable;
+        self.dropped_send += o.dropped_send;
+        self.dropped_leg += o.dropped_leg;
+        self.plis_sent += o.plis_sent;
+        let (k, ok) = (&mut self.keyframe_requests, &o.keyframe_requests);
+        k.subscriber += ok.subscriber;
+        k.new_subscriber += ok.new_subscriber;
+        k.layer_switch += ok.layer_switch;
+        k.recording += ok.recording;
+        self.layer_switches += o.layer_switches;
+        self.probe_packets += o.probe_packets;
+        self.layer_pauses += o.layer_pauses;
+        self.layer_drops += o.layer_drops;
+        self.feedback_fast += o.feedback_fast;
+        self.rtp_retransmitted += o.rtp_retransmitted;
+        self.fast_path_connections += o.fast_path_connections;
+        self.forward_delay.add(&o.forward_delay);
+    }
+}
+
 /// Why the engine asked a publisher for a keyframe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeyframeCause {
@@ -324,12 +356,20 @@ pub struct MediaSettings {
     pub ice_failed: Duration,
     /// Whether subscribe connections forward on the fast path.
     pub fast_path: bool,
+    /// Media workers: each binds `port + its index` (any port when `port`
+    /// is 0).
+    pub workers: usize,
 }
 
 impl MediaCore {
-    /// A core serving on the addresses of `announced` (bound by the driver,
-    /// or by nothing in tests), starting at `now`.
-    pub(crate) fn new(settings: &MediaSettings, announced: Vec<Announced>, now: Instant) -> Self {
+    /// Worker `worker`'s core, serving on the addresses of `announced`
+    /// (bound by the driver, or by nothing in tests), starting at `now`.
+    pub(crate) fn new(
+        settings: &MediaSettings,
+        worker: usize,
+        announced: Vec<Announced>,
+        now: Instant,
+    ) -> Self {
         MediaCore {
             out: SendBatch::default(),
             local_addrs: announced.iter().map(|a| a.bound).collect(),
@@ -346,7 +386,8 @@ impl MediaCore {
             sources: HashMap::default(),
             timers: BinaryHeap::new(),
             next_conn: 1,
-            next_track: 1,
+            // Unique across workers, and naming the worker.
+            next_track: ((worker as u64) << super::TRACK_WORKER_SHIFT) | 1,
             stats: MediaStats::default(),
             scratch_reads: Vec::new(),
             scratch_events: Vec::new(),
@@ -1254,7 +1295,7 @@ impl MediaCore {
             bound: SocketAddr::from(([127, 0, 0, 1], 40_000)),
             public: None,
         }];
-        MediaCore::new(settings, announced, now)
+        MediaCore::new(settings, 0, announced, now)
     }
 
     /// A publish connection for `peer`, answered from `offer`; the server's
