@@ -245,6 +245,10 @@ struct Conn {
     lost: bool,
     /// Publish side: the core's track id -> our track.
     tracks: HashMap<String, TrackId>,
+    /// Publish side: the SSRC of every known layer of its tracks -> the
+    /// track (packets and sender reports the engine reads itself find
+    /// their track here, without a scan).
+    by_layer_ssrc: HashMap<u32, TrackId>,
     /// Subscribe side: forwarded tracks.
     legs: HashMap<TrackId, Leg>,
     /// Subscribe side: SSRC announced to the subscriber -> track.
@@ -515,12 +519,7 @@ impl MediaCore {
 
     /// The track of publish connection `id` that has a layer `ssrc`.
     fn track_of_ssrc(&self, id: ConnId, ssrc: u32) -> Option<TrackId> {
-        let conn = self.conns.get(&id)?;
-        conn.tracks.values().copied().find(|t| {
-            self.sources
-                .get(t)
-                .is_some_and(|s| s.layer_of(ssrc).is_some())
-        })
+        self.conns.get(&id)?.by_layer_ssrc.get(&ssrc).copied()
     }
 
     /// Handles everything a connection produced: datagrams out, events, and
@@ -732,7 +731,11 @@ impl MediaCore {
         }
         if let Some(track) = conn.tracks.get(&init.track_id).copied() {
             // Another simulcast layer of a track already open.
-            self.on_layer_open(track, &init);
+            if self.on_layer_open(track, &init) {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.by_layer_ssrc.insert(init.ssrc, track);
+                }
+            }
             return;
         }
         let Some(mut receiver) = conn.pc.rtp_receiver(init.receiver_id) else {
@@ -808,6 +811,9 @@ impl MediaCore {
         } else {
             vec![Layer::new(init.rid.clone(), Some(init.ssrc), kind, now)]
         };
+        for ssrc in layers.iter().filter_map(|l| l.ssrc) {
+            conn.by_layer_ssrc.insert(ssrc, track);
+        }
         self.sources.insert(
             track,
             Source {
@@ -833,13 +839,14 @@ impl MediaCore {
     }
 
     /// The first packet of another layer of a simulcast track: its SSRC.
+    /// Whether the layer was known.
     fn on_layer_open(
         &mut self,
         track: TrackId,
         init: &rtc::peer_connection::event::RTCTrackEventInit,
-    ) {
+    ) -> bool {
         let Some(source) = self.sources.get_mut(&track) else {
-            return;
+            return false;
         };
         let Some(layer) = init.rid.as_deref().and_then(|rid| {
             source
@@ -848,10 +855,11 @@ impl MediaCore {
                 .find(|l| l.rid.as_deref() == Some(rid))
         }) else {
             debug!(track = track.0, rid = ?init.rid, "packets of an unknown layer ignored");
-            return;
+            return false;
         };
         layer.ssrc = Some(init.ssrc);
         info!(track = track.0, rid = ?init.rid, ssrc = init.ssrc, "simulcast layer opened");
+        true
     }
 
     fn on_track_close(&mut self, id: ConnId, core_track: &str) {
@@ -861,6 +869,7 @@ impl MediaCore {
         let Some(track) = conn.tracks.remove(core_track) else {
             return;
         };
+        conn.by_layer_ssrc.retain(|_, t| *t != track);
         let peer = conn.peer;
         if let Some(tap) = self.sources.remove(&track).and_then(|s| s.tap) {
             tap.send(TapEvent::TrackEnded { track });

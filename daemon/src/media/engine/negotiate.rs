@@ -44,6 +44,7 @@ impl MediaCore {
                 connected: false,
                 lost: false,
                 tracks: HashMap::default(),
+                by_layer_ssrc: HashMap::default(),
                 legs: HashMap::default(),
                 by_ssrc: HashMap::default(),
                 keys,
