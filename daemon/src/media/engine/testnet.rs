@@ -130,10 +130,23 @@ pub(crate) fn add_candidates(client: &mut RTCPeerConnection, description: &str) 
 /// A VP8 frame in one packet as a publisher sends it (payload type 96,
 /// marker set), plaintext: a keyframe (640x360) or a delta frame.
 pub(crate) fn vp8_packet(seq: u16, timestamp: u32, picture_id: u16, key: bool) -> Vec<u8> {
+    vp8_packet_on(SSRC, seq, timestamp, picture_id, key, 0)
+}
+
+/// Like [`vp8_packet`] on stream `ssrc`, its 40 filler bytes all `tag`
+/// (a test reads which stream a forwarded packet came from).
+pub(crate) fn vp8_packet_on(
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    picture_id: u16,
+    key: bool,
+    tag: u8,
+) -> Vec<u8> {
     let mut rtp = vec![0x80, 0xe0];
     rtp.extend_from_slice(&seq.to_be_bytes());
     rtp.extend_from_slice(&timestamp.to_be_bytes());
-    rtp.extend_from_slice(&SSRC.to_be_bytes());
+    rtp.extend_from_slice(&ssrc.to_be_bytes());
     // Descriptor: X, S, I with a 15-bit picture id.
     let pid = 0x8000 | (picture_id & 0x7fff);
     rtp.extend_from_slice(&[0x90, 0x80]);
@@ -143,7 +156,7 @@ pub(crate) fn vp8_packet(seq: u16, timestamp: u32, picture_id: u16, key: bool) -
     } else {
         rtp.extend_from_slice(&[0x11, 0x2a, 0x00]);
     }
-    rtp.extend_from_slice(&[0u8; 40]);
+    rtp.extend_from_slice(&[tag; 40]);
     rtp
 }
 
@@ -256,6 +269,12 @@ impl Net {
     /// Client `i` publishes to the core as `peer`: its offer, the core's
     /// answer applied.
     pub(crate) fn publish(&mut self, i: usize, peer: PeerId) {
+        self.publish_as(i, peer, str::to_owned);
+    }
+
+    /// Like [`Net::publish`], with the offer as `munge` rewrites it on its
+    /// way to the core (as clients that edit their offers do).
+    pub(crate) fn publish_as(&mut self, i: usize, peer: PeerId, munge: impl Fn(&str) -> String) {
         let now = self.now;
         let c = &mut self.clients[i];
         let offer = c.pc.create_offer(None).expect("offer");
@@ -267,7 +286,7 @@ impl Net {
             MediaCommand::Publish {
                 peer,
                 events,
-                sdp: offer.sdp,
+                sdp: munge(&offer.sdp),
                 reply,
             },
             now,

@@ -11,7 +11,7 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLa
 use rtc::shared::marshal::Marshal;
 use sfu_proto::signaling::PcKind;
 
-use super::testnet::{vp8_packet, Net};
+use super::testnet::{vp8_packet, vp8_packet_on, Net, SSRC};
 use crate::media::{LostCause, MediaEvent, PeerId};
 
 const PUBLISHER: PeerId = PeerId(1);
@@ -257,4 +257,186 @@ fn a_subscriber_gone_silent_is_reported_lost() {
         .events()
         .iter()
         .any(|(peer, e)| *peer == PUBLISHER && matches!(e, MediaEvent::ConnectionLost { .. })));
+}
+
+/// The three SSRCs of an SSRC-simulcast publisher, lowest layer first.
+const LAYERS: [u32; 3] = [SSRC, SSRC + 1, SSRC + 2];
+
+/// The publisher's offer with its video SSRC made three, grouped as SSRC
+/// simulcast (`a=ssrc-group:SIM`, lowest first), as clients that munge
+/// their offers send it.
+fn sim_offer(sdp: &str) -> String {
+    let own = format!("a=ssrc:{SSRC} ");
+    let mut out = Vec::new();
+    let mut grouped = false;
+    for line in sdp.split("\r\n") {
+        if line.starts_with(&own) {
+            if !grouped {
+                out.push(format!(
+                    "a=ssrc-group:SIM {} {} {}",
+                    LAYERS[0], LAYERS[1], LAYERS[2]
+                ));
+                grouped = true;
+            }
+            for ssrc in LAYERS {
+                out.push(line.replacen(&SSRC.to_string(), &ssrc.to_string(), 1));
+            }
+        } else {
+            out.push(line.to_owned());
+        }
+    }
+    out.join("\r\n")
+}
+
+/// An SSRC-simulcast camera: each frame on all three layers, each layer
+/// with its own sequence numbers and picture ids, a keyframe on a layer at
+/// first and after each PLI naming it; the filler bytes tag the layer.
+struct SimCamera {
+    client: usize,
+    seq: [u16; 3],
+    picture_id: [u16; 3],
+    timestamp: u32,
+    plis_seen: [Option<usize>; 3],
+}
+
+impl SimCamera {
+    fn plis_for(net: &Net, client: usize, ssrc: u32) -> usize {
+        net.clients[client]
+            .rtcp
+            .iter()
+            .filter_map(|p| p.as_any().downcast_ref::<PictureLossIndication>())
+            .filter(|p| p.media_ssrc == ssrc)
+            .count()
+    }
+
+    fn frame(&mut self, net: &mut Net) {
+        for (l, ssrc) in LAYERS.into_iter().enumerate() {
+            let plis = Self::plis_for(net, self.client, ssrc);
+            let key = self.plis_seen[l] != Some(plis);
+            self.plis_seen[l] = Some(plis);
+            let packet = vp8_packet_on(
+                ssrc,
+                self.seq[l],
+                self.timestamp,
+                self.picture_id[l],
+                key,
+                l as u8,
+            );
+            net.send_rtp(self.client, &packet);
+            self.seq[l] = self.seq[l].wrapping_add(1);
+            self.picture_id[l] = (self.picture_id[l] + 1) & 0x7fff;
+        }
+        self.timestamp = self.timestamp.wrapping_add(3000);
+    }
+
+    fn run_for(&mut self, net: &mut Net, span: Duration) {
+        let end = net.now + span;
+        while net.now < end {
+            self.frame(net);
+            net.run_for(FRAME);
+        }
+    }
+}
+
+/// The layer a forwarded packet came from (its tag), and whether it
+/// starts a keyframe.
+fn layer_of(p: &rtc::rtp::packet::Packet) -> (u8, bool) {
+    let payload = &p.payload;
+    (payload[payload.len() - 1], payload[4] & 0x01 == 0)
+}
+
+/// The 15-bit VP8 picture id of a forwarded packet.
+fn picture_id(p: &rtc::rtp::packet::Packet) -> u16 {
+    u16::from_be_bytes([p.payload[2], p.payload[3]]) & 0x7fff
+}
+
+#[test]
+fn a_simulcast_leg_switches_layers_at_keyframes_and_its_stream_stays_continuous() {
+    let mut net = Net::new();
+    let p = net.add_client(true);
+    net.publish_as(p, PUBLISHER, sim_offer);
+    assert!(net.run_until(WITHIN, |n| n.clients[p].connected));
+    let mut camera = SimCamera {
+        client: p,
+        seq: [100, 20_000, 65_500],
+        picture_id: [5, 300, 32_760],
+        timestamp: 90_000,
+        plis_seen: [None; 3],
+    };
+    camera.frame(&mut net);
+    let tracks = net.core.fuzz_tracks();
+    assert_eq!(tracks.len(), 1, "three SSRCs, one track");
+    let track = tracks[0].id;
+    let s = net.add_client(false);
+    net.subscribe(s, SUBSCRIBER, tracks);
+    assert!(net.run_until(WITHIN, |n| n.clients[s].connected));
+    camera.run_for(&mut net, Duration::from_secs(3));
+
+    // The subscriber caps the track at the lowest layer, then lifts the cap.
+    let cap = |net: &mut Net, max_layer: Option<u8>| {
+        let prefs = crate::media::TrackPrefs {
+            max_layer,
+            ..Default::default()
+        };
+        net.core.handle_command(
+            crate::media::MediaCommand::TrackSettings {
+                peer: SUBSCRIBER,
+                track,
+                prefs,
+            },
+            net.now,
+        );
+    };
+    cap(&mut net, Some(0));
+    camera.run_for(&mut net, Duration::from_secs(3));
+    let capped = net.clients[s].rtp.len();
+    assert_eq!(
+        net.clients[s].rtp.last().map(layer_of).map(|l| l.0),
+        Some(0),
+        "capped at the lowest layer"
+    );
+    cap(&mut net, None);
+    camera.run_for(&mut net, Duration::from_secs(6));
+
+    let rtp = &net.clients[s].rtp;
+    assert!(rtp.len() > capped + 100, "media flowed after the cap");
+    // One stream, gapless, whatever layer each packet came from; picture
+    // ids go on by one per frame; the layer changes only at a keyframe of
+    // the layer it changes to, and changed at least once.
+    let ssrc = rtp[0].header.ssrc;
+    let mut switches = 0;
+    for w in rtp.windows(2) {
+        assert_eq!(w[1].header.ssrc, ssrc, "one SSRC towards the subscriber");
+        assert_eq!(
+            w[1].header.sequence_number,
+            w[0].header.sequence_number.wrapping_add(1),
+            "sequence numbers continuous"
+        );
+        assert_eq!(
+            picture_id(&w[1]),
+            (picture_id(&w[0]) + 1) & 0x7fff,
+            "picture ids continuous"
+        );
+        let (was, _) = layer_of(&w[0]);
+        let (now, key) = layer_of(&w[1]);
+        if now != was {
+            assert!(key, "switched from layer {was} to {now} on a delta frame");
+            switches += 1;
+        }
+    }
+    let mut runs: Vec<(u8, usize)> = Vec::new();
+    for p in rtp {
+        let l = layer_of(p).0;
+        match runs.last_mut() {
+            Some((last, n)) if *last == l => *n += 1,
+            _ => runs.push((l, 1)),
+        }
+    }
+    // Down to the cap, and up again once it is lifted.
+    assert!(switches >= 2, "layers by run: {runs:?}");
+    assert!(
+        runs.last().is_some_and(|(l, _)| *l > 0),
+        "the leg stayed low after the cap was lifted: {runs:?}"
+    );
+    assert!(net.core.stats.layer_switches >= 2);
 }
