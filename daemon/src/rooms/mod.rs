@@ -5,6 +5,7 @@
 mod actor;
 pub mod report;
 pub mod state;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -265,19 +266,6 @@ pub struct RoomCounts {
     pub peers: usize,
 }
 
-/// The media worker a new room goes to: the one with the fewest
-/// participants, then the fewest rooms, then the first.
-fn least_loaded_worker(rooms: &HashMap<String, RoomHandle>, workers: usize) -> usize {
-    let mut load = vec![(0usize, 0usize); workers.max(1)];
-    for h in rooms.values().filter(|h| !h.tx.is_closed()) {
-        if let Some(l) = load.get_mut(h.worker) {
-            l.0 += h.peers.load(Ordering::Relaxed);
-            l.1 += 1;
-        }
-    }
-    (0..load.len()).min_by_key(|&w| (load[w], w)).unwrap_or(0)
-}
-
 fn bad_room_name() -> Refusal {
     Refusal::new(
         ErrorCode::BadName,
@@ -332,15 +320,7 @@ impl RoomRegistry {
 
     /// Rooms and participants on each media worker, in order.
     pub fn worker_counts(&self) -> Vec<RoomCounts> {
-        let rooms = lock(&self.inner.rooms);
-        let mut counts = vec![RoomCounts::default(); self.inner.media.workers()];
-        for h in rooms.values().filter(|h| !h.tx.is_closed()) {
-            if let Some(c) = counts.get_mut(h.worker) {
-                c.rooms += 1;
-                c.peers += h.peers.load(Ordering::Relaxed);
-            }
-        }
-        counts
+        workers::load(&lock(&self.inner.rooms), self.inner.media.workers())
     }
 
     /// Whether room `room` is open on this node.
@@ -503,7 +483,7 @@ impl RoomRegistry {
         }
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
-        let worker = least_loaded_worker(&rooms, self.inner.media.workers());
+        let worker = workers::least_loaded(&workers::load(&rooms, self.inner.media.workers()));
         let handle = RoomHandle {
             tx,
             instance,
