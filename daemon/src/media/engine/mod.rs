@@ -19,6 +19,7 @@
 mod allocate;
 mod driver;
 mod fanout;
+mod keyframe;
 mod negotiate;
 mod prefs;
 mod routes;
@@ -32,6 +33,8 @@ mod tests;
 
 pub use driver::MediaEngine;
 use fanout::start_fast_path;
+pub(crate) use keyframe::KeyframeCause;
+pub use keyframe::KeyframeRequests;
 use routes::{Route, Routes};
 use source::{Layer, Source, Subscriber};
 use ssrc_simulcast::{read_sim_layers, SimInput};
@@ -103,8 +106,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// expiry.
 const RTC_ICE_FAILED: Duration = Duration::from_secs(30);
 
-/// Least time between two keyframe requests sent to one publisher track.
-const PLI_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the periodic checks run: connections that went silent or
 /// never connected, layers' bitrates, keyframe requests held back, layer
 /// selection.
@@ -192,43 +193,6 @@ impl MediaStats {
         self.rtp_retransmitted += o.rtp_retransmitted;
         self.fast_path_connections += o.fast_path_connections;
         self.forward_delay.add(&o.forward_delay);
-    }
-}
-
-/// Why the engine asked a publisher for a keyframe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyframeCause {
-    /// A subscriber's PLI or FIR, relayed.
-    Subscriber,
-    /// A subscriber leg that starts.
-    NewSubscriber,
-    /// A subscriber leg that moves to another simulcast layer.
-    LayerSwitch,
-    /// A recording that starts (or its depayloader asked).
-    Recording,
-}
-
-/// Keyframe requests sent to publishers, by cause (see [`KeyframeCause`]).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct KeyframeRequests {
-    /// Relayed from subscribers.
-    pub subscriber: u64,
-    /// For subscriber legs that start.
-    pub new_subscriber: u64,
-    /// For simulcast layer switches.
-    pub layer_switch: u64,
-    /// For recordings.
-    pub recording: u64,
-}
-
-impl KeyframeRequests {
-    fn count(&mut self, cause: KeyframeCause) {
-        match cause {
-            KeyframeCause::Subscriber => self.subscriber += 1,
-            KeyframeCause::NewSubscriber => self.new_subscriber += 1,
-            KeyframeCause::LayerSwitch => self.layer_switch += 1,
-            KeyframeCause::Recording => self.recording += 1,
-        }
     }
 }
 
@@ -634,7 +598,7 @@ impl MediaCore {
                 s.layers
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, l)| l.pli_pending.map(|cause| (*id, i, cause)))
+                    .filter_map(|(i, l)| l.keyframes.held().map(|cause| (*id, i, cause)))
             })
             .collect();
         for (track, layer, cause) in pending {
@@ -975,82 +939,6 @@ impl MediaCore {
 
     /// Asks a publisher for a keyframe of the layer the recorder copies
     /// (the only layer of a track that is not simulcast).
-    fn request_keyframe(&mut self, track: TrackId, now: Instant, cause: KeyframeCause) {
-        let Some(layer) = self.sources.get(&track).map(|s| s.tap_layer) else {
-            return;
-        };
-        self.request_layer_keyframe(track, layer, now, cause);
-    }
-
-    /// Asks a publisher for a keyframe of the layer subscriber connection
-    /// `sub` gets of `track` (or is about to get).
-    fn request_leg_keyframe(
-        &mut self,
-        sub: ConnId,
-        track: TrackId,
-        now: Instant,
-        cause: KeyframeCause,
-    ) {
-        let layer = self
-            .conns
-            .get(&sub)
-            .and_then(|c| c.legs.get(&track))
-            .and_then(|leg| leg.switcher.as_ref())
-            .map_or(Some(0), |sw| sw.current().or(sw.target()));
-        if let Some(layer) = layer {
-            self.request_layer_keyframe(track, layer, now, cause);
-        }
-    }
-
-    /// Asks a publisher for a keyframe of one layer, at most once per
-    /// [`PLI_INTERVAL`]; a request inside the interval is sent when it ends.
-    fn request_layer_keyframe(
-        &mut self,
-        track: TrackId,
-        layer: usize,
-        now: Instant,
-        cause: KeyframeCause,
-    ) {
-        let Some(source) = self.sources.get_mut(&track) else {
-            return;
-        };
-        if source.info.kind != MediaKind::Video {
-            return;
-        }
-        let (conn_id, receiver) = (source.conn, source.receiver);
-        let Some(l) = source.layers.get_mut(layer) else {
-            return;
-        };
-        let Some(media_ssrc) = l.ssrc else {
-            return;
-        };
-        if l.last_pli
-            .is_some_and(|last| now.duration_since(last) < PLI_INTERVAL)
-        {
-            l.pli_pending.get_or_insert(cause);
-            return;
-        }
-        l.pli_pending = None;
-        l.last_pli = Some(now);
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
-        if let Some(mut r) = conn.pc.rtp_receiver(receiver) {
-            let pli = PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc,
-            };
-            match r.write_rtcp(now, vec![Box::new(pli)]) {
-                Ok(()) => {
-                    self.stats.plis_sent += 1;
-                    self.stats.keyframe_requests.count(cause);
-                }
-                Err(e) => debug!(error = %e, "PLI not sent"),
-            }
-        }
-        flush(conn, &mut self.out, &self.local_addrs);
-    }
-
     fn emit(&self, peer: PeerId, event: MediaEvent) {
         if let Some(sink) = self.peers.get(&peer).and_then(|p| p.events.as_ref()) {
             sink(event);

@@ -36,9 +36,8 @@ pub(super) struct Layer {
     pub peak_bps: u64,
     /// When its last packet arrived.
     pub last_packet: Option<Instant>,
-    pub last_pli: Option<Instant>,
-    /// A keyframe request that waits for the end of its interval, and why.
-    pub pli_pending: Option<KeyframeCause>,
+    /// Keyframe requests for it (see `keyframe`).
+    pub keyframes: super::keyframe::Throttle,
     /// Recent packets, for NACKs (video only).
     pub history: History,
     /// The publisher's last sender report: NTP time and RTP time.
@@ -70,8 +69,7 @@ impl Layer {
             bitrate_bps: 0,
             peak_bps: 0,
             last_packet: None,
-            last_pli: None,
-            pli_pending: None,
+            keyframes: super::keyframe::Throttle::default(),
             history: History::new(match kind {
                 MediaKind::Video => History::VIDEO,
                 MediaKind::Audio => 0,
