@@ -160,53 +160,37 @@ fn write_workers(
     workers: &[crate::media::MediaStats],
     rooms: &[crate::rooms::RoomCounts],
 ) {
-    out.family(
-        "sfud_media_worker_rooms",
-        "gauge",
-        "Rooms served by each media worker.",
-    );
-    for (i, r) in rooms.iter().enumerate() {
-        out.sample(
+    let families: [(&str, &str, &str, Vec<u64>); 4] = [
+        (
             "sfud_media_worker_rooms",
-            &[("worker", &i.to_string())],
-            r.rooms,
-        );
-    }
-    out.family(
-        "sfud_media_worker_peers",
-        "gauge",
-        "Participants of the rooms each media worker serves.",
-    );
-    for (i, r) in rooms.iter().enumerate() {
-        out.sample(
+            "gauge",
+            "Rooms served by each media worker.",
+            rooms.iter().map(|r| r.rooms as u64).collect(),
+        ),
+        (
             "sfud_media_worker_peers",
-            &[("worker", &i.to_string())],
-            r.peers,
-        );
-    }
-    out.family(
-        "sfud_media_worker_connections",
-        "gauge",
-        "Peer connections each media worker holds.",
-    );
-    for (i, w) in workers.iter().enumerate() {
-        out.sample(
+            "gauge",
+            "Participants of the rooms each media worker serves.",
+            rooms.iter().map(|r| r.peers as u64).collect(),
+        ),
+        (
             "sfud_media_worker_connections",
-            &[("worker", &i.to_string())],
-            w.connections,
-        );
-    }
-    out.family(
-        "sfud_media_worker_rtp_forwarded_total",
-        "counter",
-        "RTP packets each media worker wrote to subscriber legs.",
-    );
-    for (i, w) in workers.iter().enumerate() {
-        out.sample(
+            "gauge",
+            "Peer connections each media worker holds.",
+            workers.iter().map(|w| w.connections as u64).collect(),
+        ),
+        (
             "sfud_media_worker_rtp_forwarded_total",
-            &[("worker", &i.to_string())],
-            w.rtp_forwarded,
-        );
+            "counter",
+            "RTP packets each media worker wrote to subscriber legs.",
+            workers.iter().map(|w| w.rtp_forwarded).collect(),
+        ),
+    ];
+    for (name, kind, help, values) in families {
+        out.family(name, kind, help);
+        for (i, v) in values.iter().enumerate() {
+            out.sample(name, &[("worker", &i.to_string())], v);
+        }
     }
 }
 

@@ -50,6 +50,44 @@ async fn both_listed(server: &TestServer) {
     .await;
 }
 
+/// Node-a (configured by `config`) and node-b on `redis`, both in the
+/// directory.
+async fn two_nodes(redis: &Redis, config: sfud::config::Config) -> (TestServer, TestServer) {
+    let a = TestServer::start_with(config).await;
+    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
+    both_listed(&a).await;
+    (a, b)
+}
+
+/// Stops the nodes, then Redis.
+async fn stop_all(redis: Redis, nodes: impl IntoIterator<Item = TestServer>) {
+    for node in nodes {
+        node.stop().await;
+    }
+    redis.stop().await;
+}
+
+/// Polls the lease of `room` in `redis` until `pred` holds for its value.
+async fn lease_until(redis: &Redis, room: &str, what: &str, pred: impl Fn(Option<&str>) -> bool) {
+    let mut conn = redis.connection().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let held: Option<String> = redis::cmd("GET")
+            .arg(format!("sfud:room:{room}"))
+            .query_async(&mut conn)
+            .await
+            .expect("reads");
+        if pred(held.as_deref()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the lease is {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The participants of `room` on `server`.
 async fn members(server: &TestServer, room: &str) -> usize {
     server.rooms.show(room).await.map_or(0, |d| d.members.len())
@@ -61,9 +99,7 @@ async fn two_clients_joining_through_two_nodes_share_the_room_its_owner_serves()
     let recordings = tempfile::tempdir().expect("temp dir");
     let mut config = node_config(&redis.url, "node-a");
     config.recording.dir = recordings.path().to_owned();
-    let a = TestServer::start_with(config).await;
-    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
-    both_listed(&a).await;
+    let (a, b) = two_nodes(&redis, config).await;
     let (alice, alice_id) = speaker_at(&a.ws_url(), "standup", "alice")
         .await
         .expect("alice joins on node-a");
@@ -173,34 +209,17 @@ async fn two_clients_joining_through_two_nodes_share_the_room_its_owner_serves()
     }
     // The room ends: node-a releases its lease.
     alice.close().await;
-    let mut conn = redis.connection().await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let held: Option<String> = redis::cmd("GET")
-            .arg("sfud:room:standup")
-            .query_async(&mut conn)
-            .await
-            .expect("reads");
-        if held.is_none() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease outlived the room: {held:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    a.stop().await;
-    b.stop().await;
-    redis.stop().await;
+    lease_until(&redis, "standup", "the lease outlived the room", |h| {
+        h.is_none()
+    })
+    .await;
+    stop_all(redis, [a, b]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_room_is_placed_on_the_less_loaded_node() {
     let redis = Redis::start_on(free_port()).await;
-    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
-    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
-    both_listed(&a).await;
+    let (a, b) = two_nodes(&redis, node_config(&redis.url, "node-a")).await;
     let mut busy = Vec::new();
     for name in ["ann", "art"] {
         let mut s = RawSocket::connect(&a).await;
@@ -222,17 +241,13 @@ async fn a_new_room_is_placed_on_the_less_loaded_node() {
     dave.join("fresh", "dave").await;
     assert_eq!(members(&b, "fresh").await, 2);
     drop((busy, carol, dave));
-    a.stop().await;
-    b.stop().await;
-    redis.stop().await;
+    stop_all(redis, [a, b]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_racing_for_a_new_room_on_two_nodes_end_in_one_room() {
     let redis = Redis::start_on(free_port()).await;
-    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
-    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
-    both_listed(&a).await;
+    let (a, b) = two_nodes(&redis, node_config(&redis.url, "node-a")).await;
     // Four joins on each node at once, for a room nobody holds yet: each
     // node may place it on itself, but only one takes the lease.
     let join = |server: &TestServer, name: String| {
@@ -268,9 +283,7 @@ async fn joins_racing_for_a_new_room_on_two_nodes_end_in_one_room() {
     let owner = if on_a { &a } else { &b };
     assert_eq!(members(owner, "race").await, 8);
     drop(sockets);
-    a.stop().await;
-    b.stop().await;
-    redis.stop().await;
+    stop_all(redis, [a, b]).await;
 }
 
 /// An sfud process of its own (to be killed), in a cluster.
@@ -386,9 +399,7 @@ async fn when_the_owner_is_killed_its_call_resumes_on_another_node_within_15_s()
 async fn a_call_holds_while_redis_is_away_and_its_lease_is_taken_again() {
     let port = free_port();
     let redis = Redis::start_on(port).await;
-    let a = TestServer::start_with(node_config(&redis.url, "node-a")).await;
-    let b = TestServer::start_with(node_config(&redis.url, "node-b")).await;
-    both_listed(&a).await;
+    let (a, b) = two_nodes(&redis, node_config(&redis.url, "node-a")).await;
     let (alice, alice_id) = speaker_at(&a.ws_url(), "standup", "alice")
         .await
         .expect("alice joins on node-a");
@@ -414,23 +425,13 @@ async fn a_call_holds_while_redis_is_away_and_its_lease_is_taken_again() {
     }
     // Redis is back (empty): node-a takes its room's lease again.
     let redis = Redis::start_on(port).await;
-    let mut conn = redis.connection().await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let held: Option<String> = redis::cmd("GET")
-            .arg("sfud:room:standup")
-            .query_async(&mut conn)
-            .await
-            .expect("reads");
-        if held.is_some_and(|h| h.ends_with(" node-a")) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node-a did not claim its room again"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    lease_until(
+        &redis,
+        "standup",
+        "node-a did not claim its room again",
+        |h| h.is_some_and(|h| h.ends_with(" node-a")),
+    )
+    .await;
     both_listed(&b).await;
     for (me, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
         let before = me.snapshot().packets_from(other, "video");
@@ -444,7 +445,5 @@ async fn a_call_holds_while_redis_is_away_and_its_lease_is_taken_again() {
     }
     alice.close().await;
     bob.close().await;
-    a.stop().await;
-    b.stop().await;
-    redis.stop().await;
+    stop_all(redis, [a, b]).await;
 }

@@ -189,21 +189,18 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// Protects and sends `rtp` (plaintext) to the core as this client.
-    fn protect_rtp(&mut self, rtp: &[u8]) -> BytesMut {
+    /// Protects `packet` (plaintext RTCP if `rtcp`, else RTP) with this
+    /// client's keys.
+    fn protect(&mut self, packet: &[u8], rtcp: bool) -> BytesMut {
         let keys = &self.keys;
         let srtp = self
             .srtp_out
             .get_or_insert_with(|| keys.outgoing_context().expect("the client's SRTP keys"));
-        srtp.encrypt_rtp(rtp).expect("protects RTP")
-    }
-
-    fn protect_rtcp(&mut self, rtcp: &[u8]) -> BytesMut {
-        let keys = &self.keys;
-        let srtp = self
-            .srtp_out
-            .get_or_insert_with(|| keys.outgoing_context().expect("the client's SRTP keys"));
-        srtp.encrypt_rtcp(rtcp).expect("protects RTCP")
+        if rtcp {
+            srtp.encrypt_rtcp(packet).expect("protects RTCP")
+        } else {
+            srtp.encrypt_rtp(packet).expect("protects RTP")
+        }
     }
 }
 
@@ -440,23 +437,23 @@ impl Net {
     /// Client `i` sends `rtp` (plaintext) to the core, protected with its
     /// own keys, then the core's answers are delivered.
     pub(crate) fn send_rtp(&mut self, i: usize, rtp: &[u8]) {
-        let now = self.now;
-        let c = &mut self.clients[i];
-        let datagram = c.protect_rtp(rtp);
-        if c.up {
-            self.core.on_datagram(0, c.addr, &datagram, now, now);
-            c.last_sent = Some(now);
-        }
-        self.deliver();
+        let datagram = self.clients[i].protect(rtp, false);
+        self.send(i, &datagram);
     }
 
     /// Client `i` sends `rtcp` (plaintext, one compound packet) to the core.
     pub(crate) fn send_rtcp(&mut self, i: usize, rtcp: &[u8]) {
+        let datagram = self.clients[i].protect(rtcp, true);
+        self.send(i, &datagram);
+    }
+
+    /// Client `i`'s `datagram` reaches the core if its link is up; then
+    /// the core's answers are delivered.
+    fn send(&mut self, i: usize, datagram: &[u8]) {
         let now = self.now;
         let c = &mut self.clients[i];
-        let datagram = c.protect_rtcp(rtcp);
         if c.up {
-            self.core.on_datagram(0, c.addr, &datagram, now, now);
+            self.core.on_datagram(0, c.addr, datagram, now, now);
             c.last_sent = Some(now);
         }
         self.deliver();
