@@ -75,6 +75,8 @@ struct Inner {
     relay_failures: std::sync::atomic::AtomicU64,
     /// What nodes present to each other.
     secret: String,
+    /// Rooms other nodes serve, as last learnt: node, URL and when.
+    owners: Mutex<std::collections::HashMap<String, (String, String, std::time::Instant)>>,
     /// The leases of this node's rooms, by room.
     leases: Mutex<std::collections::HashMap<String, lease::Lease>>,
 }
@@ -168,6 +170,7 @@ impl Cluster {
             relayed: AtomicUsize::new(0),
             relay_failures: std::sync::atomic::AtomicU64::new(0),
             secret: config.cluster.secret.clone().unwrap_or_default(),
+            owners: Mutex::new(std::collections::HashMap::new()),
             leases: Mutex::new(std::collections::HashMap::new()),
         };
         Cluster {

@@ -28,6 +28,14 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the owner renews its leases.
 const RENEW_EVERY: Duration = Duration::from_millis(3_000);
 
+/// How long the node serving a room, once learnt, is remembered for
+/// clients' joins while Redis does not answer (so that they are relayed
+/// there rather than opening a second copy of the room here).
+const OWNER_MEMORY: Duration = Duration::from_secs(30);
+
+/// Most owners remembered.
+const MAX_REMEMBERED: usize = 10_000;
+
 /// Where a room not open yet may be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placement {
@@ -91,8 +99,14 @@ impl Cluster {
         if leases(inner).contains_key(room) {
             return Claim::Here;
         }
+        // Redis does not answer: a client's join goes to the room's owner
+        // if it was learnt lately, else the room opens here for now.
+        let unclaimed = || match placement {
+            Placement::Anywhere => remembered(inner, room).unwrap_or(Claim::Unclaimed),
+            Placement::Here => Claim::Unclaimed,
+        };
         let Ok(mut conn) = Self::connection(inner).await else {
-            return Claim::Unclaimed;
+            return unclaimed();
         };
         if placement == Placement::Anywhere {
             let placed = async {
@@ -110,7 +124,7 @@ impl Cluster {
             match Self::within(inner, placed).await {
                 Ok(Some(elsewhere)) => return elsewhere,
                 Ok(None) => {}
-                Err(_) => return Claim::Unclaimed,
+                Err(_) => return unclaimed(),
             }
         }
         let taken = Self::within(
@@ -138,9 +152,12 @@ impl Cluster {
                     .await
                     .ok()
                     .flatten();
+                if let Some(url) = &url {
+                    remember(inner, room, &node_id, url);
+                }
                 Claim::Elsewhere { node_id, url }
             }
-            Err(_) => Claim::Unclaimed,
+            Err(_) => unclaimed(),
         }
     }
 
@@ -209,6 +226,29 @@ impl Cluster {
             ),
         }
     }
+}
+
+/// Notes that `node_id` at `url` serves `room`.
+fn remember(inner: &Inner, room: &str, node_id: &str, url: &str) {
+    let mut owners = inner.owners.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    if owners.len() >= MAX_REMEMBERED {
+        owners.retain(|_, (_, _, at)| now.duration_since(*at) < OWNER_MEMORY);
+        if owners.len() >= MAX_REMEMBERED {
+            return;
+        }
+    }
+    owners.insert(room.to_owned(), (node_id.to_owned(), url.to_owned(), now));
+}
+
+/// The node learnt lately to serve `room`, as a claim.
+fn remembered(inner: &Inner, room: &str) -> Option<Claim> {
+    let owners = inner.owners.lock().unwrap_or_else(PoisonError::into_inner);
+    let (node_id, url, at) = owners.get(room)?;
+    (at.elapsed() < OWNER_MEMORY).then(|| Claim::Elsewhere {
+        node_id: node_id.clone(),
+        url: Some(url.clone()),
+    })
 }
 
 fn leases(inner: &Inner) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Lease>> {

@@ -423,6 +423,14 @@ async fn a_call_holds_while_redis_is_away_and_its_lease_is_taken_again() {
             .expect("media flows without Redis");
         }
     }
+    // A new participant reaching node-b meanwhile joins the room on node-a
+    // (node-b remembers who serves it) rather than a second copy.
+    let mut carol = RawSocket::connect(&b).await;
+    carol.join("standup", "carol").await;
+    assert_eq!(members(&a, "standup").await, 3);
+    assert!(b.rooms.room_names().is_empty(), "node-b opened the room");
+    drop(carol);
+
     // Redis is back (empty): node-a takes its room's lease again.
     let redis = Redis::start_on(port).await;
     lease_until(
