@@ -64,10 +64,7 @@ impl MetricsSource {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| "the media engine stopped")?;
-        let mut stats = crate::media::MediaStats::default();
-        for w in &workers {
-            stats.add(w);
-        }
+        let stats = crate::media::MediaStats::sum(&workers);
         let rooms = self.rooms.counts();
         let recordings = tokio::time::timeout(SNAPSHOT_TIMEOUT, self.recorder.recording_count())
             .await

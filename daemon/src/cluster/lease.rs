@@ -10,12 +10,52 @@
 //! lost the room, and can never extend a lease another node has taken
 //! since. Two nodes never hold one room's lease.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{RedisError, Script};
 
 const FENCE: &str = "sfud:fence";
+
+/// Takes the lease if nobody holds it, with the next fence; answers
+/// `{taken, value}`. Built once: a script's SHA-1 is computed when built.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local held = redis.call('GET', KEYS[1])
+        if held then return {0, held} end
+        local fence = redis.call('INCR', KEYS[2])
+        local value = fence .. ' ' .. ARGV[1]
+        redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+        return {1, value}
+        ",
+    )
+});
+
+/// Extends the lease while it holds exactly the owner's value.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        end
+        return 0
+        ",
+    )
+});
+
+/// Deletes the lease while it holds exactly the owner's value.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('DEL', KEYS[1])
+        end
+        return 0
+        ",
+    )
+});
 
 fn room_key(room: &str) -> String {
     format!("sfud:room:{room}")
@@ -69,17 +109,7 @@ pub async fn acquire(
     node_id: &str,
     ttl: Duration,
 ) -> Result<Holder, RedisError> {
-    let script = Script::new(
-        r"
-        local held = redis.call('GET', KEYS[1])
-        if held then return {0, held} end
-        local fence = redis.call('INCR', KEYS[2])
-        local value = fence .. ' ' .. ARGV[1]
-        redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-        return {1, value}
-        ",
-    );
-    let (taken, value): (u8, String) = script
+    let (taken, value): (u8, String) = ACQUIRE
         .key(room_key(room))
         .key(FENCE)
         .arg(node_id)
@@ -114,15 +144,7 @@ pub async fn renew(
     lease: &Lease,
     ttl: Duration,
 ) -> Result<bool, RedisError> {
-    let script = Script::new(
-        r"
-        if redis.call('GET', KEYS[1]) == ARGV[1] then
-            return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-        end
-        return 0
-        ",
-    );
-    let renewed: u8 = script
+    let renewed: u8 = RENEW
         .key(room_key(&lease.room))
         .arg(lease.value())
         .arg(ms(ttl))
@@ -133,15 +155,7 @@ pub async fn renew(
 
 /// Gives `lease` up, if it is still held.
 pub async fn release(conn: &mut impl ConnectionLike, lease: &Lease) -> Result<(), RedisError> {
-    let script = Script::new(
-        r"
-        if redis.call('GET', KEYS[1]) == ARGV[1] then
-            return redis.call('DEL', KEYS[1])
-        end
-        return 0
-        ",
-    );
-    let _: u8 = script
+    let _: u8 = RELEASE
         .key(room_key(&lease.room))
         .arg(lease.value())
         .invoke_async(conn)

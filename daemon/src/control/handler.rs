@@ -195,10 +195,7 @@ async fn status(ctx: &Context) -> Status {
         .into_iter()
         .map(Result::unwrap_or_default)
         .collect();
-    let mut media = crate::media::MediaStats::default();
-    for w in &per_worker {
-        media.add(w);
-    }
+    let media = crate::media::MediaStats::sum(&per_worker);
     let workers = per_worker
         .iter()
         .zip(ctx.rooms.worker_counts())

@@ -573,11 +573,12 @@ impl MediaHandle {
 
     /// Counters, summed over every worker.
     pub async fn stats(&self) -> Result<MediaStats, MediaError> {
-        let mut total = MediaStats::default();
-        for stats in self.worker_stats().await {
-            total.add(&stats?);
-        }
-        Ok(total)
+        let workers = self
+            .worker_stats()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MediaStats::sum(&workers))
     }
 
     /// Each worker's counters, in order.

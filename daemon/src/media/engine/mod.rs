@@ -165,6 +165,15 @@ pub struct MediaStats {
 }
 
 impl MediaStats {
+    /// The workers' counters summed.
+    pub fn sum<'a>(workers: impl IntoIterator<Item = &'a MediaStats>) -> MediaStats {
+        let mut total = MediaStats::default();
+        for w in workers {
+            total.add(w);
+        }
+        total
+    }
+
     /// Adds another worker's counters to these.
     pub fn add(&mut self, o: &MediaStats) {
         self.connections += o.connections;
