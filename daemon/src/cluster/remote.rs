@@ -1,18 +1,22 @@
-//! Operators' requests between nodes: a node asks another node's
-//! `/cluster/control` (a WebSocket, presenting the cluster secret) to
-//! answer a control request for the rooms it serves, one request per
-//! connection. The answering node acts only on itself, so a request is
-//! forwarded at most once.
-
+//! Nodes talking to each other: every node-to-node WebSocket opens here
+//! ([`Cluster::open_node_socket`], presenting the cluster secret and this
+//! node's id): a client's session relayed to the node serving its room
+//! (`signaling::relay`), and operators' requests, which a node asks
+//! another node's `/cluster/control` to answer for the rooms it serves,
+//! one request per connection. The answering node acts only on itself, so
+//! a request is forwarded at most once.
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use sfu_proto::control::cluster::ClusterNode;
 use sfu_proto::control::{Request, Response};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::{directory, lease, Cluster, ClusterError};
 
@@ -20,6 +24,11 @@ use super::{directory, lease, Cluster, ClusterError};
 pub const SECRET_HEADER: &str = "x-sfud-cluster-secret";
 /// The header naming the node that sends a node-to-node request.
 pub const NODE_HEADER: &str = "x-sfud-node";
+/// The header carrying the client's address on a relayed session.
+pub const CLIENT_HEADER: &str = "x-sfud-client";
+
+/// A WebSocket to another node.
+pub type NodeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long another node has to answer a request.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,34 +88,60 @@ impl Cluster {
     }
 
     async fn ask_now(&self, url: &str, request: &Request) -> Result<Response, String> {
-        let mut http = format!("{}/cluster/control", url.trim_end_matches('/'))
+        let mut ws = self
+            .open_node_socket(url, "/cluster/control", None, MAX_ANSWER)
+            .await?;
+        let text = serde_json::to_string(request).map_err(|e| e.to_string())?;
+        let answer = first_answer(&mut ws, text)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let _ = ws.close(None).await;
+        serde_json::from_str(&answer)
+            .map_err(|e| format!("{url} answered what is not a response: {e}"))
+    }
+
+    /// A WebSocket to `path` of node `url`, presenting this node's id and
+    /// the cluster secret (and, for a relayed session, the client's
+    /// address), taking messages up to `max_message` bytes.
+    pub async fn open_node_socket(
+        &self,
+        url: &str,
+        path: &str,
+        client: Option<IpAddr>,
+        max_message: usize,
+    ) -> Result<NodeSocket, String> {
+        let mut request = format!("{}{path}", url.trim_end_matches('/'))
             .into_client_request()
             .map_err(|e| format!("bad URL {url}: {e}"))?;
         let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("bad header: {e}"));
-        let headers = http.headers_mut();
+        let headers = request.headers_mut();
         headers.insert(SECRET_HEADER, value(self.secret().unwrap_or(""))?);
         headers.insert(NODE_HEADER, value(self.node_id().unwrap_or(""))?);
+        if let Some(client) = client {
+            headers.insert(CLIENT_HEADER, value(&client.to_string())?);
+        }
         let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_ANSWER))
-            .max_frame_size(Some(MAX_ANSWER));
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(http, Some(config), true)
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
             .map_err(|e| format!("cannot reach {url}: {e}"))?;
-        let text = serde_json::to_string(request).map_err(|e| e.to_string())?;
-        ws.send(Message::Text(text.into()))
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        while let Some(frame) = ws.next().await {
-            match frame.map_err(|e| format!("{url}: {e}"))? {
-                Message::Text(t) => {
-                    let _ = ws.close(None).await;
-                    return serde_json::from_str(t.as_str())
-                        .map_err(|e| format!("{url} answered what is not a response: {e}"));
-                }
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-        Err(format!("{url} closed without answering"))
+        Ok(ws)
     }
+}
+
+/// Sends `text` to another node and returns the first text frame it
+/// answers with.
+pub async fn first_answer(ws: &mut NodeSocket, text: String) -> Result<String, String> {
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(frame) = ws.next().await {
+        match frame.map_err(|e| e.to_string())? {
+            Message::Text(t) => return Ok(t.to_string()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Err("closed without answering".to_owned())
 }

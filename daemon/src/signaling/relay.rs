@@ -24,27 +24,19 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use sfu_proto::signaling::{ErrorCode, ServerMessage};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as Upstream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, info};
 
 use super::AppState;
+use crate::cluster::remote::{first_answer, NodeSocket as Owner};
 use crate::cluster::{Claim, Placement};
 
-pub use crate::cluster::remote::{NODE_HEADER, SECRET_HEADER};
-/// The header carrying the client's address on a relayed session.
-pub const CLIENT_HEADER: &str = "x-sfud-client";
+pub use crate::cluster::remote::{CLIENT_HEADER, NODE_HEADER, SECRET_HEADER};
 
 /// How long the owner has to accept the relayed socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the owner has to answer the join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Owner = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Where a session goes.
 pub(super) struct Target {
@@ -136,37 +128,14 @@ async fn open(
     target: &Target,
     client: IpAddr,
 ) -> Result<(Owner, String), String> {
-    let mut request = format!("{}/ws", target.url.trim_end_matches('/'))
-        .into_client_request()
-        .map_err(|e| format!("bad URL: {e}"))?;
-    let headers = request.headers_mut();
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| format!("bad header: {e}"));
-    headers.insert(SECRET_HEADER, value(state.cluster.secret().unwrap_or(""))?);
-    headers.insert(CLIENT_HEADER, value(&client.to_string())?);
-    headers.insert(NODE_HEADER, value(state.cluster.node_id().unwrap_or(""))?);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(super::HARD_FRAME_LIMIT))
-        .max_frame_size(Some(super::HARD_FRAME_LIMIT));
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    let (mut owner, _) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+    let connect =
+        state
+            .cluster
+            .open_node_socket(&target.url, "/ws", Some(client), super::HARD_FRAME_LIMIT);
+    let mut owner = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| "no answer within 3 s".to_owned())?
-        .map_err(|e| e.to_string())?;
-    owner
-        .send(Upstream::Text(target.join.clone().into()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let first = async {
-        while let Some(frame) = owner.next().await {
-            match frame {
-                Ok(Upstream::Text(t)) => return Ok(t.to_string()),
-                Ok(Upstream::Close(_)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        Err("closed before answering the join".to_owned())
-    };
-    let first = tokio::time::timeout(JOIN_TIMEOUT, first)
+        .map_err(|_| "no answer within 3 s".to_owned())??;
+    let first = tokio::time::timeout(JOIN_TIMEOUT, first_answer(&mut owner, target.join.clone()))
         .await
         .map_err(|_| "no answer to the join within 10 s".to_owned())??;
     Ok((owner, first))
