@@ -5,6 +5,7 @@
 //! another node's `/cluster/control` to answer for the rooms it serves,
 //! one request per connection. The answering node acts only on itself, so
 //! a request is forwarded at most once.
+
 use std::net::IpAddr;
 use std::time::Duration;
 
