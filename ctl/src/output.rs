@@ -239,6 +239,7 @@ pub fn room(r: &RoomDetail) -> String {
         "PUBLISH",
         "SUBSCRIBE",
         "REMOTE",
+        "WORKER",
         "JOINED",
     ]);
     let mut tracks = Table::new(&[
@@ -267,6 +268,7 @@ pub fn room(r: &RoomDetail) -> String {
             state(&p.publish).to_owned(),
             state(&p.subscribe).to_owned(),
             remote(p),
+            p.worker.map_or_else(|| "-".to_owned(), |w| w.to_string()),
             format!("{} ago", duration(p.joined_secs)),
         ]);
         for t in &p.tracks {

@@ -167,6 +167,11 @@ pub struct RtcConfig {
     /// `udp_port + workers - 1`); a room lives on one of them. Absent: one
     /// per CPU.
     pub workers: Option<usize>,
+    /// Participants of one room that its media worker takes before the
+    /// room's next participants go to the least-loaded worker, so that a
+    /// large room's fan-out runs on several cores (each other worker gets
+    /// the room's tracks once, piped). 0: a room never spreads.
+    pub room_spread_peers: usize,
 }
 
 impl Default for RtcConfig {
@@ -181,9 +186,15 @@ impl Default for RtcConfig {
             subscriber_queue_packets: None,
             fast_path: true,
             workers: None,
+            room_spread_peers: DEFAULT_ROOM_SPREAD_PEERS,
         }
     }
 }
+
+/// Participants of one room its media worker takes before the room
+/// spreads: below this, one worker's fan-out is cheaper than piping
+/// (`docs/benchmarks.md`, "Media workers").
+pub const DEFAULT_ROOM_SPREAD_PEERS: usize = 50;
 
 /// The most media workers a daemon runs.
 pub const MAX_WORKERS: usize = 64;

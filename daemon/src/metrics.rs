@@ -157,7 +157,7 @@ fn write_workers(
     workers: &[crate::media::MediaStats],
     rooms: &[crate::rooms::RoomCounts],
 ) {
-    let families: [(&str, &str, &str, Vec<u64>); 4] = [
+    let families: [(&str, &str, &str, Vec<u64>); 5] = [
         (
             "sfud_media_worker_rooms",
             "gauge",
@@ -167,7 +167,8 @@ fn write_workers(
         (
             "sfud_media_worker_peers",
             "gauge",
-            "Participants of the rooms each media worker serves.",
+            "Participants whose connections each media worker holds (a large \
+             room's are spread over several workers).",
             rooms.iter().map(|r| r.peers as u64).collect(),
         ),
         (
@@ -181,6 +182,13 @@ fn write_workers(
             "counter",
             "RTP packets each media worker wrote to subscriber legs.",
             workers.iter().map(|w| w.rtp_forwarded).collect(),
+        ),
+        (
+            "sfud_media_worker_rtp_piped_total",
+            "counter",
+            "RTP packets each media worker received from the worker that owns \
+             their track, for its subscribers of a room spread over workers.",
+            workers.iter().map(|w| w.piped_in).collect(),
         ),
     ];
     for (name, kind, help, values) in families {
@@ -283,12 +291,14 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         "sfud_dropped_packets_total",
         "counter",
         "Packets dropped, by cause: unroutable (from no known peer), send \
-         (the socket refused it), subscriber (a subscriber leg not ready for it).",
+         (the socket refused it), subscriber (a subscriber leg not ready for it), \
+         pipe (a message to another media worker whose inbox was full).",
     );
     for (cause, n) in [
         ("unroutable", s.dropped_unroutable),
         ("send", s.dropped_send),
         ("subscriber", s.dropped_leg),
+        ("pipe", s.pipe_dropped),
     ] {
         out.sample("sfud_dropped_packets_total", &[("cause", cause)], n);
     }

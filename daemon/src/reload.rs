@@ -70,6 +70,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         subscriber_queue_packets: _,
         fast_path,
         workers,
+        room_spread_peers,
     } = rtc;
     let RoomsConfig {
         max_peers,
@@ -198,6 +199,12 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     );
     note(restart, "rtc.fast_path", &old.rtc.fast_path, fast_path);
     note(restart, "rtc.workers", &old.rtc.workers, workers);
+    note(
+        restart,
+        "rtc.room_spread_peers",
+        &old.rtc.room_spread_peers,
+        room_spread_peers,
+    );
     note(restart, "rooms.preset", &old.rooms.preset, preset);
     note(restart, "control.socket", &old.control.socket, socket);
     note(restart, "control.group", &old.control.group, group);

@@ -326,6 +326,10 @@ pub struct PeerDetail {
     /// Their browser's estimate of their downlink (REMB), bits per second.
     #[serde(default)]
     pub downlink_bps: Option<u64>,
+    /// The media worker holding their connections (SFU rooms): a large
+    /// room's participants are spread over several.
+    #[serde(default)]
+    pub worker: Option<usize>,
 }
 
 /// A simulcast track a participant receives.
@@ -754,6 +758,7 @@ mod tests {
                         max_layer: None,
                     }],
                     downlink_bps: Some(1_200_000),
+                    worker: Some(1),
                 }],
             }),
             Response::RoomClosed {

@@ -321,6 +321,7 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
             })
             .collect(),
         downlink_bps: p.downlink_bps,
+        worker: p.worker,
         receiving: p
             .receiving
             .into_iter()

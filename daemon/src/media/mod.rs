@@ -14,6 +14,7 @@ mod delay;
 mod downlink;
 mod engine;
 mod forward;
+mod handle;
 pub(crate) mod peer;
 mod recv;
 mod rtcp;
@@ -32,6 +33,8 @@ pub use delay::ForwardDelay;
 #[cfg(test)]
 pub(crate) use engine::{testnet, MediaCore};
 pub use engine::{MediaEngine, MediaStats};
+pub use handle::MediaHandle;
+pub(crate) use handle::WorkerTx;
 pub use peer::sends_media;
 
 /// Identifies a participant across the daemon (unique for its lifetime).
@@ -47,6 +50,13 @@ impl std::fmt::Display for PeerId {
 /// Identifies one published track across the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TrackId(pub u64);
+
+impl TrackId {
+    /// The media worker that owns it (its publisher's).
+    pub fn worker(self) -> usize {
+        (self.0 >> TRACK_WORKER_SHIFT) as usize
+    }
+}
 
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -320,6 +330,20 @@ pub(crate) enum MediaCommand {
         track: TrackId,
         prefs: TrackPrefs,
     },
+    /// Pipe `track`, which this worker owns, to worker `to` (or renew the
+    /// pipe); what `to` needs to mirror it (see `engine::pipe`).
+    Pipe {
+        track: TrackId,
+        to: usize,
+        reply: oneshot::Sender<Option<Box<engine::MirrorSpec>>>,
+    },
+    /// Mirror a track another worker owns and pipes here.
+    Mirror { spec: Box<engine::MirrorSpec> },
+    /// Messages from worker `from` about tracks piped between the two.
+    Piped {
+        from: usize,
+        msgs: Vec<engine::PipeMsg>,
+    },
     /// Snapshot of counters.
     Stats { reply: oneshot::Sender<MediaStats> },
     /// What media knows about some peers.
@@ -406,196 +430,10 @@ pub struct PeerMediaReport {
     pub downlink_bps: Option<u64>,
 }
 
-/// How one media worker is reached.
-pub(crate) struct WorkerTx {
-    /// Its commands.
-    pub tx: mpsc::Sender<MediaCommand>,
-    /// The UDP addresses it serves on.
-    pub local_addrs: Vec<SocketAddr>,
-}
-
 /// Bits of a track id below the worker's index: ids stay unique across
 /// workers, and a track's worker is read from its id (within JavaScript's
 /// exact integers with up to [`crate::config::MAX_WORKERS`] workers).
 pub const TRACK_WORKER_SHIFT: u32 = 40;
-
-/// A cheap, cloneable way to talk to the media workers. Requests about
-/// peers go to one worker (a room's handle is its worker's, see
-/// [`MediaHandle::on_worker`]); counters are summed over all of them.
-#[derive(Clone)]
-pub struct MediaHandle {
-    workers: Arc<Vec<WorkerTx>>,
-    /// The worker requests about peers go to.
-    worker: usize,
-}
-
-impl MediaHandle {
-    pub(crate) fn new(workers: Vec<WorkerTx>) -> MediaHandle {
-        MediaHandle {
-            workers: Arc::new(workers),
-            worker: 0,
-        }
-    }
-
-    /// How many workers serve media.
-    pub fn workers(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// The same media, with requests about peers going to worker `worker`.
-    pub fn on_worker(&self, worker: usize) -> MediaHandle {
-        MediaHandle {
-            workers: self.workers.clone(),
-            worker: worker % self.workers.len().max(1),
-        }
-    }
-
-    /// The worker requests about peers go to.
-    pub fn worker(&self) -> usize {
-        self.worker
-    }
-
-    /// The UDP addresses media is served on, every worker's.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.workers
-            .iter()
-            .flat_map(|w| w.local_addrs.iter().copied())
-            .collect()
-    }
-
-    fn tx(&self) -> &mpsc::Sender<MediaCommand> {
-        &self.workers[self.worker].tx
-    }
-
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> MediaCommand,
-    ) -> Result<T, MediaError> {
-        Self::call_on(self.tx(), make).await
-    }
-
-    async fn call_on<T>(
-        tx: &mpsc::Sender<MediaCommand>,
-        make: impl FnOnce(oneshot::Sender<T>) -> MediaCommand,
-    ) -> Result<T, MediaError> {
-        let (reply, rx) = oneshot::channel();
-        tx.send(make(reply))
-            .await
-            .map_err(|_| MediaError::Stopped)?;
-        rx.await.map_err(|_| MediaError::Stopped)
-    }
-
-    /// Apply a publish offer and return the answer.
-    pub async fn publish(
-        &self,
-        peer: PeerId,
-        events: EventSink,
-        sdp: String,
-    ) -> Result<Negotiated, MediaError> {
-        self.call(|reply| MediaCommand::Publish {
-            peer,
-            events,
-            sdp,
-            reply,
-        })
-        .await?
-    }
-
-    /// Set the tracks forwarded to `peer`; `Some(offer)` when renegotiation is needed.
-    pub async fn subscribe(
-        &self,
-        peer: PeerId,
-        events: EventSink,
-        tracks: Vec<TrackInfo>,
-    ) -> Result<Option<Negotiated>, MediaError> {
-        self.call(|reply| MediaCommand::Subscribe {
-            peer,
-            events,
-            tracks,
-            reply,
-        })
-        .await?
-    }
-
-    /// Apply a subscribe answer.
-    pub async fn subscribe_answer(&self, peer: PeerId, sdp: String) -> Result<(), MediaError> {
-        self.call(|reply| MediaCommand::SubscribeAnswer { peer, sdp, reply })
-            .await?
-    }
-
-    /// Add a remote ICE candidate.
-    pub async fn remote_candidate(
-        &self,
-        peer: PeerId,
-        pc: PcKind,
-        candidate: CandidateInit,
-    ) -> Result<(), MediaError> {
-        self.call(|reply| MediaCommand::RemoteCandidate {
-            peer,
-            pc,
-            candidate,
-            reply,
-        })
-        .await?
-    }
-
-    /// Forget a peer; does not wait.
-    pub async fn remove_peer(&self, peer: PeerId) {
-        let _ = self.tx().send(MediaCommand::RemovePeer { peer }).await;
-    }
-
-    /// Close a peer's publish connection and drop its tracks; does not wait.
-    pub async fn close_publish(&self, peer: PeerId) {
-        let _ = self.tx().send(MediaCommand::ClosePublish { peer }).await;
-    }
-
-    /// Starts (or with `None` stops) copying `peer`'s published media into `tap`.
-    pub async fn set_tap(&self, peer: PeerId, tap: Option<Tap>) {
-        let _ = self.tx().send(MediaCommand::SetTap { peer, tap }).await;
-    }
-
-    /// Asks the publisher of `track` for a keyframe (at most one request per
-    /// track every 500 ms; does not wait). Goes to the track's worker.
-    pub async fn request_keyframe(&self, track: TrackId) {
-        let worker = (track.0 >> TRACK_WORKER_SHIFT) as usize;
-        if let Some(w) = self.workers.get(worker) {
-            let _ = w.tx.send(MediaCommand::RequestKeyframe { track }).await;
-        }
-    }
-
-    /// How `peer` wants `track` forwarded to it; does not wait.
-    pub async fn track_settings(&self, peer: PeerId, track: TrackId, prefs: TrackPrefs) {
-        let _ = self
-            .tx()
-            .send(MediaCommand::TrackSettings { peer, track, prefs })
-            .await;
-    }
-
-    /// Counters, summed over every worker.
-    pub async fn stats(&self) -> Result<MediaStats, MediaError> {
-        let workers = self
-            .worker_stats()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(MediaStats::sum(&workers))
-    }
-
-    /// Each worker's counters, in order.
-    pub async fn worker_stats(&self) -> Vec<Result<MediaStats, MediaError>> {
-        let asks = self
-            .workers
-            .iter()
-            .map(|w| Self::call_on(&w.tx, |reply| MediaCommand::Stats { reply }));
-        futures_util::future::join_all(asks).await
-    }
-
-    /// Connection states and tracks of `peers`.
-    pub async fn reports(&self, peers: Vec<PeerId>) -> Result<Vec<PeerMediaReport>, MediaError> {
-        self.call(|reply| MediaCommand::Reports { peers, reply })
-            .await
-    }
-}
 
 /// The engine's settings from the configuration and the resolved bind addresses.
 pub fn engine_settings(
@@ -627,5 +465,6 @@ pub fn engine_settings(
         ice_failed: config.rtc.ice_failed_timeout(),
         fast_path: config.rtc.fast_path,
         workers: config.rtc.worker_count(),
+        spread_after: config.rtc.room_spread_peers,
     }
 }

@@ -255,6 +255,7 @@ impl RoomActor {
                     tracks: r.map(|r| r.tracks.clone()).unwrap_or_default(),
                     receiving: r.map(|r| r.receiving.clone()).unwrap_or_default(),
                     downlink_bps: r.and_then(|r| r.downlink_bps),
+                    worker: (self.room.mode != RoomMode::Mesh).then(|| self.media.worker_of(m.id)),
                 }
             })
             .collect();
@@ -283,7 +284,17 @@ impl RoomActor {
             .room
             .join(peer, name, role, Instant::now())
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
-        info!(room = %self.room.name, %peer, name, ?role, "joined");
+        let worker = if self.room.mode == RoomMode::Mesh {
+            None
+        } else {
+            let home = self.media.worker();
+            let here = self.media.count_on(
+                self.room.members().map(|m| m.id).filter(|m| *m != peer),
+                home,
+            );
+            Some(self.media.place(peer, here))
+        };
+        info!(room = %self.room.name, %peer, name, ?role, ?worker, "joined");
         self.tell_watchers(RoomEvent::Joined {
             peer,
             name: name.to_owned(),

@@ -320,7 +320,7 @@ impl RoomRegistry {
 
     /// Rooms and participants on each media worker, in order.
     pub fn worker_counts(&self) -> Vec<RoomCounts> {
-        workers::load(&lock(&self.inner.rooms), self.inner.media.workers())
+        workers::load(&lock(&self.inner.rooms), &self.inner.media.worker_peers())
     }
 
     /// Whether room `room` is open on this node.
@@ -483,7 +483,8 @@ impl RoomRegistry {
         }
         let instance = self.inner.next_instance.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(1024);
-        let worker = workers::least_loaded(&workers::load(&rooms, self.inner.media.workers()));
+        let worker =
+            workers::least_loaded(&workers::load(&rooms, &self.inner.media.worker_peers()));
         let handle = RoomHandle {
             tx,
             instance,

@@ -45,6 +45,8 @@ pub struct PeerDetail {
     pub receiving: Vec<ReceivedLayerReport>,
     /// The peer's estimate of its downlink, bits per second.
     pub downlink_bps: Option<u64>,
+    /// The media worker holding its connections (SFU rooms).
+    pub worker: Option<usize>,
 }
 
 /// A room in detail.

@@ -1,18 +1,25 @@
-//! Which media worker a room goes to: the one whose rooms hold the fewest
+//! Which media worker a room goes to: the one with the fewest
 //! participants, then the fewest rooms.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use super::{RoomCounts, RoomHandle};
 
-/// Rooms open and their participants on each of `workers` media workers.
-pub(super) fn load(rooms: &HashMap<String, RoomHandle>, workers: usize) -> Vec<RoomCounts> {
-    let mut counts = vec![RoomCounts::default(); workers.max(1)];
+/// Rooms open on each media worker (a room counts on its own worker), and
+/// the participants placed on each (`peers`, one count per worker, from
+/// [`crate::media::MediaHandle::worker_peers`]: a large room's
+/// participants are spread over several).
+pub(super) fn load(rooms: &HashMap<String, RoomHandle>, peers: &[usize]) -> Vec<RoomCounts> {
+    let mut counts: Vec<RoomCounts> = peers
+        .iter()
+        .map(|&peers| RoomCounts { rooms: 0, peers })
+        .collect();
+    if counts.is_empty() {
+        counts.push(RoomCounts::default());
+    }
     for h in rooms.values().filter(|h| !h.tx.is_closed()) {
         if let Some(c) = counts.get_mut(h.worker) {
             c.rooms += 1;
-            c.peers += h.peers.load(Ordering::Relaxed);
         }
     }
     counts

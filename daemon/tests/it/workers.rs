@@ -96,3 +96,88 @@ async fn rooms_spread_over_the_workers_each_on_its_own_port() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_room_spreads_its_participants_and_pipes_each_track_once_per_worker() {
+    let mut config = test_config();
+    config.rtc.workers = Some(2);
+    // Every participant after the first goes to the least-loaded worker.
+    config.rtc.room_spread_peers = 1;
+    let server = TestServer::start_with(config).await;
+    let (ann, ann_id) = speaker(&server, "big", "ann").await;
+    let (bob, bob_id) = speaker(&server, "big", "bob").await;
+    let mut listeners = Vec::new();
+    for name in ["cid", "dee"] {
+        let client = sfu_client::Client::connect(&server.ws_url())
+            .await
+            .expect("connects");
+        client
+            .join("big", name, sfu_proto::signaling::Role::Listener)
+            .await
+            .expect("joins");
+        listeners.push(client);
+    }
+    // Everyone receives both speakers (the speakers each other), whichever
+    // worker holds them.
+    for (me, from) in [(&ann, vec![&bob_id]), (&bob, vec![&ann_id])]
+        .into_iter()
+        .chain(listeners.iter().map(|l| (l, vec![&ann_id, &bob_id])))
+    {
+        for other in from {
+            let s = me
+                .wait_for(MEDIA_DEADLINE, "media from a speaker", |s| {
+                    receives_from(s, other)
+                })
+                .await
+                .expect("media flows across workers");
+            assert!(s.errors.is_empty(), "{:?}", s.errors);
+        }
+    }
+    // Two participants on each worker, each speaker's tracks piped to the
+    // other worker, and each track reported with its three subscribers.
+    let show = ctl(&server, &["rooms", "show", "big"]).await.ok();
+    let members = show["members"].as_array().expect("members");
+    let on = |w: u64| members.iter().filter(|m| m["worker"] == w).count();
+    assert_eq!((on(0), on(1)), (2, 2), "{show:#}");
+    let worker_of = |id: &str| {
+        members
+            .iter()
+            .find(|m| m["id"] == id)
+            .and_then(|m| m["worker"].as_u64())
+            .expect("a worker")
+    };
+    assert_ne!(worker_of(&ann_id), worker_of(&bob_id));
+    for m in members.iter().filter(|m| m["role"] == "speaker") {
+        for t in m["tracks"].as_array().expect("tracks") {
+            assert_eq!(t["subscribers"], 3, "{t}");
+        }
+    }
+    let m = scrape(&server).await;
+    for w in ["0", "1"] {
+        assert_eq!(
+            m.get(&format!("sfud_media_worker_peers{{worker=\"{w}\"}}")),
+            2.0
+        );
+        assert!(
+            m.get(&format!(
+                "sfud_media_worker_rtp_piped_total{{worker=\"{w}\"}}"
+            )) > 0.0,
+            "worker {w} received nothing piped"
+        );
+    }
+    assert_eq!(m.get("sfud_dropped_packets_total{cause=\"pipe\"}"), 0.0);
+    // A speaker that leaves takes its mirror on the other worker with it;
+    // the other speaker still reaches everyone.
+    ann.close().await;
+    let before = listeners[0].snapshot().packets_from(&bob_id, "video");
+    listeners[0]
+        .wait_for(MEDIA_DEADLINE, "more media from bob", |s| {
+            s.packets_from(&bob_id, "video") >= before + 50
+        })
+        .await
+        .expect("media flows on");
+    for c in listeners.into_iter().chain([bob]) {
+        c.close().await;
+    }
+    server.stop().await;
+}

@@ -34,13 +34,18 @@ struct Worker {
     sockets: Vec<std::net::UdpSocket>,
     announced: Vec<Announced>,
     rx: mpsc::Receiver<MediaCommand>,
+    /// Every worker's commands, where piped tracks' messages go (weak, so
+    /// that the workers stop when the rooms' handles are dropped).
+    others: Vec<mpsc::WeakSender<MediaCommand>>,
 }
 
 /// A running worker: its core, its sockets and its commands.
 struct Loop {
+    index: usize,
     core: MediaCore,
     sockets: Vec<UdpSocket>,
     rx: mpsc::Receiver<MediaCommand>,
+    others: Vec<mpsc::WeakSender<MediaCommand>>,
 }
 
 impl MediaEngine {
@@ -71,13 +76,18 @@ impl MediaEngine {
                 sockets,
                 announced,
                 rx,
+                others: Vec::new(),
             });
+        }
+        let others: Vec<_> = handles.iter().map(|h| h.tx.downgrade()).collect();
+        for w in &mut workers {
+            w.others.clone_from(&others);
         }
         let engine = MediaEngine {
             workers,
             settings: settings.clone(),
         };
-        Ok((engine, MediaHandle::new(handles)))
+        Ok((engine, MediaHandle::new(handles, settings.spread_after)))
     }
 
     /// Runs every worker on a thread of its own (a current-thread runtime
@@ -159,9 +169,11 @@ impl Worker {
         }
         let core = MediaCore::new(settings, self.index, self.announced, Instant::now());
         Loop {
+            index: self.index,
             core,
             sockets,
             rx: self.rx,
+            others: self.others,
         }
         .run(shutdown)
         .await;
@@ -222,10 +234,38 @@ impl Loop {
         self.send();
     }
 
-    /// Sends what the core produced.
+    /// Sends what the core produced: datagrams, and one batch of messages
+    /// to each worker it has some for (never waiting: a full inbox drops
+    /// the batch, counted).
     fn send(&mut self) {
         let core = &mut self.core;
         core.out.send(&self.sockets, &mut core.stats);
+        if core.pipe_out.is_empty() {
+            return;
+        }
+        let mut batches: Vec<Vec<super::PipeMsg>> = Vec::new();
+        batches.resize_with(self.others.len(), Vec::new);
+        for (to, msg) in core.pipe_out.drain(..) {
+            if let Some(batch) = batches.get_mut(to) {
+                batch.push(msg);
+            }
+        }
+        for (to, msgs) in batches.into_iter().enumerate() {
+            if msgs.is_empty() {
+                continue;
+            }
+            let n = msgs.len() as u64;
+            let sent = self.others[to].upgrade().is_some_and(|tx| {
+                tx.try_send(MediaCommand::Piped {
+                    from: self.index,
+                    msgs,
+                })
+                .is_ok()
+            });
+            if !sent {
+                core.stats.pipe_dropped += n;
+            }
+        }
     }
 
     /// Drains what else is already queued on the sockets, up to a batch.

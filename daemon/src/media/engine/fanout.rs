@@ -40,20 +40,39 @@ impl MediaCore {
         self.forward_track(track, packet, now);
     }
 
-    /// One packet of a layer of `track` to every subscriber leg that takes
-    /// that layer.
+    /// One packet of `track` from its publisher: to the workers it is
+    /// piped to, and to every subscriber leg here that takes its layer.
     pub(super) fn forward_track(&mut self, track: TrackId, packet: rtc::rtp::Packet, now: Instant) {
         self.stats.rtp_in += 1;
         let Some(source) = self.sources.get_mut(&track) else {
             return;
         };
-        let simulcast = source.simulcast();
         let Some(layer) = source
             .layer_of(packet.header.ssrc)
-            .or((!simulcast).then_some(0))
+            .or((!source.simulcast()).then_some(0))
         else {
             return;
         };
+        if !source.pipes.is_empty() {
+            super::pipe::pipe_packet(source, track, layer, &packet, &mut self.pipe_out);
+        }
+        self.forward_layer(track, layer, packet, now);
+    }
+
+    /// One packet of layer `layer` of `track` (a publisher's, or piped
+    /// from the worker that owns the track) to every subscriber leg here
+    /// that takes that layer.
+    pub(super) fn forward_layer(
+        &mut self,
+        track: TrackId,
+        layer: usize,
+        packet: rtc::rtp::Packet,
+        now: Instant,
+    ) {
+        let Some(source) = self.sources.get_mut(&track) else {
+            return;
+        };
+        let simulcast = source.simulcast();
         if simulcast && packet.payload.is_empty() {
             // Padding only: a publisher without RTX (simulcast sections
             // negotiate none, see `peer::publish_answer`) probes its uplink

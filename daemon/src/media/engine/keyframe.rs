@@ -12,7 +12,7 @@ pub(super) const PLI_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Why the engine asked a publisher for a keyframe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyframeCause {
+pub enum KeyframeCause {
     /// A subscriber's PLI or FIR, relayed.
     Subscriber,
     /// A subscriber leg that starts.
@@ -120,10 +120,24 @@ impl MediaCore {
         if source.info.kind != MediaKind::Video {
             return;
         }
-        let (conn_id, receiver) = (source.conn, source.receiver);
+        let (conn_id, receiver, origin) = (source.conn, source.receiver, source.origin);
         let Some(l) = source.layers.get_mut(layer) else {
             return;
         };
+        if let Some(owner) = origin {
+            // A mirror: the owner asks the publisher (and counts it).
+            if l.keyframes.ask(now, cause) {
+                self.pipe_out.push((
+                    owner,
+                    super::PipeMsg::Keyframe {
+                        track,
+                        layer: layer as u8,
+                        cause,
+                    },
+                ));
+            }
+            return;
+        }
         let Some(media_ssrc) = l.ssrc else {
             return;
         };

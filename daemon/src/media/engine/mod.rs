@@ -21,6 +21,7 @@ mod driver;
 mod fanout;
 mod keyframe;
 mod negotiate;
+mod pipe;
 mod prefs;
 mod routes;
 mod source;
@@ -35,6 +36,7 @@ pub use driver::MediaEngine;
 use fanout::start_fast_path;
 pub(crate) use keyframe::KeyframeCause;
 pub use keyframe::KeyframeRequests;
+pub(crate) use pipe::{MirrorSpec, PipeMsg};
 use routes::{Route, Routes};
 use source::{Layer, Source, Subscriber};
 use ssrc_simulcast::{read_sim_layers, SimInput};
@@ -160,6 +162,12 @@ pub struct MediaStats {
     pub rtp_retransmitted: u64,
     /// Subscribe connections whose media the engine protects itself.
     pub fast_path_connections: usize,
+    /// RTP packets received from other workers (tracks they own, piped
+    /// to legs here).
+    pub piped_in: u64,
+    /// Messages to other workers dropped because the worker's inbox was
+    /// full.
+    pub pipe_dropped: u64,
     /// Time forwarded packets spent in the loop (see `delay`).
     pub forward_delay: ForwardDelay,
 }
@@ -201,6 +209,8 @@ impl MediaStats {
         self.feedback_fast += o.feedback_fast;
         self.rtp_retransmitted += o.rtp_retransmitted;
         self.fast_path_connections += o.fast_path_connections;
+        self.piped_in += o.piped_in;
+        self.pipe_dropped += o.pipe_dropped;
         self.forward_delay.add(&o.forward_delay);
     }
 }
@@ -287,8 +297,13 @@ struct PeerConns {
 /// `out` for the driver to send. No sockets, channels or clock inside
 /// (see the module docs and `driver`).
 pub struct MediaCore {
+    /// This worker's index.
+    worker: usize,
     /// Datagrams produced this turn, sent together at its end.
     out: SendBatch,
+    /// Messages to other workers produced this turn, with the worker each
+    /// goes to (see `pipe`), handed over at its end.
+    pipe_out: Vec<(usize, PipeMsg)>,
     local_addrs: Vec<SocketAddr>,
     announced: Vec<Announced>,
     timeouts: IceTimeouts,
@@ -336,6 +351,9 @@ pub struct MediaSettings {
     /// Media workers: each binds `port + its index` (any port when `port`
     /// is 0).
     pub workers: usize,
+    /// Participants of one room its worker takes before the room's next
+    /// ones go to other workers (0: never).
+    pub spread_after: usize,
 }
 
 impl MediaCore {
@@ -348,7 +366,9 @@ impl MediaCore {
         now: Instant,
     ) -> Self {
         MediaCore {
+            worker,
             out: SendBatch::default(),
+            pipe_out: Vec::new(),
             local_addrs: announced.iter().map(|a| a.bound).collect(),
             announced,
             timeouts: IceTimeouts {
@@ -595,7 +615,8 @@ impl MediaCore {
                 },
             );
         }
-        for s in self.sources.values_mut() {
+        // A mirror's layers are measured by their owner (`pipe`).
+        for s in self.sources.values_mut().filter(|s| s.origin.is_none()) {
             for layer in &mut s.layers {
                 layer.measure(now);
             }
@@ -614,6 +635,7 @@ impl MediaCore {
             self.request_layer_keyframe(track, layer, now, cause);
         }
         self.select_layers(now);
+        self.pipe_housekeeping(now);
     }
 
     fn on_event(&mut self, id: ConnId, ev: RTCPeerConnectionEvent, now: Instant) {
@@ -802,6 +824,9 @@ impl MediaCore {
                 tap: None,
                 tap_layer: 0,
                 msid_track: init.track_id.clone(),
+                origin: None,
+                pipes: Vec::new(),
+                unused_since: None,
             },
         );
         let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
@@ -844,9 +869,7 @@ impl MediaCore {
         };
         conn.by_layer_ssrc.retain(|_, t| *t != track);
         let peer = conn.peer;
-        if let Some(tap) = self.sources.remove(&track).and_then(|s| s.tap) {
-            tap.send(TapEvent::TrackEnded { track });
-        }
+        self.remove_source(track);
         info!(%peer, track = track.0, "track unpublished");
         self.emit(
             peer,
@@ -942,6 +965,9 @@ impl MediaCore {
                 l.sender_report = Some((sr.ntp_time, sr.rtp_time));
             }
             self.tap_sender_report(track, layer, sr);
+            if let Some(source) = self.sources.get(&track) {
+                pipe::pipe_sender_report(source, layer, sr, &mut self.pipe_out);
+            }
             self.relay_sender_report(track, layer, sr, now);
         }
     }
@@ -1005,12 +1031,17 @@ impl MediaCore {
                 let reports = peers.into_iter().map(|p| self.report(p, now)).collect();
                 let _ = reply.send(reports);
             }
+            MediaCommand::Pipe { track, to, reply } => {
+                let _ = reply.send(self.open_pipe(track, to, now));
+            }
+            MediaCommand::Mirror { spec } => self.open_mirror(*spec, now),
+            MediaCommand::Piped { from, msgs } => self.handle_pipe(from, msgs, now),
             MediaCommand::Stats { reply } => {
                 let mut stats = self.stats.clone();
                 stats.connections = self.conns.len();
                 stats.fast_path_connections =
                     self.conns.values().filter(|c| c.srtp.is_some()).count();
-                stats.tracks = self.sources.len();
+                stats.tracks = self.sources.values().filter(|s| s.origin.is_none()).count();
                 let _ = reply.send(stats);
             }
         }
@@ -1048,7 +1079,7 @@ impl MediaCore {
                 packets: s.packets(),
                 bytes: s.bytes(),
                 bitrate_bps: s.bitrate_bps(),
-                subscribers: s.subscribers.len(),
+                subscribers: s.all_subscribers(),
                 layers: if s.simulcast() {
                     s.layers
                         .iter()
@@ -1130,7 +1161,7 @@ impl MediaCore {
         flush(&mut conn, &mut self.out, &self.local_addrs);
         self.routes.remove(&conn.ufrag, id);
         for track in conn.tracks.values() {
-            self.sources.remove(track);
+            self.remove_source(*track);
         }
         for track in conn.legs.keys() {
             if let Some(source) = self.sources.get_mut(track) {
@@ -1146,6 +1177,17 @@ impl MediaCore {
             }
         }
         debug!(peer = %conn.peer, pc = ?conn.kind, "connection closed");
+    }
+
+    /// A published track ended: its recording and its mirrors are told.
+    fn remove_source(&mut self, track: TrackId) {
+        let Some(source) = self.sources.remove(&track) else {
+            return;
+        };
+        if let Some(tap) = &source.tap {
+            tap.send(TapEvent::TrackEnded { track });
+        }
+        self.close_pipes(&source);
     }
 
     fn close_all(&mut self) {
@@ -1197,11 +1239,20 @@ impl MediaCore {
     /// A core on 127.0.0.1:40000 (nothing bound: tests carry its datagrams
     /// in memory), its clock starting at `now`.
     pub(crate) fn loopback(settings: &MediaSettings, now: Instant) -> MediaCore {
+        Self::loopback_worker(settings, 0, now)
+    }
+
+    /// Worker `worker`'s core, on 127.0.0.1 port 40000 + `worker`.
+    pub(crate) fn loopback_worker(
+        settings: &MediaSettings,
+        worker: usize,
+        now: Instant,
+    ) -> MediaCore {
         let announced = vec![Announced {
-            bound: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            bound: SocketAddr::from(([127, 0, 0, 1], 40_000 + worker as u16)),
             public: None,
         }];
-        MediaCore::new(settings, 0, announced, now)
+        MediaCore::new(settings, worker, announced, now)
     }
 
     /// A publish connection for `peer`, answered from `offer`; the server's

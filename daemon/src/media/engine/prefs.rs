@@ -58,7 +58,8 @@ impl MediaCore {
     /// now. Runs with every allocation round.
     pub(super) fn publisher_layers(&mut self, wanted: &[(TrackId, usize)], now: Instant) {
         let mut changed: Vec<TrackId> = Vec::new();
-        for &(track, layer) in wanted {
+        let piped = self.piped_wants();
+        for &(track, layer) in wanted.iter().chain(&piped) {
             let Some(l) = self
                 .sources
                 .get_mut(&track)
@@ -71,7 +72,8 @@ impl MediaCore {
             }
         }
         for (track, source) in self.sources.iter_mut() {
-            if !source.simulcast() {
+            // A mirror's owner decides (`pipe`).
+            if !source.simulcast() || source.origin.is_some() {
                 continue;
             }
             if source.tap.is_some() {
@@ -93,7 +95,7 @@ impl MediaCore {
         changed.sort_unstable();
         changed.dedup();
         for track in changed {
-            let Some(source) = self.sources.get(&track) else {
+            let Some(source) = self.sources.get(&track).filter(|s| s.origin.is_none()) else {
                 continue;
             };
             let active: Vec<(String, bool)> = source

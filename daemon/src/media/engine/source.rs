@@ -159,6 +159,13 @@ pub(super) struct Source {
     /// The track's id in the publisher's offer (`a=msid`), which the
     /// publisher is told which layers to send by.
     pub msid_track: String,
+    /// For a mirror of a track another worker owns: that worker (see
+    /// `pipe`). A mirror has no connection (`conn` is 0).
+    pub origin: Option<usize>,
+    /// The workers this worker pipes the track to (owner side).
+    pub pipes: Vec<super::pipe::Pipe>,
+    /// A mirror's: since when it has had no subscriber.
+    pub unused_since: Option<Instant>,
 }
 
 impl Source {
@@ -218,6 +225,16 @@ impl Source {
     /// Payload bytes received, all layers together.
     pub(super) fn bytes(&self) -> u64 {
         self.layers.iter().map(|l| l.bytes).sum()
+    }
+
+    /// Subscriber legs, on this worker and on those it pipes to.
+    pub(super) fn all_subscribers(&self) -> usize {
+        self.subscribers.len()
+            + self
+                .pipes
+                .iter()
+                .map(|p| p.subscribers as usize)
+                .sum::<usize>()
     }
 
     /// Bitrate of the last second, all layers together.

@@ -166,6 +166,8 @@ pub(crate) type LinkFilter = Box<dyn FnMut(&[u8]) -> bool>;
 /// One client of the network.
 pub(crate) struct Client {
     pub addr: SocketAddr,
+    /// The worker whose core it talks to.
+    pub worker: usize,
     pub pc: RTCPeerConnection,
     pub keys: Arc<KeyTap>,
     /// Whether its datagrams get through, both ways.
@@ -204,9 +206,11 @@ impl Client {
     }
 }
 
-/// The core, its clients and the clock.
+/// The core (worker 0's), other workers' cores, the clients and the clock.
 pub(crate) struct Net {
     pub core: MediaCore,
+    /// Workers 1 and on (see [`Net::with_workers`]).
+    pub more: Vec<MediaCore>,
     pub now: Instant,
     pub clients: Vec<Client>,
     /// Every event the core emitted, with the peer it went to.
@@ -222,24 +226,47 @@ impl Net {
 
     /// A core configured by `config` on an empty network.
     pub(crate) fn with_config(config: &crate::config::Config) -> Net {
+        Self::with_workers(config, 1)
+    }
+
+    /// `workers` cores configured by `config`, which hand each other the
+    /// tracks they pipe at every step.
+    pub(crate) fn with_workers(config: &crate::config::Config, workers: usize) -> Net {
         let now = Instant::now();
         let settings =
             crate::media::engine_settings(config, &["127.0.0.1".parse().expect("literal")]);
         Net {
             core: MediaCore::loopback(&settings, now),
+            more: (1..workers)
+                .map(|w| MediaCore::loopback_worker(&settings, w, now))
+                .collect(),
             now,
             clients: Vec::new(),
             events: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
+    /// Worker `w`'s core.
+    pub(crate) fn core_of(&mut self, w: usize) -> &mut MediaCore {
+        match w {
+            0 => &mut self.core,
+            _ => &mut self.more[w - 1],
+        }
+    }
+
     /// Adds a client (publishing VP8 if `publish`); its index.
     pub(crate) fn add_client(&mut self, publish: bool) -> usize {
+        self.add_client_on(publish, 0)
+    }
+
+    /// Adds a client of worker `worker`'s core; its index.
+    pub(crate) fn add_client_on(&mut self, publish: bool, worker: usize) -> usize {
         let i = self.clients.len();
         let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16));
         let (pc, keys) = client(addr, publish, self.now);
         self.clients.push(Client {
             addr,
+            worker,
             pc,
             keys,
             up: true,
@@ -279,7 +306,8 @@ impl Net {
             .expect("local description");
         let (reply, mut answer) = oneshot::channel();
         let events = self.sink(peer);
-        self.core.handle_command(
+        let w = self.clients[i].worker;
+        self.core_of(w).handle_command(
             MediaCommand::Publish {
                 peer,
                 events,
@@ -305,9 +333,30 @@ impl Net {
     /// client's answer applied.
     pub(crate) fn subscribe(&mut self, i: usize, peer: PeerId, tracks: Vec<TrackInfo>) {
         let now = self.now;
+        let w = self.clients[i].worker;
+        // What `MediaHandle::subscribe` does: tracks owned elsewhere piped
+        // here first.
+        for t in &tracks {
+            if t.id.worker() == w {
+                continue;
+            }
+            let (reply, mut spec) = oneshot::channel();
+            self.core_of(t.id.worker()).handle_command(
+                MediaCommand::Pipe {
+                    track: t.id,
+                    to: w,
+                    reply,
+                },
+                now,
+            );
+            if let Some(spec) = spec.try_recv().expect("piped at once") {
+                self.core_of(w)
+                    .handle_command(MediaCommand::Mirror { spec }, now);
+            }
+        }
         let (reply, mut offer) = oneshot::channel();
         let events = self.sink(peer);
-        self.core.handle_command(
+        self.core_of(w).handle_command(
             MediaCommand::Subscribe {
                 peer,
                 events,
@@ -332,7 +381,7 @@ impl Net {
         c.pc.set_local_description(now, answer.clone())
             .expect("local description");
         let (reply, mut done) = oneshot::channel();
-        self.core.handle_command(
+        self.core_of(w).handle_command(
             MediaCommand::SubscribeAnswer {
                 peer,
                 sdp: answer.sdp,
@@ -349,29 +398,65 @@ impl Net {
     /// what the core sent delivered, then the clock moves by [`TICK`].
     pub(crate) fn step(&mut self) {
         let now = self.now;
-        for c in &mut self.clients {
+        for i in 0..self.clients.len() {
+            let c = &mut self.clients[i];
             if c.pc.poll_timeout().is_some_and(|at| at <= now) {
                 let _ = c.pc.handle_timeout(now);
             }
-            while let Some(d) = c.pc.poll_write() {
+            while let Some(d) = self.clients[i].pc.poll_write() {
+                let c = &mut self.clients[i];
                 if c.up {
-                    self.core.on_datagram(0, c.addr, &d.message, now, now);
+                    let (w, addr) = (c.worker, c.addr);
                     c.last_sent = Some(now);
+                    self.core_of(w).on_datagram(0, addr, &d.message, now, now);
                 }
             }
         }
-        if self.core.poll_timeout() <= now {
-            self.core.handle_timeout(now);
+        for w in 0..=self.more.len() {
+            let core = self.core_of(w);
+            if core.poll_timeout() <= now {
+                core.handle_timeout(now);
+            }
         }
         self.deliver();
         self.now += TICK;
     }
 
-    /// What the core sent, to the clients it was sent to.
-    fn deliver(&mut self) {
+    /// What the cores sent each other (piped tracks), handed over as the
+    /// drivers do at the end of a turn.
+    fn exchange(&mut self) {
         let now = self.now;
-        let server = self.core.local_addrs[0];
-        for (to, message) in self.core.out.take() {
+        loop {
+            let mut batches = Vec::new();
+            for w in 0..=self.more.len() {
+                let out = std::mem::take(&mut self.core_of(w).pipe_out);
+                batches.extend(out.into_iter().map(|(to, msg)| (w, to, msg)));
+            }
+            if batches.is_empty() {
+                return;
+            }
+            for (from, to, msg) in batches {
+                if to <= self.more.len() {
+                    self.core_of(to).handle_pipe(from, vec![msg], now);
+                }
+            }
+        }
+    }
+
+    /// What the cores sent, to the clients it was sent to.
+    fn deliver(&mut self) {
+        self.exchange();
+        for w in 0..=self.more.len() {
+            self.deliver_from(w);
+        }
+    }
+
+    /// What worker `w`'s core sent, to the clients it was sent to.
+    fn deliver_from(&mut self, w: usize) {
+        let now = self.now;
+        let core = self.core_of(w);
+        let server = core.local_addrs[0];
+        for (to, message) in core.out.take() {
             let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) else {
                 continue;
             };
@@ -453,8 +538,9 @@ impl Net {
         let now = self.now;
         let c = &mut self.clients[i];
         if c.up {
-            self.core.on_datagram(0, c.addr, datagram, now, now);
+            let (w, addr) = (c.worker, c.addr);
             c.last_sent = Some(now);
+            self.core_of(w).on_datagram(0, addr, datagram, now, now);
         }
         self.deliver();
     }

@@ -14,6 +14,8 @@ use sfu_proto::signaling::PcKind;
 use super::testnet::{vp8_packet, vp8_packet_on, Net, SSRC};
 use crate::media::{LostCause, MediaEvent, PeerId};
 
+mod pipe;
+
 const PUBLISHER: PeerId = PeerId(1);
 const SUBSCRIBER: PeerId = PeerId(2);
 /// How long anything may take in simulated time.
@@ -352,7 +354,14 @@ fn picture_id(p: &rtc::rtp::packet::Packet) -> u16 {
 
 #[test]
 fn a_simulcast_leg_switches_layers_at_keyframes_and_its_stream_stays_continuous() {
-    let mut net = Net::new();
+    layer_switching(1, 0);
+}
+
+/// A simulcast publisher on worker 0 of `workers`, a subscriber on worker
+/// `on` that caps the track at its lowest layer and then lifts the cap:
+/// the subscriber's stream switches at keyframes and stays continuous.
+fn layer_switching(workers: usize, on: usize) {
+    let mut net = Net::with_workers(&crate::config::Config::default(), workers);
     let p = net.add_client(true);
     net.publish_as(p, PUBLISHER, sim_offer);
     assert!(net.run_until(WITHIN, |n| n.clients[p].connected));
@@ -367,7 +376,7 @@ fn a_simulcast_leg_switches_layers_at_keyframes_and_its_stream_stays_continuous(
     let tracks = net.core.fuzz_tracks();
     assert_eq!(tracks.len(), 1, "three SSRCs, one track");
     let track = tracks[0].id;
-    let s = net.add_client(false);
+    let s = net.add_client_on(false, on);
     net.subscribe(s, SUBSCRIBER, tracks);
     assert!(net.run_until(WITHIN, |n| n.clients[s].connected));
     camera.run_for(&mut net, Duration::from_secs(3));
@@ -378,13 +387,14 @@ fn a_simulcast_leg_switches_layers_at_keyframes_and_its_stream_stays_continuous(
             max_layer,
             ..Default::default()
         };
-        net.core.handle_command(
+        let now = net.now;
+        net.core_of(on).handle_command(
             crate::media::MediaCommand::TrackSettings {
                 peer: SUBSCRIBER,
                 track,
                 prefs,
             },
-            net.now,
+            now,
         );
     };
     cap(&mut net, Some(0));
@@ -438,5 +448,5 @@ fn a_simulcast_leg_switches_layers_at_keyframes_and_its_stream_stays_continuous(
         runs.last().is_some_and(|(l, _)| *l > 0),
         "the leg stayed low after the cap was lifted: {runs:?}"
     );
-    assert!(net.core.stats.layer_switches >= 2);
+    assert!(net.core_of(on).stats.layer_switches >= 2);
 }
