@@ -1,15 +1,18 @@
 // Headless Chromium pages hold calls through the real sfud daemon and its demo page:
-// three speakers in an SFU room, publishers of three codecs, three speakers in a mesh
-// room, one speaker with two listeners, and join tokens. One daemon and one browser serve
-// this file (harness.mjs); every participant has its own browser context.
+// three speakers in an SFU room, the same spread over two media workers (a daemon of its
+// own), publishers of three codecs, three speakers in a mesh room, one speaker with two
+// listeners, and join tokens. One daemon and one browser serve the rest of this file
+// (harness.mjs); every participant has its own browser context.
 //
 // Run it with ./run.sh (a fresh network namespace where only `lo` exists), or
 // `node --test` here with SFUD_BIN pointing at the daemon and CHROMIUM at the browser.
 
-import { describe, it } from 'node:test';
+import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   MIN_FRAMES,
+  Daemon,
+  sfuctlAt,
   joinToken,
   waitFor,
   daemon,
@@ -64,6 +67,39 @@ describe('SFU room: three speakers', () => {
       last = await Promise.all([alice.snapshot(), bob.snapshot()]);
       return last.every((s, i) => (s.inbound[idOf(s, [bob, alice][i].name)]?.videoFramesDecoded ?? 0) >= before[i] + MIN_FRAMES);
     }, () => `alice and bob stopped decoding each other's video after carol left:\n${last.map((s) => JSON.stringify(s)).join('\n')}`);
+  }));
+});
+
+describe('SFU room spread over two media workers: three speakers', () => {
+  // Every participant after the first goes to the least-loaded worker: alice's
+  // tracks are piped to the other worker, bob's back to hers, all simulcast.
+  const spread = new Daemon([], ['workers = 2', 'room_spread_peers = 1']);
+  const names = ['alice', 'bob', 'carol'];
+  const people = names.map((n) => new Participant(n));
+  const room = `spread-${process.pid}`;
+  before(track(async () => {
+    await spread.start();
+    for (const p of people) await p.open(room, spread);
+  }));
+  after(async () => {
+    await Promise.all(people.map((p) => p.close()));
+    await spread.stop();
+  });
+
+  it('each page decodes every other page across the workers', { timeout: 60_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await Promise.all(people.map((p) => p.snapshot()));
+      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}\n${spread.output()}`);
+    const show = JSON.parse(await sfuctlAt(spread, '--json', 'rooms', 'show', room));
+    const workers = show.members.map((m) => m.worker);
+    assert.deepEqual([...new Set(workers)].sort(), [0, 1], `participants on both workers: ${workers}`);
+    const metrics = await (await fetch(`${spread.url}/metrics`)).text();
+    for (const w of [0, 1]) {
+      const piped = Number(metrics.match(new RegExp(`^sfud_media_worker_rtp_piped_total\\{worker="${w}"\\} (\\d+)$`, 'm'))?.[1] ?? 0);
+      assert.ok(piped > 0, `worker ${w} received no piped packets`);
+    }
   }));
 });
 

@@ -74,9 +74,13 @@ export async function waitFor(ms, probe, describeFailure) {
 
 /** The sfud binary on an ephemeral HTTP port and any free UDP port, media on loopback only. */
 export class Daemon {
-  /** `extra`: more lines for its sfud.toml (e.g. a `[cluster]` section). */
-  constructor(extra = []) {
+  /**
+   * `extra`: more lines for its sfud.toml (e.g. a `[cluster]` section); `rtc`: more
+   * lines for its `[rtc]` section (e.g. `workers = 2`).
+   */
+  constructor(extra = [], rtc = []) {
     this.extra = extra;
+    this.rtc = rtc;
   }
 
   async start() {
@@ -87,7 +91,7 @@ export class Daemon {
     this.socket = path.join(this.dir, 'sfud.sock');
     await writeFile(config, [
       '[http]', `listen = "127.0.0.1:${this.port}"`, '',
-      '[rtc]', 'udp_port = 0', `bind_ips = [${bindIps().map((ip) => `"${ip}"`).join(', ')}]`, '',
+      '[rtc]', 'udp_port = 0', `bind_ips = [${bindIps().map((ip) => `"${ip}"`).join(', ')}]`, ...this.rtc, '',
       // Its own control socket, so that it runs beside any other sfud.
       '[control]', `socket = "${this.socket}"`, '',
       // Every page joins from 127.0.0.1.
