@@ -142,6 +142,12 @@ impl Default for HttpConfig {
 pub struct RtcConfig {
     /// The one UDP port all media uses on each bind address; 0 picks a free port.
     pub udp_port: u16,
+    /// Whether media is also served over TCP (ICE-TCP, RFC 6544: passive
+    /// host candidates on `tcp_port`), for clients whose UDP is blocked.
+    pub ice_tcp: bool,
+    /// The TCP port of ICE-TCP on each bind address (each worker's is
+    /// `tcp_port + its index`); absent: the same number as `udp_port`.
+    pub tcp_port: Option<u16>,
     /// Local addresses ICE gathers on; empty means every IPv4 address of every
     /// interface that is up, loopback included.
     pub bind_ips: Vec<IpAddr>,
@@ -178,6 +184,8 @@ impl Default for RtcConfig {
     fn default() -> Self {
         Self {
             udp_port: 50000,
+            ice_tcp: true,
+            tcp_port: None,
             bind_ips: Vec::new(),
             public_ips: Vec::new(),
             ice_servers: Vec::new(),
@@ -200,6 +208,11 @@ pub const DEFAULT_ROOM_SPREAD_PEERS: usize = 50;
 pub const MAX_WORKERS: usize = 64;
 
 impl RtcConfig {
+    /// The first worker's ICE-TCP port: `tcp_port`, or `udp_port`'s number.
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port.unwrap_or(self.udp_port)
+    }
+
     /// How many media workers run: `workers`, or one per CPU.
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(|| {
@@ -590,6 +603,16 @@ impl RtcConfig {
                     format!("must be 1 to {MAX_WORKERS}, or absent for one per CPU"),
                 ));
             }
+        }
+        let last_tcp = usize::from(self.tcp_port()) + self.worker_count() - 1;
+        if self.ice_tcp && self.tcp_port() != 0 && last_tcp > usize::from(u16::MAX) {
+            return Err(invalid(
+                "rtc.tcp_port",
+                format!(
+                    "with {} workers the ports run to {last_tcp}, past 65535: lower it",
+                    self.worker_count()
+                ),
+            ));
         }
         let last = usize::from(self.udp_port) + self.worker_count() - 1;
         if self.udp_port != 0 && last > usize::from(u16::MAX) {
@@ -1266,6 +1289,22 @@ secret = "fedcba9876543210fedcba9876543210"
         assert_eq!(shown, "sfud.toml:3: rooms.max_peers: must be at least 1");
         let (line, key, _) = invalid_error("rooms.max_rooms = 0\n");
         assert_eq!((line, key.as_str()), (Some(1), "rooms.max_rooms"));
+    }
+
+    #[test]
+    fn the_ice_tcp_port_follows_the_udp_port_and_must_fit_every_worker() {
+        let rtc = parse("[rtc]\nudp_port = 40000\n").expect("valid").rtc;
+        assert!(rtc.ice_tcp);
+        assert_eq!(rtc.tcp_port(), 40000);
+        let (line, key, shown) =
+            invalid_error("[rtc]\nworkers = 4\ntcp_port = 65534\nudp_port = 1000\n");
+        assert_eq!((line, key.as_str()), (Some(3), "rtc.tcp_port"));
+        assert!(
+            shown.ends_with("the ports run to 65537, past 65535: lower it"),
+            "{shown}"
+        );
+        // Off, its port does not matter.
+        parse("[rtc]\nworkers = 4\nice_tcp = false\ntcp_port = 65534\n").expect("valid");
     }
 
     #[test]

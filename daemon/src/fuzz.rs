@@ -194,6 +194,7 @@ fn sdp_offers_through_the_webrtc_stack() {
     let announced = [Announced {
         bound: "127.0.0.1:9".parse().expect("literal"),
         public: None,
+        tcp: false,
     }];
     let timeouts = IceTimeouts {
         disconnected: Duration::from_secs(2),

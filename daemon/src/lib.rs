@@ -205,6 +205,11 @@ impl Server {
         self.media.local_addrs().to_vec()
     }
 
+    /// The TCP addresses media is served on (ICE-TCP; none when off).
+    pub fn media_tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.media.tcp_addrs()
+    }
+
     /// The room registry (for the control plane).
     pub fn rooms(&self) -> RoomRegistry {
         self.rooms.clone()
@@ -276,7 +281,7 @@ impl Server {
             cluster: self.cluster.clone(),
             control: control.clone(),
         });
-        info!(http = %self.http_addr, media = ?self.media.local_addrs(), "serving");
+        info!(http = %self.http_addr, media = ?self.media.local_addrs(), media_tcp = ?self.media.tcp_addrs(), "serving");
         let gate = self.gate.clone();
         sup.spawn(
             Stage::Accept,

@@ -111,9 +111,10 @@ async fn serve(path: Option<PathBuf>, config: Config) -> Result<(), Box<dyn std:
     let signals = Signals::new()?;
     let server = sfud::Server::bind(&config).await?;
     println!(
-        "sfud: demo page at http://{}/ (media on {:?})",
+        "sfud: demo page at http://{}/ (media on {:?}, ICE-TCP on {:?})",
         server.http_addr(),
-        server.media_addrs()
+        server.media_addrs(),
+        server.media_tcp_addrs()
     );
     let (media, rooms) = (server.media(), server.rooms());
     // The server's reloader: SIGHUP and `sfuctl reload` share one view of

@@ -61,6 +61,8 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     } = http;
     let RtcConfig {
         udp_port,
+        ice_tcp,
+        tcp_port,
         bind_ips,
         public_ips,
         ice_servers,
@@ -183,6 +185,8 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     note(restart, "cluster.url", &old.cluster.url, url);
     note(restart, "cluster.secret", &old.cluster.secret, secret);
     note(restart, "rtc.udp_port", &old.rtc.udp_port, udp_port);
+    note(restart, "rtc.ice_tcp", &old.rtc.ice_tcp, ice_tcp);
+    note(restart, "rtc.tcp_port", &old.rtc.tcp_port, tcp_port);
     note(restart, "rtc.bind_ips", &old.rtc.bind_ips, bind_ips);
     note(restart, "rtc.public_ips", &old.rtc.public_ips, public_ips);
     note(

@@ -1,6 +1,6 @@
 // Headless Chromium pages hold calls through the real sfud daemon and its demo page:
-// three speakers in an SFU room, the same spread over two media workers (a daemon of its
-// own), publishers of three codecs, three speakers in a mesh room, one speaker with two
+// three speakers in an SFU room, the same spread over two media workers and with UDP
+// blocked (ICE-TCP; a daemon of their own each), publishers of three codecs, three speakers in a mesh room, one speaker with two
 // listeners, and join tokens. One daemon and one browser serve the rest of this file
 // (harness.mjs); every participant has its own browser context.
 //
@@ -12,6 +12,8 @@ import assert from 'node:assert/strict';
 import {
   MIN_FRAMES,
   Daemon,
+  ShapedPort,
+  freePort,
   sfuctlAt,
   joinToken,
   waitFor,
@@ -99,6 +101,65 @@ describe('SFU room spread over two media workers: three speakers', () => {
     for (const w of [0, 1]) {
       const piped = Number(metrics.match(new RegExp(`^sfud_media_worker_rtp_piped_total\\{worker="${w}"\\} (\\d+)$`, 'm'))?.[1] ?? 0);
       assert.ok(piped > 0, `worker ${w} received no piped packets`);
+    }
+  }));
+});
+
+describe('UDP blocked: three speakers over ICE-TCP', () => {
+  // sfud's one media port, UDP and TCP; every UDP datagram to or from it is dropped on lo.
+  let port;
+  let tcpOnly;
+  const names = ['alice', 'bob', 'carol'];
+  const people = names.map((n) => new Participant(n));
+  const room = `tcp-${process.pid}`;
+  before(track(async () => {
+    port = await freePort();
+    tcpOnly = new Daemon([], [`udp_port = ${port}`, 'workers = 1']);
+    await tcpOnly.start();
+    const tc = ShapedPort.tc;
+    tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
+    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
+    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:30', 'htb', 'rate', '10gbit');
+    tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:30', 'handle', '30:', 'pfifo', 'limit', '0');
+    for (const dir of ['sport', 'dport']) {
+      tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
+        'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', dir, String(port), '0xffff', 'flowid', '1:30');
+    }
+    for (const p of people) await p.open(room, tcpOnly);
+  }));
+  after(async () => {
+    await Promise.all(people.map((p) => p.close()));
+    try { ShapedPort.tc('qdisc', 'del', 'dev', 'lo', 'root'); } catch { /* never installed */ }
+    await tcpOnly?.stop();
+  });
+
+  it('each page decodes every other page, over TCP', { timeout: 60_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await Promise.all(people.map((p) => p.snapshot()));
+      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s with UDP blocked:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}\n${tcpOnly.output()}`);
+    // What each page's connections selected: a TCP candidate pair to sfud's port.
+    for (const p of people) {
+      const pairs = await p.page.evaluate(async () => {
+        const out = [];
+        for (const pc of Object.values(window.sfud.pcs).filter(Boolean)) {
+          const stats = await pc.getStats();
+          stats.forEach((r) => {
+            if (r.type !== 'transport' || !r.selectedCandidatePairId) return;
+            const pair = stats.get(r.selectedCandidatePairId);
+            const local = stats.get(pair.localCandidateId);
+            const remote = stats.get(pair.remoteCandidateId);
+            out.push({ protocol: local.protocol, remotePort: remote.port, tcpType: remote.tcpType });
+          });
+        }
+        return out;
+      });
+      assert.equal(pairs.length, 2, `${p.name}: publish and subscribe connections: ${JSON.stringify(pairs)}`);
+      for (const pair of pairs) {
+        assert.equal(pair.protocol, 'tcp', `${p.name}: ${JSON.stringify(pair)}`);
+        assert.equal(pair.remotePort, port, `${p.name}: ${JSON.stringify(pair)}`);
+      }
     }
   }));
 });

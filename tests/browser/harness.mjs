@@ -91,7 +91,8 @@ export class Daemon {
     this.socket = path.join(this.dir, 'sfud.sock');
     await writeFile(config, [
       '[http]', `listen = "127.0.0.1:${this.port}"`, '',
-      '[rtc]', 'udp_port = 0', `bind_ips = [${bindIps().map((ip) => `"${ip}"`).join(', ')}]`, ...this.rtc, '',
+      '[rtc]', ...(this.rtc.some((l) => l.startsWith('udp_port')) ? [] : ['udp_port = 0']),
+      `bind_ips = [${bindIps().map((ip) => `"${ip}"`).join(', ')}]`, ...this.rtc, '',
       // Its own control socket, so that it runs beside any other sfud.
       '[control]', `socket = "${this.socket}"`, '',
       // Every page joins from 127.0.0.1.

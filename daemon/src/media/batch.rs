@@ -43,6 +43,19 @@ impl SendBatch {
         self.queued.push(Queued { sock, to, data });
     }
 
+    /// Takes the datagrams queued for socket `first` or a later one (ICE-TCP
+    /// connections, sent elsewhere), in order; the rest stay.
+    pub(crate) fn take_from(&mut self, first: usize) -> Vec<(usize, SocketAddr, BytesMut)> {
+        if !self.queued.iter().any(|q| q.sock >= first) {
+            return Vec::new();
+        }
+        let (later, udp): (Vec<Queued>, Vec<Queued>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|q| q.sock >= first);
+        self.queued = udp;
+        later.into_iter().map(|q| (q.sock, q.to, q.data)).collect()
+    }
+
     /// Takes what is queued, unsent: for the fuzz targets, whose client
     /// reads it in memory.
     #[cfg(test)]
@@ -215,5 +228,19 @@ mod tests {
         }
         let n = rx_a.recv(&mut buf).expect("the shorter tail");
         assert_eq!((n, buf[0]), (20, 9));
+    }
+
+    #[test]
+    fn datagrams_for_ice_tcp_are_taken_out_in_order_and_the_rest_stay() {
+        let mut b = SendBatch::default();
+        let to = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        for (sock, port) in [(0, 1), (2, 2), (1, 3), (2, 4)] {
+            b.push(sock, to(port), BytesMut::from(&[port as u8][..]));
+        }
+        let tcp = b.take_from(2);
+        let ports: Vec<u16> = tcp.iter().map(|(_, to, _)| to.port()).collect();
+        assert_eq!(ports, [2, 4]);
+        assert_eq!(b.len(), 2);
+        assert!(b.take_from(2).is_empty());
     }
 }

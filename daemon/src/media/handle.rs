@@ -26,6 +26,8 @@ pub(crate) struct WorkerTx {
     pub tx: mpsc::Sender<MediaCommand>,
     /// The UDP addresses it serves on.
     pub local_addrs: Vec<SocketAddr>,
+    /// Its ICE-TCP listeners' addresses.
+    pub tcp_addrs: Vec<SocketAddr>,
 }
 
 /// Which worker each participant's connections live on, and how many
@@ -136,6 +138,14 @@ impl MediaHandle {
     /// The worker requests about peers go to.
     pub fn worker(&self) -> usize {
         self.worker
+    }
+
+    /// The ICE-TCP addresses media is served on, every worker's.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.workers
+            .iter()
+            .flat_map(|w| w.tcp_addrs.iter().copied())
+            .collect()
     }
 
     /// The UDP addresses media is served on, every worker's.

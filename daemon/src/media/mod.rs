@@ -461,6 +461,7 @@ pub fn engine_settings(
             })
             .collect(),
         port: config.rtc.udp_port,
+        tcp_port: config.rtc.ice_tcp.then(|| config.rtc.tcp_port()),
         ice_disconnected: config.rtc.ice_disconnected_timeout(),
         ice_failed: config.rtc.ice_failed_timeout(),
         fast_path: config.rtc.fast_path,

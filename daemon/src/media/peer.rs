@@ -56,6 +56,22 @@ pub(crate) struct Announced {
     pub bound: SocketAddr,
     /// The address announced instead (1:1 NAT), if any.
     pub public: Option<std::net::IpAddr>,
+    /// An ICE-TCP listener (a passive TCP host candidate), not a UDP socket.
+    pub tcp: bool,
+}
+
+impl Announced {
+    /// The address `rtc` knows this candidate by: the bound one for UDP
+    /// (a server-reflexive candidate's base); for TCP the announced one, a
+    /// host candidate (`rtc` gives server-reflexive candidates no TCP
+    /// type), which the engine names as the local address of what arrives
+    /// on the listener.
+    pub(crate) fn local(&self) -> SocketAddr {
+        match (self.tcp, self.public) {
+            (true, Some(ip)) => SocketAddr::new(ip, self.bound.port()),
+            _ => self.bound,
+        }
+    }
 }
 
 /// Builds a server peer connection with its own ICE credentials, and the
@@ -188,13 +204,19 @@ fn candidate_for(
     a: &Announced,
 ) -> Result<rtc::peer_connection::transport::RTCIceCandidateInit, rtc::shared::error::Error> {
     let base = |ip: std::net::IpAddr| CandidateConfig {
-        network: "udp".to_owned(),
+        network: if a.tcp { "tcp" } else { "udp" }.to_owned(),
         address: ip.to_string(),
         port: a.bound.port(),
         component: 1,
         ..Default::default()
     };
     let candidate = match a.public {
+        // Passive: the client connects (RFC 6544).
+        _ if a.tcp => CandidateHostConfig {
+            base_config: base(a.local().ip()),
+            tcp_type: rtc::ice::tcp_type::TcpType::Passive,
+        }
+        .new_candidate_host()?,
         // A server-reflexive candidate keeps the bound address as its base,
         // which is what incoming datagrams are matched against.
         Some(public) => CandidateServerReflexiveConfig {

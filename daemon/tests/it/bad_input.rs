@@ -644,3 +644,71 @@ async fn offers_too_complex_or_too_frequent_are_refused_and_a_call_carries_on() 
     drop(alice);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_connections_that_break_the_framing_are_closed_and_a_call_carries_on() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let tcp = server.media.tcp_addrs();
+    assert_eq!(
+        tcp.len(),
+        server.media.workers(),
+        "ICE-TCP is on by default, a port per worker: {tcp:?}"
+    );
+    let (alice, alice_id) = crate::harness::speaker(&server, "held", "alice").await;
+    let (bob, _) = crate::harness::speaker(&server, "held", "bob").await;
+    let packets =
+        |s: &sfu_client::Snapshot, id: &str| s.track_from(id, "video").map_or(0, |t| t.packets);
+    bob.wait_for(crate::harness::MEDIA_DEADLINE, "media from alice", |s| {
+        packets(s, &alice_id) >= 50
+    })
+    .await
+    .expect("media flows");
+
+    // An empty frame, and a frame longer than any datagram: closed at once.
+    for header in [[0u8, 0], 5000u16.to_be_bytes()] {
+        let mut s = tokio::net::TcpStream::connect(tcp[0])
+            .await
+            .expect("connects");
+        s.write_all(&header).await.expect("written");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(3)).await,
+            "a connection sending frame header {header:?} stayed open"
+        );
+    }
+    // A well-framed datagram that is no one's: dropped, counted, and the
+    // connection stays (its client may yet send a STUN check).
+    let unroutable =
+        |m: &crate::metrics::Exposition| m.get("sfud_dropped_packets_total{cause=\"unroutable\"}");
+    let before = unroutable(&crate::metrics::scrape(&server).await);
+    let mut junk = tokio::net::TcpStream::connect(tcp[0])
+        .await
+        .expect("connects");
+    let mut frame = 100u16.to_be_bytes().to_vec();
+    frame.extend([0x80; 100]);
+    junk.write_all(&frame).await.expect("written");
+    let deadline = tokio::time::Instant::now() + crate::harness::DEADLINE;
+    while unroutable(&crate::metrics::scrape(&server).await) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the junk datagram was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !closed_within(&mut junk, Duration::from_millis(300)).await,
+        "a well-framed connection was closed"
+    );
+
+    // The call went on.
+    let now = packets(&bob.snapshot(), &alice_id);
+    bob.wait_for(
+        crate::harness::MEDIA_DEADLINE,
+        "media from alice still",
+        |s| packets(s, &alice_id) >= now + 50,
+    )
+    .await
+    .expect("media still flows");
+    drop(alice);
+    server.stop().await;
+}

@@ -86,14 +86,15 @@ fn send(child: &Child, signal: Signal) {
     kill(Pid::from_raw(pid as i32), signal).expect("signal sent");
 }
 
-/// `http://ADDR/ (media on [ADDR, ...])` from the daemon's start-up line.
+/// `http://ADDR/ (media on [ADDR, ...], ICE-TCP on [...])` from the
+/// daemon's start-up line: the HTTP and UDP media addresses.
 fn parse_startup(line: &str) -> (SocketAddr, Vec<SocketAddr>) {
     let rest = line
         .strip_prefix("sfud: demo page at http://")
         .unwrap_or_else(|| panic!("unexpected start-up line {line:?}"));
     let (http, media) = rest.split_once("/ (media on [").expect("media addresses");
+    let (media, _tcp) = media.split_once(']').expect("the end of the UDP list");
     let media = media
-        .trim_end_matches("])")
         .split(", ")
         .map(|a| a.parse().expect("media address"))
         .collect();

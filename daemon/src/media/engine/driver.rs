@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use super::tcp::TcpMedia;
 use super::{MediaCore, MediaSettings, MAX_DATAGRAM};
 use crate::media::batch::HIGH_WATER;
 use crate::media::peer::Announced;
@@ -32,6 +33,8 @@ pub struct MediaEngine {
 struct Worker {
     index: usize,
     sockets: Vec<std::net::UdpSocket>,
+    /// ICE-TCP listeners (their socket indices follow the UDP sockets').
+    listeners: Vec<std::net::TcpListener>,
     announced: Vec<Announced>,
     rx: mpsc::Receiver<MediaCommand>,
     /// Every worker's commands, where piped tracks' messages go (weak, so
@@ -44,6 +47,7 @@ struct Loop {
     index: usize,
     core: MediaCore,
     sockets: Vec<UdpSocket>,
+    tcp: TcpMedia,
     rx: mpsc::Receiver<MediaCommand>,
     others: Vec<mpsc::WeakSender<MediaCommand>>,
 }
@@ -65,15 +69,25 @@ impl MediaEngine {
                     )
                 })?
             };
-            let (sockets, announced) = bind_worker(settings, first)?;
+            let (sockets, listeners, announced) = bind_worker(settings, first, index)?;
             let (tx, rx) = mpsc::channel(1024);
             handles.push(WorkerTx {
                 tx,
-                local_addrs: announced.iter().map(|a| a.bound).collect(),
+                local_addrs: announced
+                    .iter()
+                    .filter(|a| !a.tcp)
+                    .map(|a| a.bound)
+                    .collect(),
+                tcp_addrs: announced
+                    .iter()
+                    .filter(|a| a.tcp)
+                    .map(|a| a.bound)
+                    .collect(),
             });
             workers.push(Worker {
                 index,
                 sockets,
+                listeners,
                 announced,
                 rx,
                 others: Vec::new(),
@@ -122,12 +136,18 @@ impl MediaEngine {
     }
 }
 
-/// Binds one UDP socket per address of `settings.bind` on `port` (0: a
-/// free port, shared by the addresses where it can be).
-fn bind_worker(
-    settings: &MediaSettings,
-    mut port: u16,
-) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<Announced>)> {
+/// The sockets a worker binds, and what it announces of them.
+type Bound = (
+    Vec<std::net::UdpSocket>,
+    Vec<std::net::TcpListener>,
+    Vec<Announced>,
+);
+
+/// Binds worker `index`'s UDP socket per address of `settings.bind` on
+/// `port` (0: a free port, shared by the addresses where it can be), and
+/// its ICE-TCP listener per address when TCP is on; the announced
+/// addresses list the UDP sockets first.
+fn bind_worker(settings: &MediaSettings, mut port: u16, index: usize) -> std::io::Result<Bound> {
     let mut sockets = Vec::new();
     let mut announced = Vec::new();
     for (ip, public) in &settings.bind {
@@ -144,10 +164,34 @@ fn bind_worker(
         announced.push(Announced {
             bound,
             public: *public,
+            tcp: false,
         });
         sockets.push(socket);
     }
-    Ok((sockets, announced))
+    let mut listeners = Vec::new();
+    if let Some(tcp_port) = settings.tcp_port {
+        let mut port = match tcp_port {
+            0 => 0,
+            first => u16::try_from(usize::from(first) + index).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the workers' TCP ports run past 65535",
+                )
+            })?,
+        };
+        for (ip, public) in &settings.bind {
+            let listener = super::tcp::bind(SocketAddr::new(*ip, port))?;
+            let bound = listener.local_addr()?;
+            port = bound.port();
+            announced.push(Announced {
+                bound,
+                public: *public,
+                tcp: true,
+            });
+            listeners.push(listener);
+        }
+    }
+    Ok((sockets, listeners, announced))
 }
 
 impl Worker {
@@ -168,10 +212,12 @@ impl Worker {
             }
         }
         let core = MediaCore::new(settings, self.index, self.announced, Instant::now());
+        let tcp = TcpMedia::start(self.listeners, sockets.len());
         Loop {
             index: self.index,
             core,
             sockets,
+            tcp,
             rx: self.rx,
             others: self.others,
         }
@@ -211,6 +257,13 @@ impl Loop {
                         Err(e) => warn!(error = %e, "UDP receive failed"),
                     }
                 }
+                event = self.tcp.recv() => {
+                    if let Some((sock, from, data)) = event.and_then(|e| self.tcp.note(e)) {
+                        let now = Instant::now();
+                        turn = Some((now, self.core.stats.rtp_forwarded));
+                        self.core.on_datagram(sock, from, &data, now, now);
+                    }
+                }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.core.handle_command(cmd, Instant::now()),
                     None => break,
@@ -239,6 +292,17 @@ impl Loop {
     /// the batch, counted).
     fn send(&mut self) {
         let core = &mut self.core;
+        if self.tcp.has_connections() {
+            for (sock, to, data) in core.out.take_from(self.tcp.first()) {
+                let len = data.len() as u64;
+                if self.tcp.send(sock, to, data) {
+                    core.stats.datagrams_out += 1;
+                    core.stats.bytes_out += len;
+                } else {
+                    core.stats.dropped_send += 1;
+                }
+            }
+        }
         core.out.send(&self.sockets, &mut core.stats);
         if core.pipe_out.is_empty() {
             return;

@@ -27,6 +27,7 @@ mod routes;
 mod source;
 mod ssrc_simulcast;
 mod tap;
+mod tcp;
 #[cfg(test)]
 pub(crate) mod testnet;
 #[cfg(test)]
@@ -304,7 +305,9 @@ pub struct MediaCore {
     /// Messages to other workers produced this turn, with the worker each
     /// goes to (see `pipe`), handed over at its end.
     pipe_out: Vec<(usize, PipeMsg)>,
-    local_addrs: Vec<SocketAddr>,
+    /// What each socket index (the driver's UDP sockets, then its TCP
+    /// listeners) is to `rtc`: its local address and transport.
+    local_addrs: Vec<Local>,
     announced: Vec<Announced>,
     timeouts: IceTimeouts,
     /// Silence after which a connected connection is lost.
@@ -341,6 +344,8 @@ pub struct MediaSettings {
     pub bind: Vec<(std::net::IpAddr, Option<std::net::IpAddr>)>,
     /// UDP port (0 = any).
     pub port: u16,
+    /// ICE-TCP's port (0 = any), when media is served over TCP too.
+    pub tcp_port: Option<u16>,
     /// ICE disconnected timeout (informational: the connection may recover).
     pub ice_disconnected: Duration,
     /// How long a connected connection may go without any datagram from its
@@ -369,7 +374,13 @@ impl MediaCore {
             worker,
             out: SendBatch::default(),
             pipe_out: Vec::new(),
-            local_addrs: announced.iter().map(|a| a.bound).collect(),
+            local_addrs: announced
+                .iter()
+                .map(|a| Local {
+                    addr: a.local(),
+                    tcp: a.tcp,
+                })
+                .collect(),
             announced,
             timeouts: IceTimeouts {
                 disconnected: settings.ice_disconnected,
@@ -456,13 +467,20 @@ impl MediaCore {
                 return;
             }
         }
+        let Some(local) = self.local_addrs.get(sock) else {
+            return;
+        };
         let msg = TaggedBytesMut {
             now: arrived,
             transport: TransportContext {
-                local_addr: self.local_addrs[sock],
+                local_addr: local.addr,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: if local.tcp {
+                    TransportProtocol::TCP
+                } else {
+                    TransportProtocol::UDP
+                },
             },
             message: BytesMut::from(data),
         };
@@ -1198,15 +1216,27 @@ impl MediaCore {
     }
 }
 
+/// One socket index of the core: what `rtc` knows it by.
+#[derive(Debug, Clone, Copy)]
+struct Local {
+    addr: SocketAddr,
+    /// An ICE-TCP listener's (its connections' datagrams are framed by the
+    /// driver), not a UDP socket's.
+    tcp: bool,
+}
+
 /// Queues everything a connection has to send for the end of this turn.
-fn flush(conn: &mut Conn, out: &mut SendBatch, local_addrs: &[SocketAddr]) {
+fn flush(conn: &mut Conn, out: &mut SendBatch, local_addrs: &[Local]) {
     while let Some(datagram) = conn.pc.poll_write() {
         let sock = match local_addrs {
             [_] => 0,
-            many => many
-                .iter()
-                .position(|a| *a == datagram.transport.local_addr)
-                .unwrap_or(0),
+            many => {
+                let t = &datagram.transport;
+                let tcp = t.transport_protocol == TransportProtocol::TCP;
+                many.iter()
+                    .position(|a| a.addr == t.local_addr && a.tcp == tcp)
+                    .unwrap_or(0)
+            }
         };
         // DTLS and SRTP go where the selected candidate pair points; STUN
         // (first byte 0..=3) answers every pair the client checks.
@@ -1251,6 +1281,7 @@ impl MediaCore {
         let announced = vec![Announced {
             bound: SocketAddr::from(([127, 0, 0, 1], 40_000 + worker as u16)),
             public: None,
+            tcp: false,
         }];
         MediaCore::new(settings, worker, announced, now)
     }
@@ -1333,7 +1364,7 @@ impl MediaCore {
 
     /// The first socket's address.
     pub(crate) fn fuzz_local_addr(&self) -> SocketAddr {
-        self.local_addrs[0]
+        self.local_addrs[0].addr
     }
 
     /// Datagrams taken in so far: routed to a connection, and not.

@@ -455,7 +455,7 @@ impl Net {
     fn deliver_from(&mut self, w: usize) {
         let now = self.now;
         let core = self.core_of(w);
-        let server = core.local_addrs[0];
+        let server = core.local_addrs[0].addr;
         for (to, message) in core.out.take() {
             let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) else {
                 continue;
