@@ -280,6 +280,7 @@ impl Server {
             ),
             cluster: self.cluster.clone(),
             control: control.clone(),
+            whip: Default::default(),
         });
         info!(http = %self.http_addr, media = ?self.media.local_addrs(), media_tcp = ?self.media.tcp_addrs(), "serving");
         let gate = self.gate.clone();

@@ -243,6 +243,18 @@ export class Participant {
     });
   }
 
+  /**
+   * Opens a page of `at` that is not the demo page (`path`, default /healthz): an origin
+   * of the daemon's for a client of the test's own making, with the fake camera.
+   */
+  async openPlain(at = daemon, path = '/healthz') {
+    this.context = await browser.newContext();
+    this.page = await this.context.newPage();
+    this.page.on('console', (m) => this.console.push(`[${m.type()}] ${m.text()}`));
+    this.page.on('pageerror', (e) => this.console.push(`[pageerror] ${e.message}`));
+    await this.page.goto(`${at.url}${path}`);
+  }
+
   async close() {
     await this.context?.close().catch(() => {});
   }

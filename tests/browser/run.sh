@@ -7,7 +7,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 
 # npm needs the registry, so install before leaving the network.
-if [ ! -d "$here/node_modules/playwright-core" ]; then
+if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/whip-whep" ]; then
     (cd "$here" && npm ci --no-audit --no-fund)
 fi
 

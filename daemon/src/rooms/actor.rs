@@ -104,6 +104,7 @@ impl RoomActor {
                 role,
                 mode,
                 allow_duplicate_name,
+                receives,
                 out,
                 reply,
             } => {
@@ -122,7 +123,7 @@ impl RoomActor {
                         ),
                     ))
                 } else {
-                    self.join(peer, &name, role, out).await
+                    self.join(peer, &name, role, receives, out).await
                 };
                 let _ = reply.send(r);
             }
@@ -278,12 +279,16 @@ impl RoomActor {
         peer: PeerId,
         name: &str,
         role: sfu_proto::signaling::Role,
+        receives: bool,
         out: OutboundTx,
     ) -> Result<(), Refusal> {
         let others = self
             .room
             .join(peer, name, role, Instant::now())
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        if !receives {
+            self.room.receive_nothing(peer);
+        }
         let worker = if self.room.mode == RoomMode::Mesh {
             None
         } else {

@@ -79,6 +79,8 @@ pub(crate) enum RoomMsg {
         role: Role,
         mode: Option<RoomMode>,
         allow_duplicate_name: bool,
+        /// Whether it receives the others' media (a WHIP publisher does not).
+        receives: bool,
         out: OutboundTx,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
@@ -385,6 +387,27 @@ impl RoomRegistry {
         mode: Option<RoomMode>,
         out: OutboundTx,
     ) -> Result<Membership, Refusal> {
+        self.join_receiving(admission, mode, out, true).await
+    }
+
+    /// Joins as a participant that publishes and receives nothing (a WHIP
+    /// publisher): no subscribe connection is ever offered to it.
+    pub async fn join_publisher(
+        &self,
+        admission: &crate::auth::Admission,
+        mode: Option<RoomMode>,
+        out: OutboundTx,
+    ) -> Result<Membership, Refusal> {
+        self.join_receiving(admission, mode, out, false).await
+    }
+
+    async fn join_receiving(
+        &self,
+        admission: &crate::auth::Admission,
+        mode: Option<RoomMode>,
+        out: OutboundTx,
+        receives: bool,
+    ) -> Result<Membership, Refusal> {
         let room = admission.room.as_str();
         if !state::valid_name(room) {
             return Err(bad_room_name());
@@ -411,6 +434,7 @@ impl RoomRegistry {
                 role: admission.role,
                 mode,
                 allow_duplicate_name: admission.allow_duplicate_name,
+                receives,
                 out: out.clone(),
                 reply,
             };
@@ -637,7 +661,12 @@ impl RoomRegistry {
         *lock(&self.inner.limits) = limits;
     }
 
-    /// New ICE servers for joins from now on.
+    /// The ICE servers handed to clients that join now.
+    pub fn ice_servers(&self) -> Vec<IceServer> {
+        lock(&self.inner.ice_servers).clone()
+    }
+
+    /// Replaces the ICE servers handed to clients that join from now on.
     pub fn set_ice_servers(&self, servers: Vec<IceServer>) {
         *lock(&self.inner.ice_servers) = servers;
     }

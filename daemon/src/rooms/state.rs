@@ -70,6 +70,8 @@ pub struct Member {
     pub joined_at: Instant,
     /// Their subscribe negotiation.
     pub sub: Negotiation,
+    /// Whether they receive the speakers' media (a WHIP publisher does not).
+    pub receives: bool,
 }
 
 impl Member {
@@ -131,9 +133,17 @@ impl Room {
                 role,
                 joined_at: now,
                 sub: Negotiation::default(),
+                receives: true,
             },
         );
         Ok(others)
+    }
+
+    /// `peer` receives nothing from now on (see [`Member::receives`]).
+    pub fn receive_nothing(&mut self, peer: PeerId) {
+        if let Some(m) = self.members.get_mut(&peer) {
+            m.receives = false;
+        }
     }
 
     /// Removes a member and the tracks they published.
@@ -210,6 +220,9 @@ impl Room {
 
     /// The tracks `peer` should receive: every other speaker's.
     pub fn wanted_tracks(&self, peer: PeerId) -> Vec<TrackInfo> {
+        if self.members.get(&peer).is_some_and(|m| !m.receives) {
+            return Vec::new();
+        }
         self.tracks
             .values()
             .filter(|t| t.publisher != peer)
@@ -290,6 +303,17 @@ mod tests {
                 .expect("joins");
         }
         room
+    }
+
+    #[test]
+    fn a_member_that_receives_nothing_wants_no_track_and_others_still_get_its_own() {
+        let mut room = room_with(&[(1, Role::Speaker), (2, Role::Speaker)]);
+        room.receive_nothing(PeerId(1));
+        room.add_track(track(10, 1));
+        room.add_track(track(20, 2));
+        assert!(room.wanted_tracks(PeerId(1)).is_empty());
+        let got: Vec<TrackId> = room.wanted_tracks(PeerId(2)).iter().map(|t| t.id).collect();
+        assert_eq!(got, [TrackId(10)]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod listener;
 mod node;
 mod relay;
 mod session;
+pub mod whip;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub cluster: crate::cluster::Cluster,
     /// What operators' requests act on, for other nodes' requests.
     pub control: Arc<crate::control::handler::Context>,
+    /// The open WHIP sessions.
+    pub whip: Arc<whip::Sessions>,
 }
 
 /// The HTTP routes.
@@ -56,6 +59,16 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::metrics::handler))
         .route("/cluster/control", get(node::control))
+        .route(
+            "/whip/{room}",
+            axum::routing::post(whip::publish).options(whip::options),
+        )
+        .route(
+            "/whip/{room}/{session}",
+            axum::routing::patch(whip::patch)
+                .delete(whip::delete)
+                .options(whip::options),
+        )
         .with_state(Arc::new(state))
 }
 
