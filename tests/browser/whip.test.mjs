@@ -1,7 +1,8 @@
 // WHIP (RFC 9725) with a client nobody here wrote: medooze's whip-whep (npm; by an author
 // of the RFC) in a Chromium page publishes its fake camera and microphone into a room with
 // a join token, another page on the demo page decodes both, and the client's DELETE removes
-// it. The endpoint's refusals take the RFC's status codes.
+// it. Its WHEP client views a room's speaker from another page. The endpoint's refusals
+// take the RFC's status codes.
 //
 // Debian 12's simple-whip-client cannot run here: it links libsoup2 and GStreamer's
 // webrtcbin loads libnice, which links libsoup3, and GLib aborts the process.
@@ -14,6 +15,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
+  MIN_FRAMES,
   daemon,
   joinToken,
   Participant,
@@ -28,11 +30,12 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 /** A stand-in for an offer that is no SDP at all. */
 const NOT_SDP = 'this is not a session description\r\n';
 
-/** Loads whip-whep's WHIPClient into `page` as `window.WHIPClient`. */
-async function loadWhipClient(page) {
-  const source = await readFile(path.join(here, 'node_modules/whip-whep/whip.js'), 'utf8');
-  await page.addScriptTag({ type: 'module', content: `${source}\nwindow.WHIPClient = WHIPClient;` });
-  await page.waitForFunction(() => typeof window.WHIPClient === 'function');
+/** Loads whip-whep's `client` ('WHIPClient' from whip.js, 'WHEPClient' from whep.js) into `page`. */
+async function loadClient(page, client = 'WHIPClient') {
+  const file = client === 'WHIPClient' ? 'whip.js' : 'whep.js';
+  const source = await readFile(path.join(here, 'node_modules/whip-whep', file), 'utf8');
+  await page.addScriptTag({ type: 'module', content: `${source}\nwindow.${client} = ${client};` });
+  await page.waitForFunction((c) => typeof window[c] === 'function', client);
 }
 
 describe('WHIP: a WHIP client publishes into a room', () => {
@@ -42,7 +45,7 @@ describe('WHIP: a WHIP client publishes into a room', () => {
   before(track(async () => {
     await viewer.open(room);
     await encoder.openPlain();
-    await loadWhipClient(encoder.page);
+    await loadClient(encoder.page);
   }));
   after(() => Promise.all([viewer.close(), encoder.close()]));
 
@@ -85,6 +88,81 @@ describe('WHIP: a WHIP client publishes into a room', () => {
     }, () => `the publisher was still in the room 10 s after its DELETE:\n${report()}`);
     const again = await fetch(`${daemon.url}${location}`, { method: 'DELETE' });
     assert.equal(again.status, 404, 'its session is gone');
+  }));
+});
+
+describe('WHEP: a WHEP client views a room\'s speaker', () => {
+  const room = `whep-${process.pid}`;
+  const speaker = new Participant('ann');
+  const player = new Participant('player');
+  before(track(async () => {
+    await speaker.open(room);
+    await player.openPlain();
+    await loadClient(player.page, 'WHEPClient');
+  }));
+  after(() => Promise.all([speaker.close(), player.close()]));
+
+  it('it decodes the speaker\'s video and audio, is listed as a listener, and its DELETE removes it', { timeout: 90_000 }, track(async () => {
+    // The speaker publishes first: the viewer gets the room's first speaker.
+    await waitFor(20_000, async () => {
+      const shown = JSON.parse(await sfuctl('--json', 'rooms', 'show', room));
+      return shown.members.some((m) => m.name === 'ann' && m.tracks.length === 2);
+    }, () => 'the speaker did not publish within 20 s');
+    const token = joinToken({ room, name: 'player', role: 'listener' });
+    const location = await player.page.evaluate(async ({ url, token }) => {
+      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      const video = document.createElement('video');
+      video.muted = true;
+      video.autoplay = true;
+      document.body.append(video);
+      pc.ontrack = (e) => { video.srcObject = e.streams[0] ?? new MediaStream([e.track]); };
+      window.pc = pc;
+      window.whep = new window.WHEPClient();
+      await window.whep.view(pc, url, token);
+      return window.whep.resourceURL.pathname;
+    }, { url: `${daemon.url}/whep/${room}`, token });
+    assert.match(location, new RegExp(`^/whep/${room}/[0-9a-f]{32}$`));
+
+    const received = () => player.page.evaluate(async () => {
+      let frames = 0;
+      let audio = 0;
+      (await window.pc.getStats()).forEach((r) => {
+        if (r.type === 'inbound-rtp' && r.kind === 'video') frames += r.framesDecoded ?? 0;
+        if (r.type === 'inbound-rtp' && r.kind === 'audio') audio += r.bytesReceived ?? 0;
+      });
+      return { frames, audio };
+    });
+    let got = {};
+    await waitFor(30_000, async () => {
+      got = await received();
+      return got.frames >= MIN_FRAMES && got.audio > 0;
+    }, () => `the WHEP viewer decoded ${JSON.stringify(got)} within 30 s\n${player.console.join('\n')}\n${daemon.output()}`);
+
+    const shown = JSON.parse(await sfuctl('--json', 'rooms', 'show', room));
+    const viewer = shown.members.find((m) => m.name === 'player');
+    assert.equal(viewer?.role, 'listener', JSON.stringify(shown.members));
+    assert.equal(viewer.subscribe?.state, 'connected');
+
+    await player.page.evaluate(() => window.whep.stop());
+    await waitFor(10_000, async () => {
+      const members = JSON.parse(await sfuctl('--json', 'rooms', 'show', room)).members;
+      return !members.some((m) => m.name === 'player');
+    }, () => 'the viewer was still in the room 10 s after its DELETE');
+  }));
+
+  it('a room nobody publishes in has nothing to view: 404', { timeout: 20_000 }, track(async () => {
+    const empty = `whep-empty-${process.pid}`;
+    const response = await player.page.evaluate(async (url) => {
+      const pc = new RTCPeerConnection();
+      pc.addTransceiver('video', { direction: 'recvonly' });
+      const offer = await pc.createOffer();
+      const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/sdp' }, body: offer.sdp });
+      return { status: r.status, body: await r.text() };
+    }, `${daemon.url}/whep/${empty}`);
+    assert.equal(response.status, 404, JSON.stringify(response));
+    assert.match(response.body, /^unknown_track: /);
   }));
 });
 

@@ -203,10 +203,41 @@ impl MediaHandle {
         events: EventSink,
         tracks: Vec<TrackInfo>,
     ) -> Result<Option<Negotiated>, MediaError> {
-        // Tracks other workers own reach this one's legs through pipes:
-        // each owner pipes (or keeps piping) them here, and this worker
-        // mirrors them before the legs are made.
-        for track in &tracks {
+        self.pipe_here(peer, &tracks).await?;
+        self.call(peer, |reply| MediaCommand::Subscribe {
+            peer,
+            events,
+            tracks,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers a viewer's own offer (WHEP) with `tracks`, piped to its
+    /// worker first where another owns them (see [`Self::subscribe`]).
+    pub async fn view(
+        &self,
+        peer: PeerId,
+        events: EventSink,
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    ) -> Result<Negotiated, MediaError> {
+        self.pipe_here(peer, &tracks).await?;
+        self.call(peer, |reply| MediaCommand::View {
+            peer,
+            events,
+            sdp,
+            tracks,
+            reply,
+        })
+        .await?
+    }
+
+    /// Tracks other workers own reach `peer`'s worker through pipes: each
+    /// owner pipes (or keeps piping) them there, and that worker mirrors
+    /// them before legs are made of them.
+    async fn pipe_here(&self, peer: PeerId, tracks: &[TrackInfo]) -> Result<(), MediaError> {
+        for track in tracks {
             let owner = track.id.worker();
             let to = self.worker_of(peer);
             let Some(w) = self.workers.get(owner).filter(|_| owner != to) else {
@@ -226,13 +257,7 @@ impl MediaHandle {
                     .map_err(|_| MediaError::Stopped)?;
             }
         }
-        self.call(peer, |reply| MediaCommand::Subscribe {
-            peer,
-            events,
-            tracks,
-            reply,
-        })
-        .await?
+        Ok(())
     }
 
     /// Apply a subscribe answer.

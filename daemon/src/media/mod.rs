@@ -308,6 +308,14 @@ pub(crate) enum MediaCommand {
         sdp: String,
         reply: oneshot::Sender<Result<(), MediaError>>,
     },
+    /// Answer a viewer's own offer (WHEP) with `tracks`.
+    View {
+        peer: PeerId,
+        events: EventSink,
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+        reply: oneshot::Sender<Result<Negotiated, MediaError>>,
+    },
     /// Add a trickled remote candidate.
     RemoteCandidate {
         peer: PeerId,

@@ -153,6 +153,10 @@ impl RoomActor {
                 let r = self.offer(peer, sdp).await;
                 let _ = reply.send(r);
             }
+            RoomMsg::View { peer, sdp, reply } => {
+                let r = self.view(peer, sdp).await;
+                let _ = reply.send(r);
+            }
             RoomMsg::Answer { peer, sdp, reply } => {
                 let r = self.answer(peer, sdp).await;
                 let _ = reply.send(r);
@@ -378,6 +382,30 @@ impl RoomActor {
             self.negotiate(peer).await;
         }
         Ok(())
+    }
+
+    /// Answers a viewer's own offer (WHEP) with the tracks of the room's
+    /// first speaker that publishes video (or of the first that publishes).
+    async fn view(&mut self, peer: PeerId, sdp: String) -> Result<Negotiated, Refusal> {
+        if self.room.mode == RoomMode::Mesh {
+            return Err(self.wrong_mode(
+                "the server holds no media connections in a mesh room: nothing to view",
+            ));
+        }
+        if self.room.member(peer).is_none() {
+            return Err(Refusal::new(ErrorCode::NotJoined, "join first"));
+        }
+        let tracks = self.room.first_speaker_tracks();
+        if tracks.is_empty() {
+            return Err(Refusal::new(
+                ErrorCode::UnknownTrack,
+                format!("no one publishes in room `{}` yet", self.room.name),
+            ));
+        }
+        self.media
+            .view(peer, self.sink.clone(), sdp, tracks)
+            .await
+            .map_err(refusal)
     }
 
     /// Relays mesh signaling from `peer` to `to`.

@@ -84,6 +84,13 @@ pub(crate) enum RoomMsg {
         out: OutboundTx,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
+    /// A viewer's own offer (WHEP), answered with the room's first
+    /// speaker's tracks.
+    View {
+        peer: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<crate::media::Negotiated, Refusal>>,
+    },
     Offer {
         peer: PeerId,
         sdp: String,
@@ -185,6 +192,21 @@ impl RoomHandle {
     /// Apply a publish offer; the answer arrives through the session's mailbox.
     pub async fn offer(&self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
         self.call(|reply| RoomMsg::Offer { peer, sdp, reply }).await
+    }
+
+    /// Answer a viewer's own offer (WHEP) with the room's first speaker's
+    /// tracks.
+    pub async fn view(
+        &self,
+        peer: PeerId,
+        sdp: String,
+    ) -> Result<crate::media::Negotiated, Refusal> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::View { peer, sdp, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     /// Apply a subscribe answer.
@@ -390,9 +412,10 @@ impl RoomRegistry {
         self.join_receiving(admission, mode, out, true).await
     }
 
-    /// Joins as a participant that publishes and receives nothing (a WHIP
-    /// publisher): no subscribe connection is ever offered to it.
-    pub async fn join_publisher(
+    /// Joins as a participant the room never offers a subscribe
+    /// connection: a WHIP publisher (it receives nothing), a WHEP viewer
+    /// (its own offer gets it its tracks, [`RoomHandle::view`]).
+    pub async fn join_unsubscribed(
         &self,
         admission: &crate::auth::Admission,
         mode: Option<RoomMode>,

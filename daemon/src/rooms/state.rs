@@ -235,6 +235,33 @@ impl Room {
             .collect()
     }
 
+    /// The tracks of the first speaker to arrive that publishes video, or
+    /// else of the first that publishes anything: what a viewer that
+    /// shows one stream (WHEP) gets.
+    pub fn first_speaker_tracks(&self) -> Vec<TrackInfo> {
+        let of = |peer: PeerId| -> Vec<TrackInfo> {
+            let mut t: Vec<TrackInfo> = self
+                .tracks
+                .values()
+                .filter(|t| t.publisher == peer)
+                .cloned()
+                .collect();
+            t.sort_by_key(|t| t.id);
+            t
+        };
+        let speakers: Vec<PeerId> = self
+            .members_by_arrival()
+            .filter(|m| m.role == Role::Speaker)
+            .map(|m| m.id)
+            .collect();
+        speakers
+            .iter()
+            .map(|p| of(*p))
+            .find(|t| t.iter().any(|t| t.kind == crate::media::MediaKind::Video))
+            .or_else(|| speakers.iter().map(|p| of(*p)).find(|t| !t.is_empty()))
+            .unwrap_or_default()
+    }
+
     /// The forwarded set changed for everyone: returns who should get a new
     /// offer now; those with an offer in flight get one after their answer.
     pub fn tracks_changed(&mut self) -> Vec<PeerId> {

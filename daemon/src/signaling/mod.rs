@@ -69,6 +69,16 @@ pub fn router(state: AppState) -> Router {
                 .delete(whip::delete)
                 .options(whip::options),
         )
+        .route(
+            "/whep/{room}",
+            axum::routing::post(whip::view).options(whip::options),
+        )
+        .route(
+            "/whep/{room}/{session}",
+            axum::routing::patch(whip::patch)
+                .delete(whip::delete)
+                .options(whip::options),
+        )
         .with_state(Arc::new(state))
 }
 

@@ -75,7 +75,9 @@ fn status_of(code: ErrorCode) -> StatusCode {
             StatusCode::UNAUTHORIZED
         }
         ErrorCode::WrongRoom | ErrorCode::NotAllowed => StatusCode::FORBIDDEN,
-        ErrorCode::UnknownRoom | ErrorCode::RoomClosed => StatusCode::NOT_FOUND,
+        ErrorCode::UnknownRoom | ErrorCode::RoomClosed | ErrorCode::UnknownTrack => {
+            StatusCode::NOT_FOUND
+        }
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::WrongMode | ErrorCode::NameTaken => StatusCode::CONFLICT,
         ErrorCode::RoomFull
@@ -149,6 +151,49 @@ pub(super) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    open(state, remote, room, headers, body, Kind::Whip).await
+}
+
+/// `POST /whep/{room}`: a viewer's offer in, the viewer joined, the answer
+/// with the room's first speaker's tracks out.
+pub(super) async fn view(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    open(state, remote, room, headers, body, Kind::Whep).await
+}
+
+/// Which of the two protocols a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Ingest: a publisher.
+    Whip,
+    /// Egress: a viewer.
+    Whep,
+}
+
+impl Kind {
+    fn path(self) -> &'static str {
+        match self {
+            Kind::Whip => "whip",
+            Kind::Whep => "whep",
+        }
+    }
+}
+
+/// Joins `room` for a WHIP publisher or a WHEP viewer and answers its
+/// offer.
+async fn open(
+    state: Arc<AppState>,
+    remote: SocketAddr,
+    room: String,
+    headers: HeaderMap,
+    body: Bytes,
+    kind: Kind,
+) -> Response {
     if !content_type_is(&headers, "application/sdp") {
         return refused(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -193,24 +238,30 @@ pub(super) async fn publish(
         );
     }
     let id = format!("{:032x}", rand::random::<u128>());
-    // Open rooms name the publisher after its session (unique in the room).
-    let name = format!("whip-{}", &id[..6]);
-    let admission = match state
-        .gate
-        .admit(&room, &name, Role::Speaker, bearer(&headers))
-    {
+    // Open rooms name the client after its session (unique in the room).
+    let name = format!("{}-{}", kind.path(), &id[..6]);
+    let role = match kind {
+        Kind::Whip => Role::Speaker,
+        Kind::Whep => Role::Listener,
+    };
+    let mut admission = match state.gate.admit(&room, &name, role, bearer(&headers)) {
         Ok(a) => a,
         Err(r) => {
-            tracing::info!(%room, code = %r.code, "WHIP publish refused");
+            tracing::info!(%room, code = %r.code, ?kind, "WHIP/WHEP session refused");
             return refusal(&r);
         }
     };
-    if admission.role != Role::Speaker {
-        return refused(
-            StatusCode::FORBIDDEN,
-            ErrorCode::NotAllowed,
-            "the token is a listener's: WHIP publishes",
-        );
+    match kind {
+        Kind::Whip if admission.role != Role::Speaker => {
+            return refused(
+                StatusCode::FORBIDDEN,
+                ErrorCode::NotAllowed,
+                "the token is a listener's: WHIP publishes",
+            );
+        }
+        // A viewer publishes nothing, whatever its token allows.
+        Kind::Whep => admission.role = Role::Listener,
+        Kind::Whip => {}
     }
     if let Err(r) = state.rooms.claim(&admission.room).await {
         return refusal(&r);
@@ -218,13 +269,21 @@ pub(super) async fn publish(
     let (out, mut inbox) = mpsc::channel(OUTBOX);
     let membership = match state
         .rooms
-        .join_publisher(&admission, Some(RoomMode::Sfu), out)
+        .join_unsubscribed(&admission, Some(RoomMode::Sfu), out)
         .await
     {
         Ok(m) => m,
         Err(r) => return refusal(&r),
     };
-    let answer = match answer(&membership, offer, &mut inbox).await {
+    let negotiated = match kind {
+        Kind::Whip => answer(&membership, offer, &mut inbox).await,
+        Kind::Whep => membership
+            .room
+            .view(membership.peer, offer)
+            .await
+            .map(|n| with_candidates(&n.sdp, &n.candidates)),
+    };
+    let answer = match negotiated {
         Ok(answer) => answer,
         Err(r) => {
             membership.room.leave(membership.peer).await;
@@ -233,7 +292,7 @@ pub(super) async fn publish(
     };
     let room = admission.room.clone();
     let etag = format!("\"{}\"", &id[..16]);
-    tracing::info!(%room, peer = %membership.peer, session = %id, "WHIP publisher joined");
+    tracing::info!(%room, peer = %membership.peer, session = %id, ?kind, "WHIP/WHEP session opened");
     state.whip.lock().insert(
         id.clone(),
         Session {
@@ -259,7 +318,7 @@ pub(super) async fn publish(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/sdp"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("/whip/{room}/{id}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/{}/{room}/{id}", kind.path())) {
         h.insert(header::LOCATION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&etag) {

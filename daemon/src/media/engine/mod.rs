@@ -32,6 +32,7 @@ mod tcp;
 pub(crate) mod testnet;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use driver::MediaEngine;
 use fanout::start_fast_path;
@@ -1017,6 +1018,16 @@ impl MediaCore {
                 reply,
             } => {
                 let r = self.subscribe(peer, events, tracks, now);
+                let _ = reply.send(r);
+            }
+            MediaCommand::View {
+                peer,
+                events,
+                sdp,
+                tracks,
+                reply,
+            } => {
+                let r = self.view(peer, events, sdp, tracks, now);
                 let _ = reply.send(r);
             }
             MediaCommand::SubscribeAnswer { peer, sdp, reply } => {

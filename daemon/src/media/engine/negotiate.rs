@@ -171,57 +171,8 @@ impl MediaCore {
             }
         }
         for want in &tracks {
-            if conn.legs.contains_key(&want.id) {
-                continue;
-            }
-            let Some(source) = self.sources.get_mut(&want.id) else {
-                continue;
-            };
-            let ssrc = loop {
-                let s: u32 = rand::random();
-                if s != 0 && !conn.by_ssrc.contains_key(&s) {
-                    break s;
-                }
-            };
-            let rtx_ssrc = loop {
-                let s: u32 = rand::random();
-                if s != 0 && s != ssrc && !conn.by_ssrc.contains_key(&s) {
-                    break s;
-                }
-            };
-            let kind = match want.kind {
-                MediaKind::Audio => RtpCodecKind::Audio,
-                MediaKind::Video => RtpCodecKind::Video,
-            };
-            let name = format!("{}-{}", want.kind.as_str(), want.id.0);
-            let track = MediaStreamTrack::new(
-                want.publisher.to_string(),
-                name.clone(),
-                name,
-                kind,
-                // No codec here: naming the source's codec would make this
-                // m-section offer only it, and `rtc` 0.21 takes the codecs
-                // of a subscriber's first answered video (or audio) section
-                // as the only ones the connection may ever use, so a later
-                // track in another codec (an H264 publisher after a VP8 one)
-                // could not be added. Every section offers every codec; the
-                // leg sends with the subscriber's payload type for the
-                // source's codec (`subscribe_answer`).
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        // Video legs get an RTX stream: the engine probes the
-                        // subscriber's link with retransmissions on it.
-                        rtx: (want.kind == MediaKind::Video)
-                            .then_some(RTCRtpRtxParameters { ssrc: rtx_ssrc }),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                }],
-            );
-            let transceiver = conn
-                .pc
-                .add_transceiver_from_track(
+            changed |= self.add_leg(id, want, now, |pc, track| {
+                pc.add_transceiver_from_track(
                     track,
                     Some(RTCRtpTransceiverInit {
                         direction: RTCRtpTransceiverDirection::Sendonly,
@@ -229,32 +180,11 @@ impl MediaCore {
                         send_encodings: vec![],
                     }),
                 )
-                .map_err(|e| MediaError::Internal(e.to_string()))?;
-            let sender = RTCRtpSenderId::from(transceiver);
-            let mut leg = Leg::new(sender, ssrc);
-            leg.rtx_ssrc = (want.kind == MediaKind::Video).then_some(rtx_ssrc);
-            if source.simulcast() {
-                let mut switcher = LayerSwitcher::new(source.video_codec, source.codec.clock_rate);
-                switcher.set_target(source.best_active(now).or(Some(0)));
-                leg.switcher = Some(switcher);
-            }
-            source.subscribers.push(Subscriber {
-                conn: id,
-                layers: leg.layer_interest(),
-            });
-            conn.legs.insert(want.id, leg);
-            conn.by_ssrc.insert(ssrc, want.id);
-            changed = true;
+                .map(RTCRtpSenderId::from)
+            })?;
         }
-        // Whoever receives video has its link measured: the allocation
-        // picks its simulcast layers, and pauses video it cannot carry.
-        let sources = &self.sources;
-        conn.adaptive = conn.legs.iter().any(|(track, leg)| {
-            leg.switcher.is_some()
-                || sources
-                    .get(track)
-                    .is_some_and(|s| s.info.kind == MediaKind::Video)
-        });
+        self.set_adaptive(id);
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
         if !changed && (conn.negotiated || conn.legs.is_empty()) {
             return Ok(None);
         }
@@ -266,6 +196,101 @@ impl MediaCore {
         conn.offer_outstanding = true;
         self.drive(id, now);
         Ok(Some(described))
+    }
+
+    /// A leg of `want` on subscribe connection `id`, its sender made by
+    /// `attach` (a transceiver of the server's offer, or one of the
+    /// client's offer); false when it has one already or the track is gone.
+    pub(super) fn add_leg(
+        &mut self,
+        id: ConnId,
+        want: &TrackInfo,
+        now: Instant,
+        attach: impl FnOnce(
+            &mut RTCPeerConnection,
+            MediaStreamTrack,
+        ) -> Result<RTCRtpSenderId, rtc::shared::error::Error>,
+    ) -> Result<bool, MediaError> {
+        let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
+        if conn.legs.contains_key(&want.id) {
+            return Ok(false);
+        }
+        let Some(source) = self.sources.get_mut(&want.id) else {
+            return Ok(false);
+        };
+        let ssrc = loop {
+            let s: u32 = rand::random();
+            if s != 0 && !conn.by_ssrc.contains_key(&s) {
+                break s;
+            }
+        };
+        let rtx_ssrc = loop {
+            let s: u32 = rand::random();
+            if s != 0 && s != ssrc && !conn.by_ssrc.contains_key(&s) {
+                break s;
+            }
+        };
+        let kind = match want.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let name = format!("{}-{}", want.kind.as_str(), want.id.0);
+        let track = MediaStreamTrack::new(
+            want.publisher.to_string(),
+            name.clone(),
+            name,
+            kind,
+            // No codec here: naming the source's codec would make this
+            // m-section offer only it, and `rtc` 0.21 takes the codecs
+            // of a subscriber's first answered video (or audio) section
+            // as the only ones the connection may ever use, so a later
+            // track in another codec (an H264 publisher after a VP8 one)
+            // could not be added. Every section offers every codec; the
+            // leg sends with the subscriber's payload type for the
+            // source's codec (`bind_legs`).
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    // Video legs get an RTX stream: the engine probes the
+                    // subscriber's link with retransmissions on it.
+                    rtx: (want.kind == MediaKind::Video)
+                        .then_some(RTCRtpRtxParameters { ssrc: rtx_ssrc }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+        );
+        let sender =
+            attach(&mut conn.pc, track).map_err(|e| MediaError::Internal(e.to_string()))?;
+        let mut leg = Leg::new(sender, ssrc);
+        leg.rtx_ssrc = (want.kind == MediaKind::Video).then_some(rtx_ssrc);
+        if source.simulcast() {
+            let mut switcher = LayerSwitcher::new(source.video_codec, source.codec.clock_rate);
+            switcher.set_target(source.best_active(now).or(Some(0)));
+            leg.switcher = Some(switcher);
+        }
+        source.subscribers.push(Subscriber {
+            conn: id,
+            layers: leg.layer_interest(),
+        });
+        conn.legs.insert(want.id, leg);
+        conn.by_ssrc.insert(ssrc, want.id);
+        Ok(true)
+    }
+
+    /// Whoever receives video has its link measured: the allocation picks
+    /// its simulcast layers, and pauses video it cannot carry.
+    pub(super) fn set_adaptive(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let sources = &self.sources;
+        conn.adaptive = conn.legs.iter().any(|(track, leg)| {
+            leg.switcher.is_some()
+                || sources
+                    .get(track)
+                    .is_some_and(|s| s.info.kind == MediaKind::Video)
+        });
     }
 
     pub(super) fn subscribe_answer(
@@ -294,6 +319,26 @@ impl MediaCore {
         if !conn.connected && conn.connect_by.is_none() {
             conn.connect_by = Some(now + CONNECT_TIMEOUT);
         }
+        let fresh = self.bind_legs(id);
+        let connected = self.conns.get(&id).is_some_and(|c| c.connected);
+        self.drive(id, now);
+        if connected {
+            for track in fresh {
+                self.request_leg_keyframe(id, track, now, KeyframeCause::NewSubscriber);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each leg of subscribe connection `id` takes what the negotiation
+    /// gave its sender: the subscriber's payload type for the source's
+    /// codec (and its RTX pair), and the header extension ids. The legs
+    /// negotiated for the first time.
+    pub(super) fn bind_legs(&mut self, id: ConnId) -> Vec<TrackId> {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return Vec::new();
+        };
+        let peer = conn.peer;
         let mut fresh = Vec::new();
         for (track, leg) in conn.legs.iter_mut() {
             let Some(source) = self.sources.get(track) else {
@@ -363,14 +408,7 @@ impl MediaCore {
                 .and_then(|(_, id)| u8::try_from(*id).ok())
                 .unwrap_or(0);
         }
-        let connected = conn.connected;
-        self.drive(id, now);
-        if connected {
-            for track in fresh {
-                self.request_leg_keyframe(id, track, now, KeyframeCause::NewSubscriber);
-            }
-        }
-        Ok(())
+        fresh
     }
 
     pub(super) fn remote_candidate(
@@ -420,7 +458,7 @@ impl MediaCore {
 
 /// Sets a connection's local description and returns it with the server's
 /// candidates, which go out once per connection, after its first description.
-fn describe(
+pub(super) fn describe(
     conn: &mut Conn,
     description: RTCSessionDescription,
     announced: &[Announced],
@@ -446,7 +484,7 @@ fn describe(
 
 /// Remembers the certificate fingerprints a description applied to `conn`
 /// names, once each (every renegotiation repeats them).
-fn note_fingerprints(conn: &mut Conn, fingerprints: Vec<Vec<u8>>) {
+pub(super) fn note_fingerprints(conn: &mut Conn, fingerprints: Vec<Vec<u8>>) {
     for f in fingerprints {
         if !conn.fingerprints.contains(&f) {
             conn.fingerprints.push(f);
