@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod cluster;
+mod turn;
 pub use cluster::{valid_node_id, ClusterConfig};
+pub use turn::TurnSection;
 
 /// The whole configuration, one field per TOML section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -38,6 +40,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[cluster]`: other nodes, through Redis.
     pub cluster: ClusterConfig,
+    /// `[turn]`: the embedded TURN server.
+    pub turn: TurnSection,
 }
 
 /// `[auth]`: join tokens.
@@ -494,6 +498,7 @@ impl Config {
         }
         self.auth.validate(&self.http)?;
         self.cluster.validate()?;
+        self.turn.validate()?;
         at_least_one(
             "limits.joins_per_second",
             u64::from(self.limits.joins_per_second),

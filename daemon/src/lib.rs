@@ -30,6 +30,7 @@ pub mod rooms;
 pub mod signaling;
 pub mod supervisor;
 pub mod systemd;
+pub mod turn;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -60,6 +61,9 @@ pub enum ServerError {
     /// The media sockets could not be bound.
     #[error("cannot bind the media UDP sockets")]
     MediaBind(#[source] std::io::Error),
+    /// The TURN server could not listen.
+    #[error("cannot start the TURN server (turn.port)")]
+    TurnBind(#[source] std::io::Error),
     /// No address to serve media on.
     #[error("no IPv4 address to serve media on: set rtc.bind_ips")]
     NoMediaAddress,
@@ -96,6 +100,8 @@ pub struct Server {
     cluster: cluster::Cluster,
     supervisor: Supervisor,
     started: std::time::Instant,
+    /// The embedded TURN server, when `turn.enabled`.
+    turn: Option<turn::Turn>,
 }
 
 impl Server {
@@ -157,6 +163,18 @@ impl Server {
                     refusal,
                 })?;
         }
+        let turn = if config.turn.enabled {
+            let ip = bind_ips[0];
+            let announced = config.rtc.public_ips.first().copied().unwrap_or(ip);
+            let media_addrs: Vec<SocketAddr> = media.local_addrs();
+            let turn = turn::Turn::start(&config.turn, ip, announced, media_addrs)
+                .await
+                .map_err(ServerError::TurnBind)?;
+            rooms.set_turn(Some(turn.issuer()));
+            Some(turn)
+        } else {
+            None
+        };
         let gate = Arc::new(signaling::gate::Gatekeeper::new(config));
         let reloader = reload::Reloader::new(config.clone(), None, rooms.clone(), gate.clone());
         let recorder =
@@ -174,7 +192,13 @@ impl Server {
             cluster,
             supervisor,
             started,
+            turn,
         })
+    }
+
+    /// Where the embedded TURN server listens (UDP and TCP), if it runs.
+    pub fn turn_addr(&self) -> Option<SocketAddr> {
+        self.turn.as_ref().map(turn::Turn::addr)
     }
 
     /// Remembers the file the configuration came from, for `sfuctl config
@@ -282,7 +306,7 @@ impl Server {
             control: control.clone(),
             whip: Default::default(),
         });
-        info!(http = %self.http_addr, media = ?self.media.local_addrs(), media_tcp = ?self.media.tcp_addrs(), "serving");
+        info!(http = %self.http_addr, media = ?self.media.local_addrs(), media_tcp = ?self.media.tcp_addrs(), turn = ?self.turn.as_ref().map(turn::Turn::addr), "serving");
         let gate = self.gate.clone();
         sup.spawn(
             Stage::Accept,

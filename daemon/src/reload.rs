@@ -54,6 +54,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
         auth,
         limits,
         cluster,
+        turn,
     } = new;
     let HttpConfig {
         listen,
@@ -186,6 +187,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     note(restart, "cluster.secret", &old.cluster.secret, secret);
     note(restart, "rtc.udp_port", &old.rtc.udp_port, udp_port);
     note(restart, "rtc.ice_tcp", &old.rtc.ice_tcp, ice_tcp);
+    note(restart, "turn", &old.turn, turn);
     note(restart, "rtc.tcp_port", &old.rtc.tcp_port, tcp_port);
     note(restart, "rtc.bind_ips", &old.rtc.bind_ips, bind_ips);
     note(restart, "rtc.public_ips", &old.rtc.public_ips, public_ips);

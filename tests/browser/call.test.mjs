@@ -164,6 +164,143 @@ describe('UDP blocked: three speakers over ICE-TCP', () => {
   }));
 });
 
+describe('UDP blocked: three speakers through the embedded TURN server, relay only', () => {
+  // The browser reaches neither sfud's media port nor its TURN port over UDP: TURN over
+  // TCP, relayed over UDP from the relay ports (0xA000-0xA3FF, let through) to sfud.
+  let media;
+  let turnPort;
+  let relayed;
+  const names = ['alice', 'bob', 'carol'];
+  // Every connection of the demo page is told to use relays alone.
+  const relayOnly = () => {
+    const Native = window.RTCPeerConnection;
+    window.RTCPeerConnection = function RelayOnly(config = {}, ...rest) {
+      return new Native({ ...config, iceTransportPolicy: 'relay' }, ...rest);
+    };
+    window.RTCPeerConnection.prototype = Native.prototype;
+  };
+  const people = names.map((n) => new Participant(n, {}, { initScript: relayOnly }));
+  const stranger = new Participant('stranger');
+  const room = `turn-${process.pid}`;
+  before(track(async () => {
+    media = await freePort();
+    turnPort = await freePort();
+    relayed = new Daemon(
+      ['[turn]', 'enabled = true', `port = ${turnPort}`, 'relay_min_port = 40960', 'relay_max_port = 41983'],
+      [`udp_port = ${media}`, 'workers = 1', 'ice_tcp = false'],
+    );
+    await relayed.start();
+    const tc = ShapedPort.tc;
+    tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
+    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
+    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:30', 'htb', 'rate', '10gbit');
+    tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:30', 'handle', '30:', 'pfifo', 'limit', '0');
+    // Relay to sfud and back passes; nothing else to or from either port does.
+    for (const [relay, sfud] of [['sport', 'dport'], ['dport', 'sport']]) {
+      tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
+        'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', relay, '40960', '0xfc00',
+        'match', 'ip', sfud, String(media), '0xffff', 'flowid', '1:10');
+    }
+    for (const port of [media, turnPort]) {
+      for (const dir of ['sport', 'dport']) {
+        tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '2', 'u32',
+          'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', dir, String(port), '0xffff', 'flowid', '1:30');
+      }
+    }
+    for (const p of people) await p.open(room, relayed);
+    await stranger.openPlain(relayed);
+  }));
+  after(async () => {
+    await Promise.all([...people, stranger].map((p) => p.close()));
+    try { ShapedPort.tc('qdisc', 'del', 'dev', 'lo', 'root'); } catch { /* never installed */ }
+    await relayed?.stop();
+  });
+
+  it('each page decodes every other page through relays', { timeout: 60_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await Promise.all(people.map((p) => p.snapshot()));
+      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s through TURN:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}\n${relayed.output()}`);
+    for (const p of people) {
+      const locals = await p.page.evaluate(async () => {
+        const out = [];
+        for (const pc of Object.values(window.sfud.pcs).filter(Boolean)) {
+          const stats = await pc.getStats();
+          stats.forEach((r) => {
+            if (r.type !== 'transport' || !r.selectedCandidatePairId) return;
+            const local = stats.get(stats.get(r.selectedCandidatePairId).localCandidateId);
+            out.push({ type: local.candidateType, relayProtocol: local.relayProtocol });
+          });
+        }
+        return out;
+      });
+      assert.equal(locals.length, 2, `${p.name}: ${JSON.stringify(locals)}`);
+      for (const l of locals) assert.deepEqual(l, { type: 'relay', relayProtocol: 'tcp' }, p.name);
+    }
+  }));
+
+  it('wrong and expired credentials get no relay, and valid ones relay only to sfud', { timeout: 60_000 }, track(async () => {
+    const result = await stranger.page.evaluate(async ({ turnPort, room }) => {
+      const url = `turn:127.0.0.1:${turnPort}?transport=tcp`;
+      // Gathers relay candidates with `iceServers`; the errors ICE reported.
+      const gather = async (iceServers) => {
+        const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
+        const relays = [];
+        const errors = [];
+        pc.onicecandidate = (e) => { if (e.candidate) relays.push(e.candidate.candidate); };
+        pc.onicecandidateerror = (e) => errors.push(e.errorCode);
+        pc.createDataChannel('x');
+        await pc.setLocalDescription(await pc.createOffer());
+        await new Promise((resolve) => {
+          if (pc.iceGatheringState === 'complete') resolve();
+          pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') resolve(); };
+          setTimeout(resolve, 15_000);
+        });
+        pc.close();
+        return { relays: relays.length, errors };
+      };
+      const now = Math.floor(Date.now() / 1000);
+      const wrong = await gather([{ urls: url, username: `${now + 600}:nobody`, credential: 'not-the-password' }]);
+      const expired = await gather([{ urls: url, username: `${now - 60}:nobody`, credential: 'not-the-password' }]);
+      // Real credentials, from a join of this page's own.
+      const ws = new WebSocket(`ws://${location.host}/ws`);
+      const joined = await new Promise((resolve, reject) => {
+        ws.onopen = () => ws.send(JSON.stringify({ type: 'join', room, name: 'stranger', role: 'listener' }));
+        ws.onmessage = (m) => { const msg = JSON.parse(m.data); if (msg.type === 'joined') resolve(msg); };
+        ws.onerror = reject;
+      });
+      const iceServers = joined.ice_servers;
+      const valid = await gather(iceServers);
+      // Two connections of this page through the relay to each other, not to sfud:
+      // their permissions name an address of sfud's, their channels a port that is not.
+      const a = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
+      const b = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
+      a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
+      b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
+      a.createDataChannel('x');
+      await a.setLocalDescription(await a.createOffer());
+      await b.setRemoteDescription(a.localDescription);
+      await b.setLocalDescription(await b.createAnswer());
+      await a.setRemoteDescription(b.localDescription);
+      await new Promise((r) => setTimeout(r, 8_000));
+      const between = a.iceConnectionState;
+      a.close();
+      b.close();
+      ws.close();
+      return { wrong, expired, valid, between, servers: iceServers.length };
+    }, { turnPort, room: `${room}-stranger` });
+    assert.equal(result.wrong.relays, 0, JSON.stringify(result));
+    assert.ok(result.wrong.errors.includes(401), JSON.stringify(result));
+    assert.equal(result.expired.relays, 0, JSON.stringify(result));
+    assert.ok(result.expired.errors.includes(401), JSON.stringify(result));
+    assert.equal(result.servers, 1, 'a join is handed the TURN server');
+    assert.ok(result.valid.relays > 0, `a join's credentials get a relay: ${JSON.stringify(result)}`);
+    assert.notEqual(result.between, 'connected', `a relay to an address that is not sfud's: ${JSON.stringify(result)}`);
+    assert.notEqual(result.between, 'completed', JSON.stringify(result));
+  }));
+});
+
 describe('SFU room: H264, VP9 and VP8 publishers', () => {
   const people = [new Participant('hana', { codec: 'H264' }), new Participant('vic', { codec: 'VP9' }), new Participant('otto')];
   const codecs = { hana: 'video/H264', vic: 'video/VP9', otto: 'video/VP8' };

@@ -318,7 +318,7 @@ impl RoomActor {
             ice_servers: self
                 .registry
                 .upgrade()
-                .map(|r| super::lock(&r.ice_servers).clone())
+                .map(|r| r.ice_servers_for(peer))
                 .unwrap_or_else(|| self.ice_servers.clone()),
         };
         self.outs.insert(peer, out);

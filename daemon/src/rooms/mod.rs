@@ -274,11 +274,24 @@ struct RegistryInner {
     media: MediaHandle,
     limits: Mutex<RoomLimits>,
     ice_servers: Mutex<Vec<IceServer>>,
+    /// Mints each participant's credentials for the embedded TURN server.
+    turn: Mutex<Option<crate::turn::Issuer>>,
     next_instance: AtomicU64,
     /// Runs the room actors.
     supervisor: Supervisor,
     /// Which node serves a room, in a cluster.
     cluster: crate::cluster::Cluster,
+}
+
+impl RegistryInner {
+    /// See [`RoomRegistry::ice_servers_for`].
+    fn ice_servers_for(&self, peer: PeerId) -> Vec<IceServer> {
+        let mut servers = lock(&self.ice_servers).clone();
+        if let Some(turn) = lock(&self.turn).as_ref() {
+            servers.push(turn.ice_server(peer));
+        }
+        servers
+    }
 }
 
 /// Rooms open and the participants in them.
@@ -329,6 +342,7 @@ impl RoomRegistry {
                 media,
                 limits: Mutex::new(limits),
                 ice_servers: Mutex::new(ice_servers),
+                turn: Mutex::new(None),
                 next_instance: AtomicU64::new(1),
                 supervisor,
                 cluster,
@@ -684,9 +698,16 @@ impl RoomRegistry {
         *lock(&self.inner.limits) = limits;
     }
 
-    /// The ICE servers handed to clients that join now.
-    pub fn ice_servers(&self) -> Vec<IceServer> {
-        lock(&self.inner.ice_servers).clone()
+    /// The ICE servers handed to participant `peer` in `joined`: the
+    /// configured ones, and the embedded TURN server with its own
+    /// credentials.
+    pub fn ice_servers_for(&self, peer: PeerId) -> Vec<IceServer> {
+        self.inner.ice_servers_for(peer)
+    }
+
+    /// Hands participants credentials for the embedded TURN server.
+    pub fn set_turn(&self, issuer: Option<crate::turn::Issuer>) {
+        *lock(&self.inner.turn) = issuer;
     }
 
     /// Replaces the ICE servers handed to clients that join from now on.

@@ -291,6 +291,7 @@ async fn open(
         }
     };
     let room = admission.room.clone();
+    let peer = membership.peer;
     let etag = format!("\"{}\"", &id[..16]);
     tracing::info!(%room, peer = %membership.peer, session = %id, ?kind, "WHIP/WHEP session opened");
     state.whip.lock().insert(
@@ -328,7 +329,7 @@ async fn open(
         "accept-patch",
         HeaderValue::from_static("application/trickle-ice-sdpfrag"),
     );
-    for link in ice_server_links(&state) {
+    for link in ice_server_links(&state, peer) {
         if let Ok(v) = HeaderValue::from_str(&link) {
             h.append(header::LINK, v);
         }
@@ -418,9 +419,9 @@ pub(crate) fn with_candidates(sdp: &str, candidates: &[CandidateInit]) -> String
 }
 
 /// The room's ICE servers as RFC 9725 `Link` headers.
-fn ice_server_links(state: &AppState) -> Vec<String> {
+fn ice_server_links(state: &AppState, peer: crate::media::PeerId) -> Vec<String> {
     let mut links = Vec::new();
-    for s in state.rooms.ice_servers() {
+    for s in state.rooms.ice_servers_for(peer) {
         for url in &s.urls {
             let mut link = format!("<{url}>; rel=\"ice-server\"");
             if let (Some(user), Some(credential)) = (&s.username, &s.credential) {
