@@ -16,6 +16,13 @@
 //!   channel or a `Send` only one of its media addresses: anything else is
 //!   refused with `403 Forbidden` (indications are dropped) before the
 //!   server sees it.
+//! - **Limits.** The same wrapper refuses a credential's allocation
+//!   requests past `turn.max_allocations_per_user` (`486 Allocation Quota
+//!   Reached`), and drops what a client sends to be relayed beyond
+//!   `turn.max_kbps_per_allocation` (a token bucket per client transport
+//!   address; a ChannelData message counts as a full media packet, its
+//!   length being private to the crate). The other direction needs no cap: its only sender is sfud,
+//!   whose own allocation fits each subscriber's link.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -31,12 +38,16 @@ use medea_turn::transport::{self, Request, TcpServer, Transport};
 use medea_turn::{AuthHandler, Server, ServerConfig, TurnConfig};
 use secrecy::SecretString;
 use sfu_proto::signaling::IceServer;
-use stun_codec::rfc5766::errors::Forbidden;
-use stun_codec::rfc5766::methods::{CHANNEL_BIND, CREATE_PERMISSION, SEND};
+use stun_codec::rfc5766::errors::{AllocationQuotaReached, Forbidden};
+use stun_codec::rfc5766::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, SEND};
 use stun_codec::{Message, MessageClass};
 
 use crate::config::TurnSection;
 use crate::media::PeerId;
+
+/// What one ChannelData message counts as against the rate limit: a full
+/// media packet.
+const CHANNEL_DATA_BYTES: usize = 1200;
 
 /// How long a channel binding lasts without a refresh (RFC 5766's).
 const CHANNEL_BIND_LIFETIME: Duration = Duration::from_secs(600);
@@ -109,14 +120,115 @@ impl AuthHandler for Credentials {
     }
 }
 
-/// A listener that lets only relays to sfud's own media through.
+/// How much a client may send to be relayed: a token bucket in bytes.
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+/// What the listeners count against the limits, shared by all of them.
+#[derive(Default)]
+struct Counts {
+    /// Allocation requests with credentials, by user.
+    allocations: std::collections::HashMap<String, u32>,
+    /// Relayed bytes' buckets, by client transport address.
+    buckets: std::collections::HashMap<SocketAddr, Bucket>,
+}
+
+/// The limits `OnlyToSfud` enforces.
+struct Limits {
+    allocations_per_user: u32,
+    bytes_per_sec: f64,
+    counts: std::sync::Mutex<Counts>,
+}
+
+impl Limits {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether another allocation request of `user` is over its quota.
+    fn over_quota(&self, user: &str) -> bool {
+        let mut counts = self.counts();
+        // Users are per join and expire: forget them in bulk, rarely.
+        if counts.allocations.len() > 100_000 {
+            counts.allocations.clear();
+        }
+        let n = counts.allocations.entry(user.to_owned()).or_insert(0);
+        *n += 1;
+        *n > self.allocations_per_user
+    }
+
+    /// Whether `bytes` more from `from` fit its bucket (one second's worth
+    /// of burst).
+    fn admit(&self, from: SocketAddr, bytes: usize) -> bool {
+        let now = std::time::Instant::now();
+        let rate = self.bytes_per_sec;
+        let mut counts = self.counts();
+        if counts.buckets.len() > 100_000 {
+            counts
+                .buckets
+                .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(60));
+        }
+        let b = counts.buckets.entry(from).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
+        b.at = now;
+        if b.tokens < bytes as f64 {
+            return false;
+        }
+        b.tokens -= bytes as f64;
+        true
+    }
+}
+
+/// A listener that lets only relays to sfud's own media through, within
+/// the limits.
 struct OnlyToSfud {
     inner: Arc<dyn Transport + Send + Sync>,
     /// sfud's UDP media addresses, bound and announced.
     peers: Arc<Vec<SocketAddr>>,
+    limits: Arc<Limits>,
 }
 
 impl OnlyToSfud {
+    /// Why `msg` from `from` is refused, if it is: the error to answer a
+    /// request with (indications get none).
+    fn refusal(&self, msg: &Message<Attribute>, from: SocketAddr) -> Option<ErrorCode> {
+        if self.forbidden(msg) {
+            tracing::info!(%from, "TURN relay to an address that is not sfud's refused");
+            return Some(ErrorCode::from(Forbidden));
+        }
+        if msg.method() == ALLOCATE && msg.class() == MessageClass::Request {
+            let user = msg.attributes().find_map(|a| match a {
+                Attribute::Username(u) => Some(u.name().to_owned()),
+                _ => None,
+            });
+            // The first request of each allocation comes without credentials.
+            if let Some(user) = user {
+                if self.limits.over_quota(&user) {
+                    tracing::info!(%from, %user, "TURN allocation quota reached");
+                    return Some(ErrorCode::from(AllocationQuotaReached));
+                }
+            }
+        }
+        if msg.method() == SEND {
+            let bytes = msg
+                .attributes()
+                .find_map(|a| match a {
+                    Attribute::Data(d) => Some(d.data().len()),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            if !self.limits.admit(from, bytes) {
+                return Some(ErrorCode::from(Forbidden));
+            }
+        }
+        None
+    }
+
     /// Whether `msg` asks to relay to someone other than sfud.
     fn forbidden(&self, msg: &Message<Attribute>) -> bool {
         let method = msg.method();
@@ -140,20 +252,28 @@ impl Transport for OnlyToSfud {
     async fn recv_from(&self) -> Result<(Request, SocketAddr), transport::Error> {
         loop {
             let (request, from) = self.inner.recv_from().await?;
-            let Request::Message(msg) = &request else {
+            let msg = match &request {
+                Request::Message(msg) => msg,
+                Request::ChannelData(_) => {
+                    // Over the rate: dropped, as a lossy link would. The
+                    // crate keeps a ChannelData's length to itself: each
+                    // counts as a full media packet.
+                    if self.limits.admit(from, CHANNEL_DATA_BYTES) {
+                        return Ok((request, from));
+                    }
+                    continue;
+                }
+            };
+            let Some(error) = self.refusal(msg, from) else {
                 return Ok((request, from));
             };
-            if !self.forbidden(msg) {
-                return Ok((request, from));
-            }
-            tracing::info!(%from, "TURN relay to an address that is not sfud's refused");
             if msg.class() == MessageClass::Request {
                 let mut refusal = Message::new(
                     MessageClass::ErrorResponse,
                     msg.method(),
                     msg.transaction_id(),
                 );
-                refusal.add_attribute(Attribute::ErrorCode(ErrorCode::from(Forbidden)));
+                refusal.add_attribute(Attribute::ErrorCode(error));
                 let _ = self.inner.send_msg_to(refusal, from).await;
             }
         }
@@ -201,10 +321,16 @@ impl Turn {
         let mut peers = media.clone();
         peers.extend(media.iter().map(|m| SocketAddr::new(announced, m.port())));
         let peers = Arc::new(peers);
+        let limits = Arc::new(Limits {
+            allocations_per_user: config.max_allocations_per_user,
+            bytes_per_sec: config.max_kbps_per_allocation as f64 * 1000.0 / 8.0,
+            counts: Default::default(),
+        });
         let wrap = |inner: Arc<dyn Transport + Send + Sync>| -> Arc<dyn Transport + Send + Sync> {
             Arc::new(OnlyToSfud {
                 inner,
                 peers: peers.clone(),
+                limits: limits.clone(),
             })
         };
         let secret: Arc<[u8; 32]> = Arc::new(rand::random());
@@ -256,6 +382,25 @@ impl Turn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_gets_its_quota_of_allocations_and_a_client_its_rate() {
+        let limits = Limits {
+            allocations_per_user: 2,
+            bytes_per_sec: 1000.0,
+            counts: Default::default(),
+        };
+        assert!(!limits.over_quota("a"));
+        assert!(!limits.over_quota("a"));
+        assert!(limits.over_quota("a"));
+        assert!(!limits.over_quota("b"), "another user has its own");
+        let from = "127.0.0.1:5000".parse().expect("literal");
+        // A second's worth at once, then nothing more until it refills.
+        assert!(limits.admit(from, 600));
+        assert!(limits.admit(from, 400));
+        assert!(!limits.admit(from, 100));
+        assert!(limits.admit("127.0.0.1:5001".parse().expect("literal"), 100));
+    }
 
     #[test]
     fn credentials_verify_until_they_expire_and_only_with_their_password() {

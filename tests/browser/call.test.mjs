@@ -240,11 +240,11 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
     }
   }));
 
-  it('wrong and expired credentials get no relay, and valid ones relay only to sfud', { timeout: 60_000 }, track(async () => {
+  it('wrong and expired credentials get no relay, valid ones relay only to sfud and only so often', { timeout: 90_000 }, track(async () => {
     const result = await stranger.page.evaluate(async ({ turnPort, room }) => {
       const url = `turn:127.0.0.1:${turnPort}?transport=tcp`;
       // Gathers relay candidates with `iceServers`; the errors ICE reported.
-      const gather = async (iceServers) => {
+      const gather = async (iceServers, within = 15_000) => {
         const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: 'relay' });
         const relays = [];
         const errors = [];
@@ -255,7 +255,7 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
         await new Promise((resolve) => {
           if (pc.iceGatheringState === 'complete') resolve();
           pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') resolve(); };
-          setTimeout(resolve, 15_000);
+          setTimeout(resolve, within);
         });
         pc.close();
         return { relays: relays.length, errors };
@@ -270,7 +270,9 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
         ws.onmessage = (m) => { const msg = JSON.parse(m.data); if (msg.type === 'joined') resolve(msg); };
         ws.onerror = reject;
       });
-      const iceServers = joined.ice_servers;
+      // UDP to the TURN port is blocked: TCP alone, so that a gathering ends
+      // as soon as its one allocation does.
+      const iceServers = joined.ice_servers.map((s) => ({ ...s, urls: s.urls.filter((u) => u.endsWith('transport=tcp')) }));
       const valid = await gather(iceServers);
       // Two connections of this page through the relay to each other, not to sfud:
       // their permissions name an address of sfud's, their channels a port that is not.
@@ -283,12 +285,17 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
       await b.setRemoteDescription(a.localDescription);
       await b.setLocalDescription(await b.createAnswer());
       await a.setRemoteDescription(b.localDescription);
-      await new Promise((r) => setTimeout(r, 8_000));
+      await new Promise((r) => setTimeout(r, 5_000));
       const between = a.iceConnectionState;
       a.close();
       b.close();
+      // One join's credentials make at most 16 allocation requests (one per
+      // gathering here); then they get 486 and no relay (Chromium does not
+      // report that error).
+      const quota = [];
+      for (let i = 0; i < 20 && quota.at(-1) !== 0; i++) quota.push((await gather(iceServers, 3_000)).relays);
       ws.close();
-      return { wrong, expired, valid, between, servers: iceServers.length };
+      return { wrong, expired, valid, between, quota, servers: iceServers.length };
     }, { turnPort, room: `${room}-stranger` });
     assert.equal(result.wrong.relays, 0, JSON.stringify(result));
     assert.ok(result.wrong.errors.includes(401), JSON.stringify(result));
@@ -298,6 +305,7 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
     assert.ok(result.valid.relays > 0, `a join's credentials get a relay: ${JSON.stringify(result)}`);
     assert.notEqual(result.between, 'connected', `a relay to an address that is not sfud's: ${JSON.stringify(result)}`);
     assert.notEqual(result.between, 'completed', JSON.stringify(result));
+    assert.ok(result.quota[0] > 0 && result.quota.at(-1) === 0, `allocations past the quota: ${JSON.stringify(result)}`);
   }));
 });
 

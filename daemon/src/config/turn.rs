@@ -23,6 +23,12 @@ pub struct TurnSection {
     /// How long a participant's credentials stay valid after its join,
     /// seconds (an allocation is refreshed with them).
     pub credential_ttl_secs: u64,
+    /// Allocation requests one participant's credentials may make (a
+    /// browser makes one or two per connection and relay URL).
+    pub max_allocations_per_user: u32,
+    /// What one allocation's client may send to be relayed, kbit/s; more is
+    /// dropped.
+    pub max_kbps_per_allocation: u64,
 }
 
 impl Default for TurnSection {
@@ -34,6 +40,8 @@ impl Default for TurnSection {
             relay_min_port: 40000,
             relay_max_port: 40999,
             credential_ttl_secs: 12 * 3600,
+            max_allocations_per_user: 16,
+            max_kbps_per_allocation: 20_000,
         }
     }
 }
@@ -53,6 +61,18 @@ impl TurnSection {
             return Err(invalid(
                 "turn.credential_ttl_secs",
                 "must be 60 (a minute) to 604800 (a week)",
+            ));
+        }
+        if self.max_allocations_per_user == 0 {
+            return Err(invalid(
+                "turn.max_allocations_per_user",
+                "must be at least 1",
+            ));
+        }
+        if !(64..=10_000_000).contains(&self.max_kbps_per_allocation) {
+            return Err(invalid(
+                "turn.max_kbps_per_allocation",
+                "must be 64 to 10000000 (10 Gbit/s)",
             ));
         }
         if self.realm.is_empty()
