@@ -582,3 +582,59 @@ async fn a_subscriber_pauses_and_resumes_a_video_track_and_nothing_else() {
     .expect("video flows");
     server.stop().await;
 }
+
+/// Status line and headers of a raw HTTP/1.1 request with an SDP body.
+async fn http_post_sdp(
+    server: &TestServer,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = "v=0\r\n";
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/sdp\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.http,
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connects");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut raw = Vec::new();
+    tokio::time::timeout(crate::harness::DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .expect("a response in time")
+        .expect("response read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn whip_and_whep_need_a_token_where_joins_do() {
+    let server = TestServer::start_with(token_config(&[("old", KEY_OLD)])).await;
+    for path in ["/whip/tokened", "/whep/tokened"] {
+        let (status, text) = http_post_sdp(&server, path, None).await;
+        assert_eq!(status, 401, "{text}");
+        assert!(text.contains("token_required"), "{text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{text}"
+        );
+        let (status, text) = http_post_sdp(&server, path, Some("Bearer nonsense")).await;
+        assert_eq!(status, 401, "{text}");
+        assert!(text.contains("bad_token"), "{text}");
+    }
+    // Nothing was opened.
+    assert!(server.rooms.list().await.is_empty());
+    server.stop().await;
+}
