@@ -94,13 +94,14 @@ describe('WHIP: a WHIP client publishes into a room', () => {
 describe('WHEP: a WHEP client views a room\'s speaker', () => {
   const room = `whep-${process.pid}`;
   const speaker = new Participant('ann');
+  const second = new Participant('bea');
   const player = new Participant('player');
   before(track(async () => {
     await speaker.open(room);
     await player.openPlain();
     await loadClient(player.page, 'WHEPClient');
   }));
-  after(() => Promise.all([speaker.close(), player.close()]));
+  after(() => Promise.all([speaker.close(), second.close(), player.close()]));
 
   it('it decodes the speaker\'s video and audio, is listed as a listener, and its DELETE removes it', { timeout: 90_000 }, track(async () => {
     // The speaker publishes first: the viewer gets the room's first speaker.
@@ -144,6 +145,19 @@ describe('WHEP: a WHEP client views a room\'s speaker', () => {
     const viewer = shown.members.find((m) => m.name === 'player');
     assert.equal(viewer?.role, 'listener', JSON.stringify(shown.members));
     assert.equal(viewer.subscribe?.state, 'connected');
+
+    // Another speaker joins and publishes: the room renegotiates with its
+    // other participants, not with the viewer, which goes on decoding.
+    await second.open(room);
+    await waitFor(20_000, async () => {
+      const members = JSON.parse(await sfuctl('--json', 'rooms', 'show', room)).members;
+      return members.some((m) => m.name === 'bea' && m.tracks.length === 2);
+    }, () => 'the second speaker did not publish within 20 s');
+    const before = got.frames;
+    await waitFor(15_000, async () => {
+      got = await received();
+      return got.frames >= before + MIN_FRAMES;
+    }, () => `the viewer stopped decoding after another speaker joined: ${JSON.stringify(got)}\n${daemon.output()}`);
 
     await player.page.evaluate(() => window.whep.stop());
     await waitFor(10_000, async () => {

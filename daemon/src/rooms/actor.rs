@@ -503,7 +503,8 @@ impl RoomActor {
 
     /// Offers `peer` its current set of tracks if that changed.
     async fn negotiate(&mut self, peer: PeerId) {
-        if self.room.mode == RoomMode::Mesh || self.room.offer_in_flight(peer) {
+        let receives = self.room.member(peer).is_some_and(|m| m.receives);
+        if self.room.mode == RoomMode::Mesh || self.room.offer_in_flight(peer) || !receives {
             return;
         }
         let wanted = self.room.wanted_tracks(peer);

@@ -266,7 +266,9 @@ impl Room {
     /// offer now; those with an offer in flight get one after their answer.
     pub fn tracks_changed(&mut self) -> Vec<PeerId> {
         let mut now = Vec::new();
-        for m in self.members.values_mut() {
+        // Those that receive nothing this way (WHIP publishers, WHEP viewers
+        // whose connection their own offer made) are never offered one.
+        for m in self.members.values_mut().filter(|m| m.receives) {
             if m.sub.in_flight {
                 m.sub.again = true;
             } else {
@@ -341,6 +343,8 @@ mod tests {
         assert!(room.wanted_tracks(PeerId(1)).is_empty());
         let got: Vec<TrackId> = room.wanted_tracks(PeerId(2)).iter().map(|t| t.id).collect();
         assert_eq!(got, [TrackId(10)]);
+        // Nor is it offered anything when the tracks change.
+        assert_eq!(room.tracks_changed(), [PeerId(2)]);
     }
 
     #[test]
