@@ -127,6 +127,25 @@ fn content_type_is(headers: &HeaderMap, media_type: &str) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(media_type))
 }
 
+/// The refusal (415, 413) of a request body that is not of `media_type`
+/// or is over [`MAX_BODY_BYTES`].
+fn body_refusal(headers: &HeaderMap, body: &Bytes, media_type: &str) -> Option<Response> {
+    if !content_type_is(headers, media_type) {
+        return Some(refused(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadRequest,
+            &format!("the body must be {media_type}"),
+        ));
+    }
+    (body.len() > MAX_BODY_BYTES).then(|| {
+        refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            &format!("the body is over {MAX_BODY_BYTES} bytes"),
+        )
+    })
+}
+
 /// `OPTIONS /whip/{room}` and on a session: what browsers ask first.
 pub(super) async fn options() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
@@ -194,19 +213,8 @@ async fn open(
     body: Bytes,
     kind: Kind,
 ) -> Response {
-    if !content_type_is(&headers, "application/sdp") {
-        return refused(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::BadRequest,
-            "the offer must be sent as application/sdp",
-        );
-    }
-    if body.len() > MAX_BODY_BYTES {
-        return refused(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            "the offer is too large",
-        );
+    if let Some(r) = body_refusal(&headers, &body, "application/sdp") {
+        return r;
     }
     let Ok(offer) = String::from_utf8(body.to_vec()) else {
         return refused(
@@ -448,19 +456,8 @@ pub(super) async fn patch(
         Some(s) => s.etag.clone(),
         None => return no_session(),
     };
-    if !content_type_is(&headers, "application/trickle-ice-sdpfrag") {
-        return refused(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::BadRequest,
-            "PATCH takes application/trickle-ice-sdpfrag",
-        );
-    }
-    if body.len() > MAX_BODY_BYTES {
-        return refused(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            "the fragment is too large",
-        );
+    if let Some(r) = body_refusal(&headers, &body, "application/trickle-ice-sdpfrag") {
+        return r;
     }
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     if if_match.is_some_and(|v| v.trim() != "*" && v.trim() != etag) {
