@@ -62,7 +62,9 @@ pub enum ServerError {
     #[error("cannot bind the media UDP sockets")]
     MediaBind(#[source] std::io::Error),
     /// The TURN server could not listen.
-    #[error("cannot start the TURN server (turn.port)")]
+    #[error(
+        "cannot start the TURN server (turn.port, turn.tls_port, turn.tls_cert, turn.tls_key)"
+    )]
     TurnBind(#[source] std::io::Error),
     /// No address to serve media on.
     #[error("no IPv4 address to serve media on: set rtc.bind_ips")]
@@ -306,7 +308,7 @@ impl Server {
             control: control.clone(),
             whip: Default::default(),
         });
-        info!(http = %self.http_addr, media = ?self.media.local_addrs(), media_tcp = ?self.media.tcp_addrs(), turn = ?self.turn.as_ref().map(turn::Turn::addr), "serving");
+        info!(http = %self.http_addr, media = ?self.media.local_addrs(), media_tcp = ?self.media.tcp_addrs(), turn = ?self.turn.as_ref().map(turn::Turn::addr), turn_tls = ?self.turn.as_ref().and_then(turn::Turn::tls_addr), "serving");
         let gate = self.gate.clone();
         sup.spawn(
             Stage::Accept,

@@ -24,7 +24,56 @@ import {
   receivesFrom,
   track,
   inRoom,
+  TEST_TLS,
 } from './harness.mjs';
+
+// A page script: every connection of the demo page is told to use relays alone.
+const relayOnly = () => {
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = function RelayOnly(config = {}, ...rest) {
+    return new Native({ ...config, iceTransportPolicy: 'relay' }, ...rest);
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+};
+
+/**
+ * Drops, on `lo`, every datagram to or from `ports` except between the TURN relay ports
+ * (0xA000-0xA3FF) and sfud's `media`.
+ */
+function blockAllButRelays(media, ports) {
+  const tc = ShapedPort.tc;
+  tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
+  tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
+  tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:30', 'htb', 'rate', '10gbit');
+  tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:30', 'handle', '30:', 'pfifo', 'limit', '0');
+  for (const [relay, sfud] of [['sport', 'dport'], ['dport', 'sport']]) {
+    tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
+      'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', relay, '40960', '0xfc00',
+      'match', 'ip', sfud, String(media), '0xffff', 'flowid', '1:10');
+  }
+  for (const port of ports) {
+    for (const dir of ['sport', 'dport']) {
+      tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '2', 'u32',
+        'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', dir, String(port), '0xffff', 'flowid', '1:30');
+    }
+  }
+}
+
+/** The local candidate of each connection's selected pair on `p`'s page. */
+async function selectedLocals(p) {
+  return p.page.evaluate(async () => {
+    const out = [];
+    for (const pc of Object.values(window.sfud.pcs).filter(Boolean)) {
+      const stats = await pc.getStats();
+      stats.forEach((r) => {
+        if (r.type !== 'transport' || !r.selectedCandidatePairId) return;
+        const local = stats.get(stats.get(r.selectedCandidatePairId).localCandidateId);
+        out.push({ type: local.candidateType, relayProtocol: local.relayProtocol });
+      });
+    }
+    return out;
+  });
+}
 
 describe('SFU room: three speakers', () => {
   const names = ['alice', 'bob', 'carol'];
@@ -171,14 +220,6 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
   let turnPort;
   let relayed;
   const names = ['alice', 'bob', 'carol'];
-  // Every connection of the demo page is told to use relays alone.
-  const relayOnly = () => {
-    const Native = window.RTCPeerConnection;
-    window.RTCPeerConnection = function RelayOnly(config = {}, ...rest) {
-      return new Native({ ...config, iceTransportPolicy: 'relay' }, ...rest);
-    };
-    window.RTCPeerConnection.prototype = Native.prototype;
-  };
   const people = names.map((n) => new Participant(n, {}, { initScript: relayOnly }));
   const stranger = new Participant('stranger');
   const room = `turn-${process.pid}`;
@@ -190,23 +231,8 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
       [`udp_port = ${media}`, 'workers = 1', 'ice_tcp = false'],
     );
     await relayed.start();
-    const tc = ShapedPort.tc;
-    tc('qdisc', 'add', 'dev', 'lo', 'root', 'handle', '1:', 'htb', 'default', '10');
-    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:10', 'htb', 'rate', '10gbit');
-    tc('class', 'add', 'dev', 'lo', 'parent', '1:', 'classid', '1:30', 'htb', 'rate', '10gbit');
-    tc('qdisc', 'add', 'dev', 'lo', 'parent', '1:30', 'handle', '30:', 'pfifo', 'limit', '0');
     // Relay to sfud and back passes; nothing else to or from either port does.
-    for (const [relay, sfud] of [['sport', 'dport'], ['dport', 'sport']]) {
-      tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32',
-        'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', relay, '40960', '0xfc00',
-        'match', 'ip', sfud, String(media), '0xffff', 'flowid', '1:10');
-    }
-    for (const port of [media, turnPort]) {
-      for (const dir of ['sport', 'dport']) {
-        tc('filter', 'add', 'dev', 'lo', 'parent', '1:', 'protocol', 'ip', 'prio', '2', 'u32',
-          'match', 'ip', 'protocol', '17', '0xff', 'match', 'ip', dir, String(port), '0xffff', 'flowid', '1:30');
-      }
-    }
+    blockAllButRelays(media, [media, turnPort]);
     for (const p of people) await p.open(room, relayed);
     await stranger.openPlain(relayed);
   }));
@@ -223,18 +249,7 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
       return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
     }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from both others within 30 s through TURN:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}\n${relayed.output()}`);
     for (const p of people) {
-      const locals = await p.page.evaluate(async () => {
-        const out = [];
-        for (const pc of Object.values(window.sfud.pcs).filter(Boolean)) {
-          const stats = await pc.getStats();
-          stats.forEach((r) => {
-            if (r.type !== 'transport' || !r.selectedCandidatePairId) return;
-            const local = stats.get(stats.get(r.selectedCandidatePairId).localCandidateId);
-            out.push({ type: local.candidateType, relayProtocol: local.relayProtocol });
-          });
-        }
-        return out;
-      });
+      const locals = await selectedLocals(p);
       assert.equal(locals.length, 2, `${p.name}: ${JSON.stringify(locals)}`);
       for (const l of locals) assert.deepEqual(l, { type: 'relay', relayProtocol: 'tcp' }, p.name);
     }
@@ -306,6 +321,57 @@ describe('UDP blocked: three speakers through the embedded TURN server, relay on
     assert.notEqual(result.between, 'connected', `a relay to an address that is not sfud's: ${JSON.stringify(result)}`);
     assert.notEqual(result.between, 'completed', JSON.stringify(result));
     assert.ok(result.quota[0] > 0 && result.quota.at(-1) === 0, `allocations past the quota: ${JSON.stringify(result)}`);
+  }));
+});
+
+describe('UDP blocked: two speakers through TURN over TLS, relay only', () => {
+  // The pages keep only the turns: URL of what sfud hands them (a certificate Chromium
+  // is told to trust); the relays reach sfud over UDP as before. (TCP to the TURN port
+  // cannot be dropped here: sfud's TLS end hands each connection to it over loopback.)
+  let media;
+  let tlsd;
+  const names = ['alice', 'bob'];
+  const tlsOnly = () => {
+    const Native = window.RTCPeerConnection;
+    window.RTCPeerConnection = function TlsRelayOnly(config = {}, ...rest) {
+      const iceServers = (config.iceServers ?? []).map((s) => ({
+        ...s, urls: [].concat(s.urls).filter((u) => u.startsWith('turns:')),
+      })).filter((s) => s.urls.length > 0);
+      return new Native({ ...config, iceServers, iceTransportPolicy: 'relay' }, ...rest);
+    };
+    window.RTCPeerConnection.prototype = Native.prototype;
+  };
+  const people = names.map((n) => new Participant(n, {}, { initScript: tlsOnly }));
+  before(track(async () => {
+    media = await freePort();
+    const turnPort = await freePort();
+    const tlsPort = await freePort();
+    tlsd = new Daemon(
+      ['[turn]', 'enabled = true', `port = ${turnPort}`, 'relay_min_port = 40960', 'relay_max_port = 41983',
+        `tls_port = ${tlsPort}`, `tls_cert = "${TEST_TLS.cert}"`, `tls_key = "${TEST_TLS.key}"`],
+      [`udp_port = ${media}`, 'workers = 1', 'ice_tcp = false'],
+    );
+    await tlsd.start();
+    blockAllButRelays(media, [media, turnPort]);
+    for (const p of people) await p.open(`turns-${process.pid}`, tlsd);
+  }));
+  after(async () => {
+    await Promise.all(people.map((p) => p.close()));
+    try { ShapedPort.tc('qdisc', 'del', 'dev', 'lo', 'root'); } catch { /* never installed */ }
+    await tlsd?.stop();
+  });
+
+  it('each page decodes the other through TLS relays', { timeout: 60_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await Promise.all(people.map((p) => p.snapshot()));
+      return last.every((snap, i) => receivesFrom(snap, names[1 - i]));
+    }, () => `not every page got ${MIN_FRAMES} decoded frames and audio from the other within 30 s through TURN over TLS:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}\n${tlsd.output()}`);
+    for (const p of people) {
+      const locals = await selectedLocals(p);
+      assert.equal(locals.length, 2, `${p.name}: ${JSON.stringify(locals)}`);
+      for (const l of locals) assert.deepEqual(l, { type: 'relay', relayProtocol: 'tls' }, p.name);
+    }
   }));
 });
 

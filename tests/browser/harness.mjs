@@ -7,8 +7,8 @@
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { createHmac } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createHash, createHmac, X509Certificate } from 'node:crypto';
+import { createWriteStream, mkdtempSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -25,12 +25,25 @@ export const SFUCTL_BIN = process.env.SFUCTL_BIN
   ? path.resolve(process.env.SFUCTL_BIN)
   : path.join(path.dirname(SFUD_BIN), 'sfuctl');
 export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+// A self-signed certificate for 127.0.0.1 (TURN over TLS), made once per test file;
+// Chromium trusts it and no other (by its public key's hash).
+export const TEST_TLS = (() => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sfud-tls-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+    '-nodes', '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+    '-keyout', key, '-out', cert], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const spki = new X509Certificate(readFileSync(cert)).publicKey.export({ type: 'spki', format: 'der' });
+  return { cert, key, spki: createHash('sha256').update(spki).digest('base64') };
+})();
 export const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
   '--allow-loopback-in-peer-connection',
   '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
+  `--ignore-certificate-errors-spki-list=${TEST_TLS.spki}`,
 ];
 export const MIN_FRAMES = 30;
 // Media addresses of the daemon: loopback, and any a test file adds (SFUD_BIND_IPS, set
@@ -306,6 +319,7 @@ after(async () => {
   }
   await browser?.close();
   await daemon.stop();
+  await rm(path.dirname(TEST_TLS.cert), { recursive: true, force: true });
 });
 
 

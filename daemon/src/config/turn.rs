@@ -1,5 +1,7 @@
 //! `[turn]`: the embedded TURN server (see `crate::turn`).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::{invalid, ConfigError};
@@ -29,6 +31,16 @@ pub struct TurnSection {
     /// What one allocation's client may send to be relayed, kbit/s; more is
     /// dropped.
     pub max_kbps_per_allocation: u64,
+    /// TURN over TLS (`turns:`): the TCP port, on the same address, when
+    /// `tls_cert` is set (0: a free port).
+    pub tls_port: u16,
+    /// The PEM certificate chain for TLS; TLS is off without it.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// The host name in the `turns:` URL participants are given (the name
+    /// the certificate is for). Default: the address TURN is announced on.
+    pub tls_host: Option<String>,
 }
 
 impl Default for TurnSection {
@@ -42,6 +54,10 @@ impl Default for TurnSection {
             credential_ttl_secs: 12 * 3600,
             max_allocations_per_user: 16,
             max_kbps_per_allocation: 20_000,
+            tls_port: 5349,
+            tls_cert: None,
+            tls_key: None,
+            tls_host: None,
         }
     }
 }
@@ -84,6 +100,66 @@ impl TurnSection {
                 "must be 1 to 128 printable characters",
             ));
         }
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid(
+                "turn.tls_cert",
+                "turn.tls_cert and turn.tls_key go together: set both or neither",
+            ));
+        }
+        if self.tls_cert.is_some() && self.tls_port != 0 && self.tls_port == self.port {
+            return Err(invalid(
+                "turn.tls_port",
+                "must differ from turn.port (both listen on TCP)",
+            ));
+        }
+        if let Some(host) = &self.tls_host {
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            };
+            if host.len() > 253 || !host.split('.').all(label_ok) {
+                return Err(invalid(
+                    "turn.tls_host",
+                    "must be a DNS name (letters, digits, '-' and '.') or an IPv4 address",
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn refused(lines: &str) -> String {
+        let text = format!("[turn]\nenabled = true\n{lines}\n");
+        match Config::parse(&text, "sfud.toml") {
+            Err(e @ ConfigError::Invalid { .. }) => e.to_string(),
+            other => panic!("{lines:?} accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_needs_a_key_with_its_certificate_and_a_port_of_its_own() {
+        let shown = refused("tls_cert = \"/etc/sfud/turn.pem\"");
+        assert!(shown.contains("turn.tls_cert"), "{shown}");
+        let shown = refused("tls_key = \"/etc/sfud/turn.key\"");
+        assert!(shown.contains("go together"), "{shown}");
+        let shown =
+            refused("port = 3478\ntls_port = 3478\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"");
+        assert!(shown.contains("turn.tls_port"), "{shown}");
+        let shown = refused("tls_host = \"turn example.org\"");
+        assert!(shown.contains("turn.tls_host"), "{shown}");
+        let text = "[turn]\nenabled = true\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n\
+                    tls_host = \"turn.example.org\"\n";
+        let config = Config::parse(text, "sfud.toml").expect("valid");
+        assert_eq!(config.turn.tls_port, 5349);
+        assert_eq!(config.turn.tls_host.as_deref(), Some("turn.example.org"));
     }
 }

@@ -712,3 +712,90 @@ async fn ice_tcp_connections_that_break_the_framing_are_closed_and_a_call_carrie
     drop(alice);
     server.stop().await;
 }
+
+/// A free TCP port on loopback (and, likely, its UDP twin).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_over_tls_answers_a_tls_client_and_closes_one_that_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a cert");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("written");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("written");
+    let mut config = crate::harness::test_config();
+    config.turn.enabled = true;
+    config.turn.port = free_port();
+    config.turn.tls_port = free_port();
+    config.turn.tls_cert = Some(cert);
+    config.turn.tls_key = Some(key);
+    let server = TestServer::start_with(config.clone()).await;
+    let tls_at = std::net::SocketAddr::from(([127, 0, 0, 1], config.turn.tls_port));
+
+    // The join hands out the turns: URL beside the others.
+    let mut ws = RawSocket::connect(&server).await;
+    let joined = ws.try_join(json!({"room": "tls", "name": "alice"})).await;
+    let ServerMessage::Joined { ice_servers, .. } = joined else {
+        panic!("not joined: {joined:?}");
+    };
+    let turns = format!("turns:{tls_at}?transport=tcp");
+    assert!(
+        ice_servers.iter().any(|s| s.urls.contains(&turns)),
+        "{turns} not in {ice_servers:?}"
+    );
+
+    // Plain STUN where a TLS handshake belongs: an alert, and closed.
+    let mut plain = tokio::net::TcpStream::connect(tls_at)
+        .await
+        .expect("connects");
+    plain
+        .write_all(b"\x00\x01\x00\x00\x21\x12\xa4\x42abcdefghijkl")
+        .await
+        .expect("written");
+    let mut alert = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut alert))
+        .await
+        .expect("a connection that is not TLS is closed at once")
+        .expect("read");
+    assert_eq!(alert.first(), Some(&0x15), "a TLS alert record: {alert:?}");
+
+    // A TLS client that trusts the certificate: a STUN Binding request is
+    // answered by the TURN server behind the TLS end.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).expect("a root");
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+    let tcp = tokio::net::TcpStream::connect(tls_at)
+        .await
+        .expect("connects");
+    let mut tls = tokio::time::timeout(crate::harness::DEADLINE, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    let mut binding = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    binding.extend(*b"sfud-tls-txn");
+    tls.write_all(&binding).await.expect("written");
+    let mut header = [0u8; 20];
+    tokio::time::timeout(crate::harness::DEADLINE, tls.read_exact(&mut header))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert_eq!(&header[..2], &[0x01, 0x01], "a Binding success response");
+    assert_eq!(&header[8..], b"sfud-tls-txn", "for our transaction");
+    drop(ws);
+    server.stop().await;
+}

@@ -16,6 +16,9 @@
 //!   channel or a `Send` only one of its media addresses: anything else is
 //!   refused with `403 Forbidden` (indications are dropped) before the
 //!   server sees it.
+//! - **TLS** (`turns:`), when `turn.tls_cert` is set: sfud terminates it
+//!   on `turn.tls_port` and pipes each connection to the TCP listener
+//!   ([`tls`]).
 //! - **Limits.** The same wrapper refuses a credential's allocation
 //!   requests past `turn.max_allocations_per_user` (`486 Allocation Quota
 //!   Reached`), and drops what a client sends to be relayed beyond
@@ -44,6 +47,8 @@ use stun_codec::{Message, MessageClass};
 
 use crate::config::TurnSection;
 use crate::media::PeerId;
+
+mod tls;
 
 /// What one ChannelData message counts as against the rate limit: a full
 /// media packet.
@@ -299,6 +304,7 @@ impl Transport for OnlyToSfud {
 /// The running TURN server and what participants are told of it.
 pub struct Turn {
     _server: Server,
+    tls: Option<tls::TlsFront>,
     issuer: Issuer,
     addr: SocketAddr,
 }
@@ -353,16 +359,39 @@ impl Turn {
             }),
         });
         let at = SocketAddr::new(announced, addr.port());
+        let mut urls = vec![
+            format!("turn:{at}?transport=udp"),
+            format!("turn:{at}?transport=tcp"),
+        ];
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let acceptor = tls::acceptor(cert, key)?;
+                // The TCP listener, as the terminator reaches it.
+                let backend = if ip.is_unspecified() {
+                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+                } else {
+                    addr
+                };
+                let front =
+                    tls::TlsFront::start(SocketAddr::new(ip, config.tls_port), acceptor, backend)
+                        .await?;
+                let port = front.addr().port();
+                urls.push(match &config.tls_host {
+                    Some(host) => format!("turns:{host}:{port}?transport=tcp"),
+                    None => format!("turns:{}?transport=tcp", SocketAddr::new(announced, port)),
+                });
+                Some(front)
+            }
+            _ => None,
+        };
         let issuer = Issuer {
             secret,
             ttl: Duration::from_secs(config.credential_ttl_secs),
-            urls: vec![
-                format!("turn:{at}?transport=udp"),
-                format!("turn:{at}?transport=tcp"),
-            ],
+            urls,
         };
         Ok(Turn {
             _server: server,
+            tls,
             issuer,
             addr,
         })
@@ -376,6 +405,11 @@ impl Turn {
     /// The address it listens on (UDP and TCP).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address it listens on for TLS, if it does.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(tls::TlsFront::addr)
     }
 }
 
