@@ -28,6 +28,7 @@ pub mod recording;
 pub mod reload;
 pub mod rooms;
 pub mod signaling;
+pub mod speech;
 pub mod supervisor;
 pub mod systemd;
 pub mod turn;
