@@ -253,5 +253,8 @@ fn message_label(m: &ServerMessage) -> String {
         ServerMessage::RoleChanged { peer_id, role } => format!("role_changed({peer_id},{role:?})"),
         ServerMessage::Signal { from, .. } => format!("signal({from})"),
         ServerMessage::Layers { track, .. } => format!("layers({track})"),
+        ServerMessage::Speakers { dominant, .. } => {
+            format!("speakers({})", dominant.as_deref().unwrap_or("-"))
+        }
     }
 }

@@ -225,6 +225,14 @@ pub enum ServerMessage {
         /// Every layer of the track by RID: whether to send it.
         active: std::collections::BTreeMap<String, bool>,
     },
+    /// Who is speaking in the room, and the dominant speaker: sent to
+    /// everyone when it changes, at most about four times a second.
+    Speakers {
+        /// Participants speaking now, loudest first.
+        speaking: Vec<String>,
+        /// The dominant speaker (who holds the floor), once anyone spoke.
+        dominant: Option<String>,
+    },
     /// A request failed; the session carries on unless the code says otherwise.
     Error {
         /// Stable snake_case code.

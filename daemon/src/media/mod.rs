@@ -160,6 +160,16 @@ pub enum MediaEvent {
         /// Each layer's RID, and whether to send it.
         active: Vec<(String, bool)>,
     },
+    /// How much a published audio track speaks (every 300 ms while it
+    /// sends, see `crate::speech`).
+    Speech {
+        /// Who publishes it.
+        publisher: PeerId,
+        /// Which track.
+        track: TrackId,
+        /// Its meter's latest.
+        activity: crate::speech::Activity,
+    },
     /// A peer connection finished ICE and DTLS.
     Connected {
         /// Whose connection.

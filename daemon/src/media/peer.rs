@@ -123,6 +123,17 @@ pub(crate) fn build_connection(
         // The default codecs already list `nack` and `nack pli`.
         PcKind::Publish => {
             configure_simulcast_extension_headers(&mut codecs).map_err(internal)?;
+            // Each audio packet's level (RFC 6464), which the engine reads
+            // to tell who is speaking (`crate::speech`).
+            codecs
+                .register_header_extension(
+                    RTCRtpHeaderExtensionCapability {
+                        uri: super::engine::AUDIO_LEVEL_URI.to_owned(),
+                    },
+                    RtpCodecKind::Audio,
+                    None,
+                )
+                .map_err(internal)?;
             let registry = configure_twcc_receiver_only(registry, &mut codecs).map_err(internal)?;
             configure_rtcp_reports(registry).with(
                 Slot::NackGenerator,

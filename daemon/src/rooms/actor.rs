@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::report::{PeerDetail, RoomDetail, RoomSummary};
+use super::speaking::RoomSpeakers;
 use super::state::Room;
 use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomEvent, RoomHandle, RoomMsg};
 use crate::media::{EventSink, LostCause, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
@@ -34,6 +35,8 @@ pub(crate) struct RoomActor {
     /// Where the room publishes how many participants it has (the
     /// registry's counts read it).
     peers: Arc<AtomicUsize>,
+    /// Who is speaking (from the media workers' audio level reports).
+    speakers: RoomSpeakers,
 }
 
 fn refusal(e: MediaError) -> Refusal {
@@ -77,6 +80,7 @@ impl RoomActor {
             closed: false,
             watchers: Vec::new(),
             peers,
+            speakers: RoomSpeakers::default(),
         }
     }
 
@@ -603,6 +607,31 @@ impl RoomActor {
             MediaEvent::Connected { peer, pc, remote } => {
                 debug!(room = %self.room.name, %peer, ?pc, ?remote, "media connected");
             }
+            MediaEvent::Speech {
+                publisher,
+                activity,
+                ..
+            } => {
+                if self.room.member(publisher).is_some() {
+                    let told = self.speakers.report(publisher, activity, Instant::now());
+                    self.tell_speakers(told);
+                }
+            }
+        }
+    }
+
+    /// Tells everyone who is speaking, when that changed.
+    fn tell_speakers(&mut self, view: Option<crate::speech::SpeakersView>) {
+        let Some(view) = view else {
+            return;
+        };
+        let msg = ServerMessage::Speakers {
+            speaking: view.speaking.iter().map(PeerId::to_string).collect(),
+            dominant: view.dominant.map(|p| p.to_string()),
+        };
+        let ids: Vec<PeerId> = self.outs.keys().copied().collect();
+        for id in ids {
+            self.send(id, msg.clone());
         }
     }
 
@@ -614,6 +643,8 @@ impl RoomActor {
         }
         info!(room = %self.room.name, %peer, "left");
         self.tell_watchers(RoomEvent::Left { peer });
+        let told = self.speakers.forget(peer, Instant::now());
+        self.tell_speakers(told);
         self.media.remove_peer(peer).await;
         if let Some(out) = self.outs.remove(&peer) {
             let _ = out.try_send(Outbound::Close(why));

@@ -4,6 +4,7 @@
 
 mod actor;
 pub mod report;
+mod speaking;
 pub mod state;
 mod workers;
 

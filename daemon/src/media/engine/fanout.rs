@@ -53,6 +53,9 @@ impl MediaCore {
         else {
             return;
         };
+        if let Some(speech) = source.speech.as_mut() {
+            speech.hear(&packet.header);
+        }
         if !source.pipes.is_empty() {
             super::pipe::pipe_packet(source, track, layer, &packet, &mut self.pipe_out);
         }

@@ -24,6 +24,8 @@ mod negotiate;
 mod pipe;
 mod prefs;
 mod routes;
+mod speech;
+pub(crate) use speech::AUDIO_LEVEL_URI;
 mod source;
 mod ssrc_simulcast;
 mod tap;
@@ -336,6 +338,8 @@ pub struct MediaCore {
     stamps: BytesMut,
     /// When the periodic checks run next (see `on_housekeeping`).
     next_housekeeping: Instant,
+    /// When audio tracks' activity goes to their rooms next (`speech`).
+    next_speech_report: Instant,
 }
 
 /// Settings the engine needs from the configuration.
@@ -404,16 +408,16 @@ impl MediaCore {
             epoch: now,
             stamps: BytesMut::new(),
             next_housekeeping: now + HOUSEKEEPING,
+            next_speech_report: now + speech::SPEECH_REPORT,
         }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is due next.
     pub(crate) fn poll_timeout(&self) -> Instant {
+        let periodic = self.next_housekeeping.min(self.next_speech_report);
         self.timers
             .peek()
-            .map_or(self.next_housekeeping, |Reverse((at, _))| {
-                (*at).min(self.next_housekeeping)
-            })
+            .map_or(periodic, |Reverse((at, _))| (*at).min(periodic))
     }
 
     /// The time is `now`: connections' timers that fell due, and the
@@ -423,6 +427,10 @@ impl MediaCore {
         if now >= self.next_housekeeping {
             self.on_housekeeping(now);
             self.next_housekeeping = now + HOUSEKEEPING;
+        }
+        if now >= self.next_speech_report {
+            self.report_speech();
+            self.next_speech_report = now + speech::SPEECH_REPORT;
         }
     }
 
@@ -789,7 +797,7 @@ impl MediaCore {
             .iter()
             .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
             .map_or(0, |c| c.payload_type);
-        let extensions = receiver
+        let extensions: Vec<(String, u16)> = receiver
             .get_parameters()
             .rtp_parameters
             .header_extensions
@@ -828,6 +836,7 @@ impl MediaCore {
         for ssrc in layers.iter().filter_map(|l| l.ssrc) {
             conn.by_layer_ssrc.insert(ssrc, track);
         }
+        let speech = speech::SourceSpeech::for_track(kind, &extensions);
         self.sources.insert(
             track,
             Source {
@@ -846,6 +855,7 @@ impl MediaCore {
                 origin: None,
                 pipes: Vec::new(),
                 unused_since: None,
+                speech,
             },
         );
         let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());

@@ -215,6 +215,8 @@ impl MediaCore {
                 origin: Some(spec.owner),
                 pipes: Vec::new(),
                 unused_since: Some(now),
+                // The owner meters it.
+                speech: None,
             },
         );
     }

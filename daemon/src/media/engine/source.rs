@@ -166,6 +166,9 @@ pub(super) struct Source {
     pub pipes: Vec<super::pipe::Pipe>,
     /// A mirror's: since when it has had no subscriber.
     pub unused_since: Option<Instant>,
+    /// An audio track's level meter (owner side), when its publisher sends
+    /// audio levels.
+    pub speech: Option<Box<super::speech::SourceSpeech>>,
 }
 
 impl Source {
