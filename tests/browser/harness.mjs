@@ -200,7 +200,8 @@ const everyone = [];   // every participant opened, for the failure report
 export class Participant {
   /**
    * `params` are extra URL parameters of the demo page (`role`, `mode`, `token`);
-   * `initScript` runs in the page before the demo page's own code (a client's quirks).
+   * `initScript` runs in the page before the demo page's own code (a client's quirks): a
+   * function, or `[function, argument]`.
    */
   constructor(name, params = {}, { initScript } = {}) {
     this.name = name;
@@ -213,7 +214,7 @@ export class Participant {
   /** Opens the demo page of `at` (a Daemon; default the test's daemon) for `room`. */
   async open(room, at = daemon) {
     this.context = await browser.newContext();
-    if (this.initScript) await this.context.addInitScript(this.initScript);
+    if (this.initScript) await this.context.addInitScript(...[].concat(this.initScript));
     this.page = await this.context.newPage();
     this.page.on('console', (m) => this.console.push(`[${m.type()}] ${m.text()}`));
     this.page.on('pageerror', (e) => this.console.push(`[pageerror] ${e.message}`));

@@ -39,6 +39,13 @@ pub(crate) struct RoomActor {
     speakers: RoomSpeakers,
 }
 
+fn speakers_message(view: &crate::speech::SpeakersView) -> ServerMessage {
+    ServerMessage::Speakers {
+        speaking: view.speaking.iter().map(PeerId::to_string).collect(),
+        dominant: view.dominant.map(|p| p.to_string()),
+    }
+}
+
 fn refusal(e: MediaError) -> Refusal {
     let code = match e {
         MediaError::BadSdp(_) | MediaError::NoUsableCodec => ErrorCode::BadSdp,
@@ -327,6 +334,9 @@ impl RoomActor {
         };
         self.outs.insert(peer, out);
         self.send(peer, joined);
+        if let Some(view) = self.speakers.told() {
+            self.send(peer, speakers_message(view));
+        }
         if let Some(info) = self.room.member(peer).map(|m| m.info()) {
             self.broadcast_except(peer, ServerMessage::PeerJoined { peer: info });
         }
@@ -625,10 +635,7 @@ impl RoomActor {
         let Some(view) = view else {
             return;
         };
-        let msg = ServerMessage::Speakers {
-            speaking: view.speaking.iter().map(PeerId::to_string).collect(),
-            dominant: view.dominant.map(|p| p.to_string()),
-        };
+        let msg = speakers_message(&view);
         let ids: Vec<PeerId> = self.outs.keys().copied().collect();
         for id in ids {
             self.send(id, msg.clone());

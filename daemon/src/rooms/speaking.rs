@@ -46,6 +46,11 @@ impl RoomSpeakers {
         self.tell(now)
     }
 
+    /// What the room last told, when there is anything (for a newcomer).
+    pub fn told(&self) -> Option<&SpeakersView> {
+        (self.told != SpeakersView::default()).then_some(&self.told)
+    }
+
     fn tell(&mut self, now: Instant) -> Option<SpeakersView> {
         let view = self.speakers.view();
         if view == self.told {
