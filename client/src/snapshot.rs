@@ -253,6 +253,12 @@ fn message_label(m: &ServerMessage) -> String {
         ServerMessage::RoleChanged { peer_id, role } => format!("role_changed({peer_id},{role:?})"),
         ServerMessage::Signal { from, .. } => format!("signal({from})"),
         ServerMessage::Layers { track, .. } => format!("layers({track})"),
+        ServerMessage::TrackMuted {
+            peer_id,
+            kind,
+            muted,
+            ..
+        } => format!("track_muted({peer_id},{},{muted})", kind.as_str()),
         ServerMessage::Speakers { dominant, .. } => {
             format!("speakers({})", dominant.as_deref().unwrap_or("-"))
         }

@@ -110,6 +110,18 @@ pub enum PeersCommand {
         #[arg(value_enum)]
         role: RoleArg,
     },
+    /// Mute a participant's microphone (audio) or camera (video): nobody
+    /// receives it, and the participant's page mutes it. Only they can
+    /// unmute it.
+    Mute {
+        /// Room name.
+        room: String,
+        /// The participant's id (see `sfuctl rooms show ROOM`).
+        peer: String,
+        /// Which track.
+        #[arg(value_enum)]
+        kind: KindArg,
+    },
 }
 
 /// `sfuctl token ...`
@@ -141,6 +153,15 @@ pub enum RoleArg {
     Speaker,
     /// Only receives.
     Listener,
+}
+
+/// A kind of track.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    /// The microphone.
+    Audio,
+    /// The camera.
+    Video,
 }
 
 /// Parses `90s`, `30m`, `1h`, `7d` (or plain seconds) into seconds.

@@ -13,11 +13,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use sfu_proto::control::{Request, Response};
-use sfu_proto::signaling::RoomMode;
+use sfu_proto::signaling::{RoomMode, TrackKind};
 
 use crate::cli::{
-    Cli, ClusterCommand, Command, ConfigCommand, Mode, PeersCommand, RecordCommand, RoleArg,
-    RoomsCommand, TokenCommand,
+    Cli, ClusterCommand, Command, ConfigCommand, KindArg, Mode, PeersCommand, RecordCommand,
+    RoleArg, RoomsCommand, TokenCommand,
 };
 use crate::client::{candidates, Connection, CtlError};
 
@@ -64,6 +64,17 @@ fn request_for(command: Command) -> Option<(Request, Fits)> {
                 role: role_of(role),
             },
             |r| matches!(r, Response::RoleChanged { .. }),
+        ),
+        Command::Peers(PeersCommand::Mute { room, peer, kind }) => (
+            Request::PeersMute {
+                room,
+                peer,
+                kind: match kind {
+                    KindArg::Audio => TrackKind::Audio,
+                    KindArg::Video => TrackKind::Video,
+                },
+            },
+            |r| matches!(r, Response::PeerMuted { .. }),
         ),
         Command::Token(TokenCommand::Create {
             room,

@@ -236,6 +236,7 @@ pub fn room(r: &RoomDetail) -> String {
         "PEER",
         "NAME",
         "ROLE",
+        "MUTED",
         "PUBLISH",
         "SUBSCRIBE",
         "REMOTE",
@@ -265,6 +266,15 @@ pub fn room(r: &RoomDetail) -> String {
             p.id.clone(),
             p.name.clone(),
             role(p.role).to_owned(),
+            if p.muted.is_empty() {
+                "-".to_owned()
+            } else {
+                p.muted
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             state(&p.publish).to_owned(),
             state(&p.subscribe).to_owned(),
             remote(p),
@@ -391,6 +401,9 @@ pub fn human(response: &Response) -> String {
             role: r,
         } => {
             format!("{peer} in room {room} is now a {}\n", role(*r))
+        }
+        Response::PeerMuted { room, peer, kind } => {
+            format!("muted the {} of {peer} in room {room}\n", kind.as_str())
         }
         // Only the token, so `TOKEN=$(sfuctl token create ...)` works.
         Response::Token { token, .. } => format!("{token}\n"),

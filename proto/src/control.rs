@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::signaling::{Role, RoomMode};
+use crate::signaling::{Role, RoomMode, TrackKind};
 
 /// The protocol version this build speaks; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -72,6 +72,17 @@ pub enum Request {
         /// The new role.
         role: Role,
     },
+    /// Mute a participant's microphone or camera: the server stops
+    /// forwarding it and the participant's page mutes it. Only the
+    /// participant can unmute it.
+    PeersMute {
+        /// Room name.
+        room: String,
+        /// The participant's id.
+        peer: String,
+        /// Which track.
+        kind: TrackKind,
+    },
     /// Sign a join token with the daemon's first `auth.keys` key.
     TokenCreate {
         /// The room it admits to.
@@ -118,6 +129,7 @@ impl Request {
             Self::RoomsClose { .. } => "rooms_close",
             Self::PeersKick { .. } => "peers_kick",
             Self::PeersRole { .. } => "peers_role",
+            Self::PeersMute { .. } => "peers_mute",
             Self::TokenCreate { .. } => "token_create",
             Self::RecordStart { .. } => "record_start",
             Self::RecordStop { .. } => "record_stop",
@@ -180,6 +192,15 @@ pub enum Response {
         peer: String,
         /// The new role.
         role: Role,
+    },
+    /// Answer to [`Request::PeersMute`].
+    PeerMuted {
+        /// Room name.
+        room: String,
+        /// The participant's id.
+        peer: String,
+        /// Which track.
+        kind: TrackKind,
     },
     /// Answer to [`Request::TokenCreate`].
     Token {
@@ -310,6 +331,9 @@ pub struct PeerDetail {
     pub name: String,
     /// Current role.
     pub role: Role,
+    /// What they have muted (or an operator muted).
+    #[serde(default)]
+    pub muted: Vec<TrackKind>,
     /// Seconds since they joined.
     pub joined_secs: u64,
     /// The connection carrying their media up, once negotiated.
@@ -726,6 +750,7 @@ mod tests {
                     id: "00ab".into(),
                     name: "alice".into(),
                     role: Role::Speaker,
+                    muted: vec![TrackKind::Audio],
                     joined_secs: 3,
                     publish: Some(ConnectionReport {
                         state: "connected".into(),

@@ -39,6 +39,26 @@ pub enum RoomMode {
     Mesh,
 }
 
+/// A kind of track a participant can mute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackKind {
+    /// The microphone.
+    Audio,
+    /// The camera.
+    Video,
+}
+
+impl TrackKind {
+    /// Its wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackKind::Audio => "audio",
+            TrackKind::Video => "video",
+        }
+    }
+}
+
 /// An ICE candidate as the browser's `RTCIceCandidateInit` spells it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -124,6 +144,14 @@ pub enum ClientMessage {
         #[serde(default)]
         max_layer: Option<u8>,
     },
+    /// Mute or unmute one's own microphone (`audio`) or camera (`video`):
+    /// the server stops forwarding it and tells the room (`track_muted`).
+    Mute {
+        /// Which.
+        kind: TrackKind,
+        /// Muted (true) or not.
+        muted: bool,
+    },
     /// Leave the room; the server closes the socket.
     Leave,
 }
@@ -137,6 +165,9 @@ pub struct PeerInfo {
     pub name: String,
     /// Current role.
     pub role: Role,
+    /// What they have muted (absent: nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub muted: Vec<TrackKind>,
 }
 
 /// A STUN or TURN server handed to clients.
@@ -224,6 +255,20 @@ pub enum ServerMessage {
         track: String,
         /// Every layer of the track by RID: whether to send it.
         active: std::collections::BTreeMap<String, bool>,
+    },
+    /// A participant muted or unmuted a track, or an operator muted it
+    /// (then the participant should mute it too). Sent to everyone, the
+    /// participant included.
+    TrackMuted {
+        /// Whose.
+        peer_id: String,
+        /// Which.
+        kind: TrackKind,
+        /// Muted now (true) or not.
+        muted: bool,
+        /// An operator muted it (`sfuctl peers mute`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        by_operator: bool,
     },
     /// Who is speaking in the room, and the dominant speaker: sent to
     /// everyone when it changes, at most about four times a second.

@@ -6,7 +6,7 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { waitFor, Participant, receivesFrom, track, idOf } from './harness.mjs';
+import { waitFor, Participant, receivesFrom, track, idOf, sfuctl } from './harness.mjs';
 
 /**
  * A page script: the microphone is replaced by a synthetic one, so that a test knows what
@@ -99,5 +99,87 @@ describe('who is speaking: one talker, two quiet microphones', () => {
       assert.ok(!quiet.some((q) => v.speaking.includes(q)), `a quiet microphone shown speaking: ${JSON.stringify(v)}`);
       assert.ok(!quiet.includes(v.dominant), `a quiet microphone shown dominant: ${JSON.stringify(v)}`);
     }
+  }));
+});
+
+describe('mute: by the participant and by an operator', () => {
+  const names = ['alice', 'bob', 'carol'];
+  const people = names.map((n) => new Participant(n));
+  const room = `mute-${process.pid}`;
+  before(track(async () => {
+    for (const p of people) await p.open(room);
+  }));
+  after(async () => {
+    await Promise.all(people.map((p) => p.close()));
+  });
+
+  // What `p` has received from `from` so far: decoded frames and audio bytes.
+  const received = async (p, from) => {
+    const snap = await p.snapshot();
+    const got = snap.inbound[idOf(snap, from)] ?? {};
+    return { frames: got.videoFramesDecoded ?? 0, audio: got.audioBytes ?? 0 };
+  };
+  // How much more `p` receives from `from` over `ms` (a window to show that nothing comes).
+  const growth = async (p, from, ms) => {
+    const a = await received(p, from);
+    await new Promise((r) => setTimeout(r, ms));
+    const b = await received(p, from);
+    return { frames: b.frames - a.frames, audio: b.audio - a.audio };
+  };
+  const tileMuted = (p, id) => p.page.evaluate((id) =>
+    document.querySelector(`.tile[data-peer-id="${id}"]`)?.dataset.muted ?? null, id);
+
+  it('a participant mutes and unmutes: the others stop and start receiving, and see it', { timeout: 90_000 }, track(async () => {
+    const [alice, bob, carol] = people;
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await Promise.all(people.map((p) => p.snapshot()));
+      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+    }, () => `the call did not start:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}`);
+    const aliceId = last[0].peerId;
+    await alice.page.click('#mic');
+    await alice.page.click('#cam');
+    await waitFor(10_000, async () => (await Promise.all([bob, carol].map((p) => tileMuted(p, aliceId))))
+      .every((m) => m === 'audio,video'), () => 'the others never showed alice muted');
+    assert.equal(await alice.page.getAttribute('#mic', 'aria-pressed'), 'true');
+    const shown = JSON.parse(await sfuctl('--json', 'rooms', 'show', room));
+    assert.deepEqual(shown.members.find((m) => m.id === aliceId)?.muted, ['audio', 'video'], JSON.stringify(shown));
+    // Whatever was in flight has arrived: from now on nothing of alice's comes.
+    await new Promise((r) => setTimeout(r, 1_000));
+    for (const p of [bob, carol]) {
+      const g = await growth(p, 'alice', 3_000);
+      assert.equal(g.frames, 0, `${p.name} decoded video of a muted camera: ${JSON.stringify(g)}`);
+      assert.equal(g.audio, 0, `${p.name} received audio of a muted microphone: ${JSON.stringify(g)}`);
+    }
+    // Unmuted: both come back, and the tiles say so.
+    await alice.page.click('#mic');
+    await alice.page.click('#cam');
+    await waitFor(15_000, async () => {
+      const [g] = await Promise.all([growth(bob, 'alice', 1_000)]);
+      return g.frames >= 5 && g.audio > 0 && (await tileMuted(bob, aliceId)) === '';
+    }, () => 'bob never received alice again after she unmuted');
+  }));
+
+  it('an operator mutes a microphone: the page obeys and the others stop hearing it', { timeout: 60_000 }, track(async () => {
+    const [alice, bob] = people;
+    const bobId = (await bob.snapshot()).peerId;
+    const out = await sfuctl('peers', 'mute', room, bobId, 'audio');
+    assert.match(out, /muted the audio/);
+    await waitFor(10_000, async () => {
+      const page = await bob.page.evaluate(() => ({
+        muted: window.sfud.muted.audio,
+        pressed: document.getElementById('mic').getAttribute('aria-pressed'),
+        enabled: document.querySelector('.tile.local video').srcObject?.getAudioTracks().every((t) => !t.enabled),
+        error: document.getElementById('error').textContent,
+      }));
+      return page.muted && page.pressed === 'true' && page.enabled && page.error.includes('operator muted');
+    }, () => 'bob\'s page did not obey the operator');
+    await waitFor(10_000, async () => (await tileMuted(alice, bobId)) === 'audio', () => 'alice never saw bob muted');
+    await new Promise((r) => setTimeout(r, 1_000));
+    const g = await growth(alice, 'bob', 3_000);
+    assert.equal(g.audio, 0, `alice still hears bob: ${JSON.stringify(g)}`);
+    assert.ok(g.frames > 0, `bob's camera is not muted: ${JSON.stringify(g)}`);
+    // A listener has nothing to mute; an unknown participant is refused.
+    await assert.rejects(sfuctl('peers', 'mute', room, '0000000000000000', 'video'), /no participant/);
   }));
 });

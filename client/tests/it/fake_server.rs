@@ -424,7 +424,9 @@ async fn session(
             } => {}
             ClientMessage::Leave => break,
             // This fake server is an SFU: mesh relaying is not its business.
-            ClientMessage::Signal { .. } | ClientMessage::TrackSettings { .. } => {}
+            ClientMessage::Signal { .. }
+            | ClientMessage::TrackSettings { .. }
+            | ClientMessage::Mute { .. } => {}
         }
     }
     for spc in [publish, subscribe].into_iter().flatten() {

@@ -26,6 +26,7 @@ pub fn room_of(request: &Request) -> Option<&str> {
         | Request::RoomsClose { room }
         | Request::PeersKick { room, .. }
         | Request::PeersRole { room, .. }
+        | Request::PeersMute { room, .. }
         | Request::RecordStart { room }
         | Request::RecordStop { room } => Some(room),
         _ => None,

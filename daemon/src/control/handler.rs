@@ -108,6 +108,10 @@ async fn respond(ctx: &Context, request: Request, reach: Reach) -> Result<Respon
                 .map_err(refused)?;
             Ok(Response::RoleChanged { room, peer, role })
         }
+        Request::PeersMute { room, peer, kind } => {
+            ctx.rooms.mute(&room, &peer, kind).await.map_err(refused)?;
+            Ok(Response::PeerMuted { room, peer, kind })
+        }
         Request::TokenCreate {
             room,
             name,
@@ -294,6 +298,7 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
         id: p.id,
         name: p.name,
         role: p.role,
+        muted: p.muted,
         joined_secs: p.joined_secs,
         publish: p.publish.map(connection),
         subscribe: p.subscribe.map(connection),

@@ -303,6 +303,19 @@ impl MediaHandle {
             .await;
     }
 
+    /// Stops (or goes on) forwarding `peer`'s tracks of `kind`, now and
+    /// later ones; does not wait.
+    pub async fn mute(&self, peer: PeerId, kind: sfu_proto::signaling::TrackKind, muted: bool) {
+        let kind = match kind {
+            sfu_proto::signaling::TrackKind::Audio => super::MediaKind::Audio,
+            sfu_proto::signaling::TrackKind::Video => super::MediaKind::Video,
+        };
+        let _ = self
+            .tx(peer)
+            .send(MediaCommand::Mute { peer, kind, muted })
+            .await;
+    }
+
     /// Starts (or with `None` stops) copying `peer`'s published media into `tap`.
     pub async fn set_tap(&self, peer: PeerId, tap: Option<Tap>) {
         let _ = self.tx(peer).send(MediaCommand::SetTap { peer, tap }).await;

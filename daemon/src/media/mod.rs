@@ -337,6 +337,12 @@ pub(crate) enum MediaCommand {
     RemovePeer { peer: PeerId },
     /// Close a peer's publish connection (it may publish again with a new offer).
     ClosePublish { peer: PeerId },
+    /// Stop (or go on) forwarding a peer's tracks of one kind.
+    Mute {
+        peer: PeerId,
+        kind: MediaKind,
+        muted: bool,
+    },
     /// Copy a peer's published media (now and later tracks) into `tap`,
     /// or stop with `None`.
     SetTap { peer: PeerId, tap: Option<Tap> },

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use sfu_proto::signaling::{
-    CandidateInit, ErrorCode, IceServer, PcKind, Role, RoomMode, ServerMessage,
+    CandidateInit, ErrorCode, IceServer, PcKind, Role, RoomMode, ServerMessage, TrackKind,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -160,6 +160,16 @@ impl RoomActor {
                 let r = self.set_role(&peer, role).await;
                 let _ = reply.send(r);
             }
+            RoomMsg::Mute {
+                peer,
+                kind,
+                muted,
+                by_operator,
+                reply,
+            } => {
+                let r = self.mute(&peer, kind, muted, by_operator).await;
+                let _ = reply.send(r);
+            }
             RoomMsg::Offer { peer, sdp, reply } => {
                 let r = self.offer(peer, sdp).await;
                 let _ = reply.send(r);
@@ -265,6 +275,7 @@ impl RoomActor {
                     id: m.id.to_string(),
                     name: m.name.clone(),
                     role: m.role,
+                    muted: m.muted.clone(),
                     joined_secs: now.duration_since(m.joined_at).as_secs(),
                     publish: r.and_then(|r| r.publish.clone()),
                     subscribe: r.and_then(|r| r.subscribe.clone()),
@@ -481,9 +492,9 @@ impl RoomActor {
 
     /// Changes a role live: a demoted speaker stops being forwarded and its
     /// publish connection closes; everyone is renegotiated and told.
-    async fn set_role(&mut self, peer: &str, role: Role) -> Result<(), Refusal> {
-        let id = self
-            .room
+    /// The member whose id is `peer`.
+    fn member_id(&self, peer: &str) -> Result<PeerId, Refusal> {
+        self.room
             .members()
             .map(|m| m.id)
             .find(|id| id.to_string() == peer)
@@ -492,13 +503,63 @@ impl RoomActor {
                     ErrorCode::UnknownPeer,
                     format!("no participant `{peer}` in room `{}`", self.room.name),
                 )
-            })?;
+            })
+    }
+
+    /// Mutes or unmutes a speaker's track of `kind`: media stops (or goes
+    /// on) forwarding it, and everyone is told.
+    async fn mute(
+        &mut self,
+        peer: &str,
+        kind: TrackKind,
+        muted: bool,
+        by_operator: bool,
+    ) -> Result<(), Refusal> {
+        let id = self.member_id(peer)?;
+        let changed = self.room.set_muted(id, kind, muted).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::NotAllowed,
+                "a listener publishes nothing to mute",
+            )
+        })?;
+        if !changed {
+            return Ok(());
+        }
+        info!(room = %self.room.name, %peer, kind = kind.as_str(), muted, by_operator, "muted");
+        if self.room.mode == RoomMode::Sfu {
+            self.media.mute(id, kind, muted).await;
+        }
+        let msg = ServerMessage::TrackMuted {
+            peer_id: peer.to_owned(),
+            kind,
+            muted,
+            by_operator,
+        };
+        let all: Vec<PeerId> = self.outs.keys().copied().collect();
+        for p in all {
+            self.send(p, msg.clone());
+        }
+        self.drop_slow().await;
+        Ok(())
+    }
+
+    async fn set_role(&mut self, peer: &str, role: Role) -> Result<(), Refusal> {
+        let id = self.member_id(peer)?;
+        let was_muted = self
+            .room
+            .member(id)
+            .map(|m| m.muted.clone())
+            .unwrap_or_default();
         if !self.room.set_role(id, role) {
             return Ok(());
         }
         info!(room = %self.room.name, %peer, ?role, "role changed");
         if role == Role::Listener && self.room.mode == RoomMode::Sfu {
             self.media.close_publish(id).await;
+            // Speaking again, they start unmuted.
+            for kind in was_muted {
+                self.media.mute(id, kind, false).await;
+            }
         }
         let msg = ServerMessage::RoleChanged {
             peer_id: peer.to_owned(),

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use sfu_proto::signaling::{CandidateInit, ErrorCode, IceServer, Role, RoomMode, ServerMessage};
+use sfu_proto::signaling::{
+    CandidateInit, ErrorCode, IceServer, Role, RoomMode, ServerMessage, TrackKind,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::{Claim, Placement};
@@ -126,6 +128,13 @@ pub(crate) enum RoomMsg {
     SetRole {
         peer: String,
         role: Role,
+        reply: oneshot::Sender<Result<(), Refusal>>,
+    },
+    Mute {
+        peer: String,
+        kind: TrackKind,
+        muted: bool,
+        by_operator: bool,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
     Media(crate::media::MediaEvent),
@@ -259,6 +268,18 @@ impl RoomHandle {
             peer,
             track,
             prefs,
+            reply,
+        })
+        .await
+    }
+
+    /// Mutes or unmutes the participant's own track of `kind`.
+    pub async fn mute(&self, peer: PeerId, kind: TrackKind, muted: bool) -> Result<(), Refusal> {
+        self.call(|reply| RoomMsg::Mute {
+            peer: peer.to_string(),
+            kind,
+            muted,
+            by_operator: false,
             reply,
         })
         .await
@@ -670,6 +691,22 @@ impl RoomRegistry {
         h.tx.send(RoomMsg::SetRole {
             peer: peer.to_owned(),
             role,
+            reply,
+        })
+        .await
+        .map_err(|_| unknown_room(room))?;
+        rx.await.map_err(|_| unknown_room(room))?
+    }
+
+    /// Mutes a participant's track of `kind` for the operator.
+    pub async fn mute(&self, room: &str, peer: &str, kind: TrackKind) -> Result<(), Refusal> {
+        let h = self.handle(room).ok_or_else(|| unknown_room(room))?;
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(RoomMsg::Mute {
+            peer: peer.to_owned(),
+            kind,
+            muted: true,
+            by_operator: true,
             reply,
         })
         .await

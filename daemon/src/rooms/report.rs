@@ -33,6 +33,8 @@ pub struct PeerDetail {
     pub name: String,
     /// Speaker or listener.
     pub role: Role,
+    /// What it (or an operator) muted.
+    pub muted: Vec<sfu_proto::signaling::TrackKind>,
     /// Seconds since joining.
     pub joined_secs: u64,
     /// The publish connection, if any.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use sfu_proto::signaling::{ErrorCode, PeerInfo, Role, RoomMode};
+use sfu_proto::signaling::{ErrorCode, PeerInfo, Role, RoomMode, TrackKind};
 
 use crate::media::{PeerId, TrackId, TrackInfo};
 
@@ -72,6 +72,8 @@ pub struct Member {
     pub sub: Negotiation,
     /// Whether they receive the speakers' media (a WHIP publisher does not).
     pub receives: bool,
+    /// What they (or an operator) muted, in order.
+    pub muted: Vec<TrackKind>,
 }
 
 impl Member {
@@ -81,6 +83,7 @@ impl Member {
             id: self.id.to_string(),
             name: self.name.clone(),
             role: self.role,
+            muted: self.muted.clone(),
         }
     }
 }
@@ -134,6 +137,7 @@ impl Room {
                 joined_at: now,
                 sub: Negotiation::default(),
                 receives: true,
+                muted: Vec::new(),
             },
         );
         Ok(others)
@@ -197,6 +201,23 @@ impl Room {
         }
     }
 
+    /// Mutes or unmutes a speaker's track of `kind`. Returns whether that
+    /// changed anything; `None` for a listener (who publishes nothing).
+    pub fn set_muted(&mut self, id: PeerId, kind: TrackKind, muted: bool) -> Option<bool> {
+        let m = self.members.get_mut(&id)?;
+        if m.role != Role::Speaker {
+            return None;
+        }
+        let was = m.muted.contains(&kind);
+        if muted && !was {
+            m.muted.push(kind);
+            m.muted.sort_unstable();
+        } else if !muted && was {
+            m.muted.retain(|k| *k != kind);
+        }
+        Some(muted != was)
+    }
+
     /// Changes a member's role; a demoted speaker's tracks stop being
     /// forwarded. Returns whether anything changed.
     pub fn set_role(&mut self, id: PeerId, role: Role) -> bool {
@@ -209,6 +230,8 @@ impl Room {
         m.role = role;
         if role == Role::Listener {
             self.tracks.retain(|_, t| t.publisher != id);
+            // A speaker again starts unmuted, as a newcomer does.
+            m.muted.clear();
         }
         true
     }
@@ -454,5 +477,40 @@ mod tests {
             !room.answer_received(PeerId(1)),
             "nothing changed meanwhile"
         );
+    }
+
+    #[test]
+    fn speakers_mute_and_unmute_and_listeners_have_nothing_to_mute() {
+        let mut room = Room::new("r".into(), RoomMode::Sfu, 10);
+        let now = Instant::now();
+        room.join(PeerId(1), "a", Role::Speaker, now)
+            .expect("joins");
+        room.join(PeerId(2), "b", Role::Listener, now)
+            .expect("joins");
+        assert_eq!(
+            room.set_muted(PeerId(1), TrackKind::Video, true),
+            Some(true)
+        );
+        assert_eq!(
+            room.set_muted(PeerId(1), TrackKind::Audio, true),
+            Some(true)
+        );
+        assert_eq!(
+            room.set_muted(PeerId(1), TrackKind::Audio, true),
+            Some(false),
+            "no change"
+        );
+        let info = room.member(PeerId(1)).expect("a member").info();
+        assert_eq!(info.muted, vec![TrackKind::Audio, TrackKind::Video]);
+        assert_eq!(
+            room.set_muted(PeerId(1), TrackKind::Audio, false),
+            Some(true)
+        );
+        assert_eq!(room.set_muted(PeerId(2), TrackKind::Audio, true), None);
+        assert_eq!(room.set_muted(PeerId(3), TrackKind::Audio, true), None);
+        // Demoted and promoted again: unmuted, as a newcomer.
+        assert!(room.set_role(PeerId(1), Role::Listener));
+        assert!(room.set_role(PeerId(1), Role::Speaker));
+        assert!(room.member(PeerId(1)).expect("a member").muted.is_empty());
     }
 }

@@ -365,6 +365,11 @@ impl Session {
                 m.room.track_settings(m.peer, track, prefs).await?;
                 Ok(Flow::Continue)
             }
+            ClientMessage::Mute { kind, muted } => {
+                let m = self.joined.as_ref().ok_or_else(not_joined)?;
+                m.room.mute(m.peer, kind, muted).await?;
+                Ok(Flow::Continue)
+            }
             ClientMessage::Leave => {
                 if let Some(m) = self.joined.take() {
                     m.room.leave(m.peer).await;

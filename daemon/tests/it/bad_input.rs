@@ -71,6 +71,13 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     ws.send_json(json!({"type":"answer","pc":"subscribe","sdp":"v=0"}))
         .await;
     ws.expect_error("not_joined").await;
+    ws.send_json(json!({"type":"mute","kind":"audio","muted":true}))
+        .await;
+    ws.expect_error("not_joined").await;
+    ws.send_json(json!({"type":"mute","kind":"screen","muted":true}))
+        .await;
+    let msg = ws.expect_error("bad_request").await;
+    assert!(msg.contains("screen"), "message names the bad kind: {msg}");
     ws.send_text(format!(
         r#"{{"type":"join","room":"bad-input","name":"{}"}}"#,
         "x".repeat(70 * 1024)
@@ -120,6 +127,17 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     ws.send_json(json!({"type":"offer","pc":"subscribe","sdp":"v=0"}))
         .await;
     ws.expect_error("bad_request").await;
+    // A listener has nothing to mute.
+    let mut listener = RawSocket::connect(&server).await;
+    let joined = listener
+        .try_join(json!({"room":"bad-input","name":"quiet","role":"listener"}))
+        .await;
+    assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
+    listener
+        .send_json(json!({"type":"mute","kind":"video","muted":true}))
+        .await;
+    listener.expect_error("not_allowed").await;
+    drop(listener);
 
     // The witness saw the tester join and nothing else went wrong for it.
     let seen = other
@@ -136,10 +154,12 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     // hears peer_left.
     ws.send_json(json!({"type":"leave"})).await;
     ws.expect_closed().await;
-    let left = other
-        .recv_until("peer_left", |m| matches!(m, ServerMessage::PeerLeft { .. }))
+    other
+        .recv_until(
+            "the tester's peer_left",
+            |m| matches!(m, ServerMessage::PeerLeft { peer_id } if *peer_id == id),
+        )
         .await;
-    assert_eq!(left, ServerMessage::PeerLeft { peer_id: id });
 
     server.stop().await;
 }

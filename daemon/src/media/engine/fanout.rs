@@ -53,6 +53,9 @@ impl MediaCore {
         else {
             return;
         };
+        if source.muted {
+            return;
+        }
         if let Some(speech) = source.speech.as_mut() {
             speech.hear(&packet.header);
         }
@@ -144,7 +147,9 @@ impl MediaCore {
                 Hold::Forwarding => {}
                 Hold::Paused => continue,
                 Hold::Resuming => {
-                    if !is_keyframe_start(source.video_codec, &packet.payload) {
+                    if source.info.kind == MediaKind::Video
+                        && !is_keyframe_start(source.video_codec, &packet.payload)
+                    {
                         start_wanted |= 1;
                         continue;
                     }

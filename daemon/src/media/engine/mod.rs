@@ -20,6 +20,7 @@ mod allocate;
 mod driver;
 mod fanout;
 mod keyframe;
+mod mute;
 mod negotiate;
 mod pipe;
 mod prefs;
@@ -294,6 +295,8 @@ struct PeerConns {
     events: Option<EventSink>,
     /// A recorder's copy of everything this peer publishes.
     tap: Option<Tap>,
+    /// The kinds of track it muted (`mute`).
+    muted: Vec<MediaKind>,
 }
 
 /// The media core: every peer connection, source and leg, driven by
@@ -837,6 +840,7 @@ impl MediaCore {
             conn.by_layer_ssrc.insert(ssrc, track);
         }
         let speech = speech::SourceSpeech::for_track(kind, &extensions);
+        let muted = self.starts_muted(peer, kind);
         self.sources.insert(
             track,
             Source {
@@ -856,6 +860,7 @@ impl MediaCore {
                 pipes: Vec::new(),
                 unused_since: None,
                 speech,
+                muted,
             },
         );
         let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
@@ -1060,6 +1065,9 @@ impl MediaCore {
             }
             MediaCommand::RequestKeyframe { track } => {
                 self.request_keyframe(track, now, KeyframeCause::Recording)
+            }
+            MediaCommand::Mute { peer, kind, muted } => {
+                self.set_muted(peer, kind, muted, now);
             }
             MediaCommand::ClosePublish { peer } => {
                 if let Some(id) = self.conn_of(peer, PcKind::Publish) {

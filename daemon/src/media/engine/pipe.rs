@@ -47,6 +47,7 @@ pub enum PipeMsg {
     Status {
         track: TrackId,
         layers: Vec<LayerState>,
+        muted: bool,
     },
     /// Owner to mirror: the track ended.
     Closed { track: TrackId },
@@ -119,6 +120,7 @@ pub struct MirrorSpec {
     payload_type: u8,
     msid_track: String,
     layers: Vec<(Option<String>, LayerState)>,
+    muted: bool,
 }
 
 /// The owner's record of one worker it pipes a track to.
@@ -164,6 +166,7 @@ impl MediaCore {
             }
         }
         Some(Box::new(MirrorSpec {
+            muted: source.muted,
             owner: self.worker,
             info: source.info.clone(),
             codec: source.codec.clone(),
@@ -217,6 +220,7 @@ impl MediaCore {
                 unused_since: Some(now),
                 // The owner meters it.
                 speech: None,
+                muted: spec.muted,
             },
         );
     }
@@ -248,11 +252,16 @@ impl MediaCore {
                     l.sender_report = Some((sr.ntp_time, sr.rtp_time));
                     self.relay_sender_report(track, layer, &sr, now);
                 }
-                PipeMsg::Status { track, layers } => {
+                PipeMsg::Status {
+                    track,
+                    layers,
+                    muted,
+                } => {
                     if let Some(source) = self.mirror(track) {
                         for (l, state) in source.layers.iter_mut().zip(&layers) {
                             state.apply(l);
                         }
+                        self.mute_source(track, muted, now);
                     }
                 }
                 PipeMsg::Closed { track } => {
@@ -323,6 +332,7 @@ impl MediaCore {
                             PipeMsg::Status {
                                 track,
                                 layers: layers.clone(),
+                                muted: s.muted,
                             },
                         ));
                     }

@@ -169,6 +169,8 @@ pub(super) struct Source {
     /// An audio track's level meter (owner side), when its publisher sends
     /// audio levels.
     pub speech: Option<Box<super::speech::SourceSpeech>>,
+    /// Nothing of it is forwarded (`mute`).
+    pub muted: bool,
 }
 
 impl Source {

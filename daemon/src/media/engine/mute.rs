@@ -1,0 +1,67 @@
+//! Muted tracks: a participant (or an operator) mutes a microphone or a
+//! camera, and nothing of it is forwarded until it is unmuted, whatever the
+//! publisher goes on sending (a browser sends silence and black frames for
+//! a disabled track; a client that ignores an operator's mute sends
+//! anything).
+//!
+//! The owning worker drops the track's packets before metering, piping or
+//! fanning them out, so a muted microphone is never "speaking" either.
+//! Each leg holds (`Hold::Resuming`) so that what follows the mute starts
+//! afresh: at the next packet for audio, at the next key frame for video,
+//! which unmuting asks the publisher for. Workers mirroring the track learn
+//! the state from the owner's 100 ms status (`pipe`).
+
+use super::*;
+use crate::media::forward::Hold;
+
+impl MediaCore {
+    /// Mutes or unmutes `peer`'s tracks of `kind`, now and later ones.
+    pub(super) fn set_muted(&mut self, peer: PeerId, kind: MediaKind, muted: bool, now: Instant) {
+        let entry = self.peers.entry(peer).or_default();
+        entry.muted.retain(|k| *k != kind);
+        if muted {
+            entry.muted.push(kind);
+        }
+        let tracks: Vec<TrackId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.origin.is_none() && s.info.publisher == peer && s.info.kind == kind)
+            .map(|(t, _)| *t)
+            .collect();
+        for track in tracks {
+            self.mute_source(track, muted, now);
+        }
+    }
+
+    /// Whether `peer`'s tracks of `kind` start muted.
+    pub(super) fn starts_muted(&self, peer: PeerId, kind: MediaKind) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.muted.contains(&kind))
+    }
+
+    /// One source (owned or mirrored) muted or unmuted.
+    pub(super) fn mute_source(&mut self, track: TrackId, muted: bool, now: Instant) {
+        let Some(source) = self.sources.get_mut(&track) else {
+            return;
+        };
+        if source.muted == muted {
+            return;
+        }
+        source.muted = muted;
+        debug!(track = track.0, muted, "track muted");
+        if muted {
+            for sub in &source.subscribers {
+                let leg = self
+                    .conns
+                    .get_mut(&sub.conn)
+                    .and_then(|c| c.legs.get_mut(&track));
+                if let Some(leg) = leg.filter(|l| l.hold == Hold::Forwarding) {
+                    leg.hold = Hold::Resuming;
+                }
+            }
+        } else if source.info.kind == MediaKind::Video {
+            self.request_keyframe(track, now, KeyframeCause::NewSubscriber);
+        }
+    }
+}
