@@ -226,6 +226,7 @@ impl Client {
         let msg = ClientMessage::Offer {
             pc: PcKind::Publish,
             sdp: sdp.clone(),
+            sources: Default::default(),
         };
         self.shared.send_description(PcKind::Publish, &msg, &sdp)?;
         let snap = self

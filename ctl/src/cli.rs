@@ -110,9 +110,9 @@ pub enum PeersCommand {
         #[arg(value_enum)]
         role: RoleArg,
     },
-    /// Mute a participant's microphone (audio) or camera (video): nobody
-    /// receives it, and the participant's page mutes it. Only they can
-    /// unmute it.
+    /// Mute a participant's microphone (audio), camera (video) or shared
+    /// screen (screen): nobody receives it, and the participant's page mutes
+    /// it. Only they can unmute it.
     Mute {
         /// Room name.
         room: String,
@@ -162,6 +162,8 @@ pub enum KindArg {
     Audio,
     /// The camera.
     Video,
+    /// The shared screen (stops the sharing for everyone).
+    Screen,
 }
 
 /// Parses `90s`, `30m`, `1h`, `7d` (or plain seconds) into seconds.

@@ -72,6 +72,7 @@ fn request_for(command: Command) -> Option<(Request, Fits)> {
                 kind: match kind {
                     KindArg::Audio => TrackKind::Audio,
                     KindArg::Video => TrackKind::Video,
+                    KindArg::Screen => TrackKind::Screen,
                 },
             },
             |r| matches!(r, Response::PeerMuted { .. }),

@@ -47,6 +47,8 @@ pub enum TrackKind {
     Audio,
     /// The camera.
     Video,
+    /// The shared screen: muted while not sharing.
+    Screen,
 }
 
 impl TrackKind {
@@ -55,8 +57,20 @@ impl TrackKind {
         match self {
             TrackKind::Audio => "audio",
             TrackKind::Video => "video",
+            TrackKind::Screen => "screen",
         }
     }
+}
+
+/// What a published video track shows, as its publisher declares it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    /// A camera (or anything not declared otherwise).
+    #[default]
+    Camera,
+    /// A shared screen, window or tab.
+    Screen,
 }
 
 /// An ICE candidate as the browser's `RTCIceCandidateInit` spells it.
@@ -102,6 +116,10 @@ pub enum ClientMessage {
         pc: PcKind,
         /// The SDP text.
         sdp: String,
+        /// What each video track shows, by its `a=msid` track id; a track
+        /// not named is a camera.
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        sources: std::collections::BTreeMap<String, TrackSource>,
     },
     /// An SDP answer (only for the subscribe connection).
     Answer {
@@ -168,6 +186,9 @@ pub struct PeerInfo {
     /// What they have muted (absent: nothing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub muted: Vec<TrackKind>,
+    /// They share their screen (absent: no).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sharing: bool,
 }
 
 /// A STUN or TURN server handed to clients.

@@ -183,3 +183,93 @@ describe('mute: by the participant and by an operator', () => {
     await assert.rejects(sfuctl('peers', 'mute', room, '0000000000000000', 'video'), /no participant/);
   }));
 });
+
+/**
+ * A page script: "the screen" is an animated 1280x720 canvas (headless Chromium has no
+ * screen to capture), so the page's own getDisplayMedia flow runs unchanged.
+ */
+const canvasScreen = () => {
+  navigator.mediaDevices.getDisplayMedia = async () => {
+    const canvas = Object.assign(document.createElement('canvas'), { width: 1280, height: 720 });
+    const g = canvas.getContext('2d');
+    let n = 0;
+    setInterval(() => {
+      g.fillStyle = `hsl(${(n += 7) % 360} 60% 40%)`;
+      g.fillRect(0, 0, 1280, 720);
+      g.fillStyle = '#fff';
+      g.font = '64px sans-serif';
+      g.fillText(`slide ${n}`, 100, 200);
+    }, 50);
+    return canvas.captureStream(20);
+  };
+};
+
+describe('screen sharing: a second video track beside the camera', () => {
+  const names = ['alice', 'bob', 'carol'];
+  const people = names.map((n) => new Participant(n, {}, { initScript: canvasScreen }));
+  const room = `screen-${process.pid}`;
+  before(track(async () => {
+    for (const p of people) await p.open(room);
+  }));
+  after(async () => {
+    await Promise.all(people.map((p) => p.close()));
+  });
+
+  it('the others decode the screen in a large tile of its own, and it goes when sharing stops', { timeout: 90_000 }, track(async () => {
+    const [alice, bob, carol] = people;
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await Promise.all(people.map((p) => p.snapshot()));
+      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+    }, () => `the call did not start:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}`);
+    const aliceId = last[0].peerId;
+    const screenKey = `${aliceId}/screen`;
+    await alice.page.click('#share');
+    const tiles = (p) => p.page.evaluate((key) => {
+      const screen = document.querySelector(`.tile[data-peer-id="${key}"]`);
+      const camera = document.querySelector(`.tile[data-peer-id="${key.split('/')[0]}"]`);
+      return {
+        screen: screen && { large: screen.classList.contains('screen'), width: screen.clientWidth, shown: screen.querySelector('video').videoWidth },
+        camera: camera && { width: camera.clientWidth },
+      };
+    }, screenKey);
+    let seen = {};
+    for (const p of [bob, carol]) {
+      const start = (await p.snapshot()).inbound[screenKey]?.videoFramesDecoded ?? 0;
+      await waitFor(20_000, async () => {
+        const snap = await p.snapshot();
+        seen = { inbound: snap.inbound[screenKey], camera: snap.inbound[aliceId], tiles: await tiles(p) };
+        return (seen.inbound?.videoFramesDecoded ?? 0) >= start + 30 && seen.tiles.screen?.large
+          && seen.tiles.screen.shown >= 640 && seen.camera?.videoFramesDecoded > 0;
+      }, () => `${p.name} did not decode alice's screen in a tile of its own: ${JSON.stringify(seen)}`);
+      assert.ok(seen.tiles.screen.width > seen.tiles.camera.width, `the screen is shown larger: ${JSON.stringify(seen.tiles)}`);
+    }
+    // The camera goes on beside it.
+    const cam = (await bob.snapshot()).inbound[aliceId].videoFramesDecoded;
+    await waitFor(10_000, async () => (await bob.snapshot()).inbound[aliceId].videoFramesDecoded >= cam + 20,
+      () => 'alice\'s camera stopped while she shared her screen');
+    const shown = JSON.parse(await sfuctl('--json', 'rooms', 'show', room));
+    const kinds = shown.members.find((m) => m.id === aliceId).tracks.map((t) => t.kind).sort();
+    assert.deepEqual(kinds, ['audio', 'screen', 'video'], JSON.stringify(shown));
+    // Sharing stops: the tile goes from every page, and nothing of the screen is forwarded.
+    await alice.page.click('#share');
+    const hidden = (p) => p.page.evaluate((key) => {
+      const tile = document.querySelector(`.tile[data-peer-id="${key}"]`);
+      return !tile || getComputedStyle(tile).display === 'none';
+    }, screenKey);
+    await waitFor(15_000, async () => (await Promise.all([alice, bob, carol].map(hidden))).every(Boolean),
+      () => 'the screen tile stayed after sharing stopped');
+    // Shared again: back on every page; then an operator stops it.
+    await alice.page.click('#share');
+    for (const p of [bob, carol]) {
+      const start = (await p.snapshot()).inbound[screenKey]?.videoFramesDecoded ?? 0;
+      await waitFor(20_000, async () => !(await hidden(p))
+        && ((await p.snapshot()).inbound[screenKey]?.videoFramesDecoded ?? 0) >= start + 20,
+      () => `${p.name} did not see alice's screen again`);
+    }
+    await sfuctl('peers', 'mute', room, aliceId, 'screen');
+    await waitFor(15_000, async () => (await Promise.all([alice, bob, carol].map(hidden))).every(Boolean)
+      && (await alice.page.getAttribute('#share', 'aria-pressed')) === 'false',
+    () => 'an operator did not stop the sharing');
+  }));
+});

@@ -186,11 +186,13 @@ impl MediaHandle {
         peer: PeerId,
         events: EventSink,
         sdp: String,
+        screens: Vec<String>,
     ) -> Result<Negotiated, MediaError> {
         self.call(peer, |reply| MediaCommand::Publish {
             peer,
             events,
             sdp,
+            screens,
             reply,
         })
         .await?
@@ -306,10 +308,6 @@ impl MediaHandle {
     /// Stops (or goes on) forwarding `peer`'s tracks of `kind`, now and
     /// later ones; does not wait.
     pub async fn mute(&self, peer: PeerId, kind: sfu_proto::signaling::TrackKind, muted: bool) {
-        let kind = match kind {
-            sfu_proto::signaling::TrackKind::Audio => super::MediaKind::Audio,
-            sfu_proto::signaling::TrackKind::Video => super::MediaKind::Video,
-        };
         let _ = self
             .tx(peer)
             .send(MediaCommand::Mute { peer, kind, muted })

@@ -101,6 +101,26 @@ pub struct TrackInfo {
     pub kind: MediaKind,
     /// Its codec.
     pub codec: Codec,
+    /// What it shows (video): a camera or a shared screen.
+    pub source: sfu_proto::signaling::TrackSource,
+}
+
+impl TrackInfo {
+    /// What it is, as subscribe offers name it (`screen-7`) and reports
+    /// show it: `audio`, `video`, or `screen` for a shared screen.
+    pub fn label(&self) -> &'static str {
+        self.track_kind().as_str()
+    }
+
+    /// What muting names it by.
+    pub fn track_kind(&self) -> sfu_proto::signaling::TrackKind {
+        use sfu_proto::signaling::{TrackKind, TrackSource};
+        match (self.kind, self.source) {
+            (MediaKind::Audio, _) => TrackKind::Audio,
+            (MediaKind::Video, TrackSource::Camera) => TrackKind::Video,
+            (MediaKind::Video, TrackSource::Screen) => TrackKind::Screen,
+        }
+    }
 }
 
 /// What a subscriber asked of one video track it receives (signaling's
@@ -302,6 +322,8 @@ pub(crate) enum MediaCommand {
         peer: PeerId,
         events: EventSink,
         sdp: String,
+        /// Its video tracks (by `a=msid` track id) that share a screen.
+        screens: Vec<String>,
         reply: oneshot::Sender<Result<Negotiated, MediaError>>,
     },
     /// Make the subscribe connection carry exactly `tracks`; returns an offer
@@ -340,7 +362,7 @@ pub(crate) enum MediaCommand {
     /// Stop (or go on) forwarding a peer's tracks of one kind.
     Mute {
         peer: PeerId,
-        kind: MediaKind,
+        kind: sfu_proto::signaling::TrackKind,
         muted: bool,
     },
     /// Copy a peer's published media (now and later tracks) into `tap`,

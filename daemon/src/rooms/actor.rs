@@ -170,8 +170,13 @@ impl RoomActor {
                 let r = self.mute(&peer, kind, muted, by_operator).await;
                 let _ = reply.send(r);
             }
-            RoomMsg::Offer { peer, sdp, reply } => {
-                let r = self.offer(peer, sdp).await;
+            RoomMsg::Offer {
+                peer,
+                sdp,
+                screens,
+                reply,
+            } => {
+                let r = self.offer(peer, sdp, screens).await;
                 let _ = reply.send(r);
             }
             RoomMsg::View { peer, sdp, reply } => {
@@ -363,7 +368,12 @@ impl RoomActor {
         )
     }
 
-    async fn offer(&mut self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
+    async fn offer(
+        &mut self,
+        peer: PeerId,
+        sdp: String,
+        screens: Vec<String>,
+    ) -> Result<(), Refusal> {
         let Some(member) = self.room.member(peer) else {
             return Err(super::gone());
         };
@@ -380,7 +390,7 @@ impl RoomActor {
         }
         let negotiated = self
             .media
-            .publish(peer, self.sink.clone(), sdp)
+            .publish(peer, self.sink.clone(), sdp, screens)
             .await
             .map_err(refusal)?;
         self.send_description(peer, PcKind::Publish, negotiated);
@@ -474,6 +484,7 @@ impl RoomActor {
         let wanted = self.room.wanted_tracks(peer);
         let info = track
             .strip_prefix("video-")
+            .or_else(|| track.strip_prefix("screen-"))
             .and_then(|n| n.parse::<u64>().ok())
             .and_then(|n| wanted.iter().find(|t| t.id.0 == n))
             .filter(|t| t.kind == crate::media::MediaKind::Video)
@@ -545,10 +556,13 @@ impl RoomActor {
 
     async fn set_role(&mut self, peer: &str, role: Role) -> Result<(), Refusal> {
         let id = self.member_id(peer)?;
-        let was_muted = self
+        let was_muted: Vec<TrackKind> = self
             .room
             .member(id)
-            .map(|m| m.muted.clone())
+            .map(|m| {
+                let screen = m.sharing.then_some(TrackKind::Screen);
+                m.muted.iter().copied().chain(screen).collect()
+            })
             .unwrap_or_default();
         if !self.room.set_role(id, role) {
             return Ok(());
@@ -556,9 +570,10 @@ impl RoomActor {
         info!(room = %self.room.name, %peer, ?role, "role changed");
         if role == Role::Listener && self.room.mode == RoomMode::Sfu {
             self.media.close_publish(id).await;
-            // Speaking again, they start unmuted.
+            // Speaking again, they start unmuted (and not sharing).
             for kind in was_muted {
-                self.media.mute(id, kind, false).await;
+                let muted = kind == TrackKind::Screen;
+                self.media.mute(id, kind, muted).await;
             }
         }
         let msg = ServerMessage::RoleChanged {

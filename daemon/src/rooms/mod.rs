@@ -97,6 +97,7 @@ pub(crate) enum RoomMsg {
     Offer {
         peer: PeerId,
         sdp: String,
+        screens: Vec<String>,
         reply: oneshot::Sender<Result<(), Refusal>>,
     },
     Answer {
@@ -200,8 +201,21 @@ impl RoomHandle {
     }
 
     /// Apply a publish offer; the answer arrives through the session's mailbox.
-    pub async fn offer(&self, peer: PeerId, sdp: String) -> Result<(), Refusal> {
-        self.call(|reply| RoomMsg::Offer { peer, sdp, reply }).await
+    /// A publish offer; `screens` names (by `a=msid` track id) its video
+    /// tracks that share a screen.
+    pub async fn offer(
+        &self,
+        peer: PeerId,
+        sdp: String,
+        screens: Vec<String>,
+    ) -> Result<(), Refusal> {
+        self.call(|reply| RoomMsg::Offer {
+            peer,
+            sdp,
+            screens,
+            reply,
+        })
+        .await
     }
 
     /// Answer a viewer's own offer (WHEP) with the room's first speaker's

@@ -72,8 +72,11 @@ pub struct Member {
     pub sub: Negotiation,
     /// Whether they receive the speakers' media (a WHIP publisher does not).
     pub receives: bool,
-    /// What they (or an operator) muted, in order.
+    /// What they (or an operator) muted, in order (never `Screen`: see
+    /// `sharing`).
     pub muted: Vec<TrackKind>,
+    /// They share their screen (unmuted kind `screen`).
+    pub sharing: bool,
 }
 
 impl Member {
@@ -84,6 +87,7 @@ impl Member {
             name: self.name.clone(),
             role: self.role,
             muted: self.muted.clone(),
+            sharing: self.sharing,
         }
     }
 }
@@ -138,6 +142,7 @@ impl Room {
                 sub: Negotiation::default(),
                 receives: true,
                 muted: Vec::new(),
+                sharing: false,
             },
         );
         Ok(others)
@@ -201,12 +206,18 @@ impl Room {
         }
     }
 
-    /// Mutes or unmutes a speaker's track of `kind`. Returns whether that
-    /// changed anything; `None` for a listener (who publishes nothing).
+    /// Mutes or unmutes a speaker's track of `kind` (a screen is muted
+    /// while not shared). Returns whether that changed anything; `None` for
+    /// a listener (who publishes nothing).
     pub fn set_muted(&mut self, id: PeerId, kind: TrackKind, muted: bool) -> Option<bool> {
         let m = self.members.get_mut(&id)?;
         if m.role != Role::Speaker {
             return None;
+        }
+        if kind == TrackKind::Screen {
+            let was = !m.sharing;
+            m.sharing = !muted;
+            return Some(muted != was);
         }
         let was = m.muted.contains(&kind);
         if muted && !was {
@@ -232,6 +243,7 @@ impl Room {
             self.tracks.retain(|_, t| t.publisher != id);
             // A speaker again starts unmuted, as a newcomer does.
             m.muted.clear();
+            m.sharing = false;
         }
         true
     }
@@ -345,6 +357,7 @@ mod tests {
                 channels: 0,
                 fmtp: String::new(),
             },
+            source: Default::default(),
         }
     }
 
@@ -506,6 +519,16 @@ mod tests {
             room.set_muted(PeerId(1), TrackKind::Audio, false),
             Some(true)
         );
+        // A screen is muted until shared.
+        assert_eq!(
+            room.set_muted(PeerId(1), TrackKind::Screen, true),
+            Some(false)
+        );
+        assert_eq!(
+            room.set_muted(PeerId(1), TrackKind::Screen, false),
+            Some(true)
+        );
+        assert!(room.member(PeerId(1)).expect("a member").info().sharing);
         assert_eq!(room.set_muted(PeerId(2), TrackKind::Audio, true), None);
         assert_eq!(room.set_muted(PeerId(3), TrackKind::Audio, true), None);
         // Demoted and promoted again: unmuted, as a newcomer.

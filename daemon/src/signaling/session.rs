@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use sfu_proto::signaling::{ClientMessage, ErrorCode, PcKind, ServerMessage, MAX_FRAME_BYTES};
+use sfu_proto::signaling::{
+    ClientMessage, ErrorCode, PcKind, ServerMessage, TrackSource, MAX_FRAME_BYTES,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info_span, Instrument};
 
@@ -21,6 +23,8 @@ const MAILBOX: usize = 256;
 /// Each costs the media loop up to tens of milliseconds to apply (see
 /// `media::sdp_limits`); a browser renegotiates when it adds a track.
 const OFFERS_PER_SECOND: u32 = 2;
+/// Tracks an offer's `sources` may name.
+const MAX_SOURCES: usize = 16;
 
 /// What to do after handling a message.
 enum Flow {
@@ -307,7 +311,7 @@ impl Session {
                 self.joined = Some(m);
                 Ok(Flow::Continue)
             }
-            ClientMessage::Offer { pc, sdp } => {
+            ClientMessage::Offer { pc, sdp, sources } => {
                 let m = self.joined.as_ref().ok_or_else(not_joined)?;
                 if pc != PcKind::Publish {
                     return Err(Refusal::new(
@@ -324,7 +328,18 @@ impl Session {
                         format!("too many offers: at most {OFFERS_PER_SECOND} a second"),
                     ));
                 }
-                m.room.offer(m.peer, sdp).await?;
+                if sources.len() > MAX_SOURCES {
+                    return Err(Refusal::new(
+                        ErrorCode::BadRequest,
+                        format!("`sources` names at most {MAX_SOURCES} tracks"),
+                    ));
+                }
+                let screens = sources
+                    .into_iter()
+                    .filter(|(_, s)| *s == TrackSource::Screen)
+                    .map(|(t, _)| t)
+                    .collect();
+                m.room.offer(m.peer, sdp, screens).await?;
                 Ok(Flow::Continue)
             }
             ClientMessage::Answer { pc, sdp } => {

@@ -352,7 +352,7 @@ async fn answer(
     offer: String,
     inbox: &mut mpsc::Receiver<Outbound>,
 ) -> Result<String, Refusal> {
-    m.room.offer(m.peer, offer).await?;
+    m.room.offer(m.peer, offer, Vec::new()).await?;
     let timeout = || Refusal::new(ErrorCode::Internal, "the room did not answer in time");
     let deadline = tokio::time::Instant::now() + ANSWER_DEADLINE;
     let mut answer = None;

@@ -84,7 +84,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::srtp::context::Context as SrtpContext;
-use sfu_proto::signaling::{CandidateInit, PcKind};
+use sfu_proto::signaling::{CandidateInit, PcKind, TrackSource};
 use tracing::{debug, info, warn};
 
 use super::batch::SendBatch;
@@ -295,8 +295,14 @@ struct PeerConns {
     events: Option<EventSink>,
     /// A recorder's copy of everything this peer publishes.
     tap: Option<Tap>,
-    /// The kinds of track it muted (`mute`).
-    muted: Vec<MediaKind>,
+    /// The kinds of track it muted (`mute`); its screen counts as muted
+    /// until it unmutes it (shares).
+    muted: Vec<sfu_proto::signaling::TrackKind>,
+    /// It shares its screen (unmuted kind `screen`).
+    sharing: bool,
+    /// Its video tracks (by `a=msid` track id) that share a screen, as
+    /// its last offer said.
+    screens: Vec<String>,
 }
 
 /// The media core: every peer connection, source and leg, driven by
@@ -820,8 +826,18 @@ impl MediaCore {
                 channels: codec.channels,
                 fmtp: codec.sdp_fmtp_line.clone(),
             },
+            source: if kind == MediaKind::Video
+                && self
+                    .peers
+                    .get(&conn.peer)
+                    .is_some_and(|p| p.screens.contains(&init.track_id))
+            {
+                TrackSource::Screen
+            } else {
+                TrackSource::Camera
+            },
         };
-        info!(peer = %conn.peer, track = track.0, kind = kind.as_str(), codec = %codec.mime_type, ssrc = init.ssrc, rids = ?rids, "track published");
+        info!(peer = %conn.peer, track = track.0, kind = info.label(), codec = %codec.mime_type, ssrc = init.ssrc, rids = ?rids, "track published");
         let peer = conn.peer;
         let sim_layers = ssrc_simulcast::layers_of(conn, init.ssrc, kind, now);
         let layers = if let Some(layers) = sim_layers {
@@ -840,7 +856,7 @@ impl MediaCore {
             conn.by_layer_ssrc.insert(ssrc, track);
         }
         let speech = speech::SourceSpeech::for_track(kind, &extensions);
-        let muted = self.starts_muted(peer, kind);
+        let muted = self.starts_muted(peer, info.track_kind());
         self.sources.insert(
             track,
             Source {
@@ -861,8 +877,25 @@ impl MediaCore {
                 unused_since: None,
                 speech,
                 muted,
+                announced: false,
             },
         );
+        // A screen that is not shared yet stays unknown to the room (and
+        // the recorder) until it is (`mute`).
+        if !(muted && info.source == TrackSource::Screen) {
+            self.announce(track);
+        }
+    }
+
+    /// Tells the room (and the recorder) of a track.
+    pub(super) fn announce(&mut self, track: TrackId) {
+        let Some(source) = self.sources.get_mut(&track) else {
+            return;
+        };
+        if std::mem::replace(&mut source.announced, true) {
+            return;
+        }
+        let (peer, info) = (source.info.publisher, source.info.clone());
         let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
         if let Some(tap) = tap {
             self.attach_tap(track, tap);
@@ -1021,8 +1054,10 @@ impl MediaCore {
                 peer,
                 events,
                 sdp,
+                screens,
                 reply,
             } => {
+                self.peers.entry(peer).or_default().screens = screens;
                 let r = self.publish(peer, events, sdp, now);
                 let _ = reply.send(r);
             }
@@ -1121,7 +1156,7 @@ impl MediaCore {
             .filter(|s| Some(s.conn) == publish)
             .map(|s| TrackReport {
                 id: s.info.id.0,
-                kind: s.info.kind.as_str(),
+                kind: s.info.label(),
                 codec: s.info.codec.mime_type.clone(),
                 packets: s.packets(),
                 bytes: s.bytes(),

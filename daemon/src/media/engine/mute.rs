@@ -10,22 +10,33 @@
 //! afresh: at the next packet for audio, at the next key frame for video,
 //! which unmuting asks the publisher for. Workers mirroring the track learn
 //! the state from the owner's 100 ms status (`pipe`).
+//!
+//! A shared screen is a track the publisher keeps on its connection from
+//! the start (see the demo page), muted until shared: the room hears of it
+//! (`TrackPublished`) only when it is first unmuted, so nobody is offered a
+//! screen that was never shared.
 
 use super::*;
 use crate::media::forward::Hold;
+use sfu_proto::signaling::TrackKind;
 
 impl MediaCore {
     /// Mutes or unmutes `peer`'s tracks of `kind`, now and later ones.
-    pub(super) fn set_muted(&mut self, peer: PeerId, kind: MediaKind, muted: bool, now: Instant) {
+    pub(super) fn set_muted(&mut self, peer: PeerId, kind: TrackKind, muted: bool, now: Instant) {
         let entry = self.peers.entry(peer).or_default();
         entry.muted.retain(|k| *k != kind);
         if muted {
             entry.muted.push(kind);
         }
+        if kind == TrackKind::Screen {
+            entry.sharing = !muted;
+        }
         let tracks: Vec<TrackId> = self
             .sources
             .iter()
-            .filter(|(_, s)| s.origin.is_none() && s.info.publisher == peer && s.info.kind == kind)
+            .filter(|(_, s)| {
+                s.origin.is_none() && s.info.publisher == peer && s.info.track_kind() == kind
+            })
             .map(|(t, _)| *t)
             .collect();
         for track in tracks {
@@ -34,7 +45,7 @@ impl MediaCore {
     }
 
     /// Whether `peer`'s tracks of `kind` start muted.
-    pub(super) fn starts_muted(&self, peer: PeerId, kind: MediaKind) -> bool {
+    pub(super) fn starts_muted(&self, peer: PeerId, kind: TrackKind) -> bool {
         self.peers
             .get(&peer)
             .is_some_and(|p| p.muted.contains(&kind))
@@ -61,6 +72,8 @@ impl MediaCore {
                 }
             }
         } else if source.info.kind == MediaKind::Video {
+            // A screen shared for the first time is news to the room.
+            self.announce(track);
             self.request_keyframe(track, now, KeyframeCause::NewSubscriber);
         }
     }

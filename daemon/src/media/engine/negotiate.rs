@@ -234,7 +234,7 @@ impl MediaCore {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video => RtpCodecKind::Video,
         };
-        let name = format!("{}-{}", want.kind.as_str(), want.id.0);
+        let name = format!("{}-{}", want.label(), want.id.0);
         let track = MediaStreamTrack::new(
             want.publisher.to_string(),
             name.clone(),

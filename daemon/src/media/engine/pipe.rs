@@ -221,6 +221,7 @@ impl MediaCore {
                 // The owner meters it.
                 speech: None,
                 muted: spec.muted,
+                announced: true,
             },
         );
     }

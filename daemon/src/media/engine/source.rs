@@ -171,6 +171,8 @@ pub(super) struct Source {
     pub speech: Option<Box<super::speech::SourceSpeech>>,
     /// Nothing of it is forwarded (`mute`).
     pub muted: bool,
+    /// The room knows of it (a screen is not announced until shared).
+    pub announced: bool,
 }
 
 impl Source {

@@ -312,6 +312,7 @@ impl Net {
                 peer,
                 events,
                 sdp: munge(&offer.sdp),
+                screens: Vec::new(),
                 reply,
             },
             now,
