@@ -338,6 +338,22 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
         s.feedback_fast,
     );
     out.counter(
+        "sfud_chat_messages_total",
+        "Chat messages participants sent on their chat data channels and the \
+         server relayed to their rooms.",
+        s.chat_messages,
+    );
+    out.counter(
+        "sfud_chat_refused_total",
+        "Chat messages refused: over 4096 bytes, over the sender's rate, or not text.",
+        s.chat_refused,
+    );
+    out.counter(
+        "sfud_chat_dropped_total",
+        "Chat messages not delivered to a receiver whose channel did not keep up.",
+        s.chat_dropped,
+    );
+    out.counter(
         "sfud_layer_drops_total",
         "Times a subscriber's leg moved down on a congested link and stopped its \
          layer at once instead of at the lower layer's key frame.",

@@ -246,6 +246,8 @@ export class Participant {
         role: s.role,
         peers: s.peers,
         pcs: { publish: s.pcs.publish?.connectionState, subscribe: s.pcs.subscribe?.connectionState },
+        // Tracks the publish connection sends (a listener's carries the chat alone).
+        publishing: s.pcs.publish?.getSenders().filter((x) => x.track).length ?? 0,
         mesh: Object.fromEntries(Object.entries(s.mesh).map(([id, pc]) => [id, pc.connectionState])),
         subscribeBytes,
         senderReported,
@@ -382,7 +384,8 @@ export function publishStats(participant) {
     if (!pc) return out;
     (await pc.getStats()).forEach((r) => {
       if (r.type === 'candidate-pair' && r.nominated) out.availableOutgoingBitrate = r.availableOutgoingBitrate ?? 0;
-      if (r.type === 'outbound-rtp' && r.kind === 'video') {
+      // The camera's (not the screen's transceiver, which waits for a screen to share).
+      if (r.type === 'outbound-rtp' && r.kind === 'video' && r.mid !== window.sfud.screenMid) {
         out.pliCount += r.pliCount ?? 0;
         // By RID, or for SSRC simulcast by the encoding's index (0 the lowest).
         out.layers[r.rid ?? (r.encodingIndex !== undefined ? String(r.encodingIndex) : '-')] = {

@@ -255,7 +255,7 @@ describe('simulcast: a listener whose downlink is shaped with tc', () => {
     await waitFor(20_000, async () => {
       me = await shown();
       return me?.subscribe?.state === 'connected' && me.receiving.length === 1;
-    }, () => `the listener's subscribe connection is not up within 20 s: ${JSON.stringify(me)}`);
+    }, async () => `the listener's subscribe connection is not up within 20 s: ${JSON.stringify(await roomShown(roomName))}`);
     // q is the right answer only once h does not fit: Chromium starts every layer
     // low and ramps, so wait until sfud sees h at 300 kbit/s or more, and limit the
     // link to 400 kbit/s or h's payload rate if less (audio and headers come on top).

@@ -273,3 +273,68 @@ describe('screen sharing: a second video track beside the camera', () => {
     () => 'an operator did not stop the sharing');
   }));
 });
+
+describe('chat: a data channel to the server, relayed to the room', () => {
+  const people = [new Participant('alice'), new Participant('bob'), new Participant('carol', { role: 'listener' })];
+  const room = `chat-${process.pid}`;
+  before(track(async () => {
+    for (const p of people) await p.open(room);
+  }));
+  after(async () => {
+    await Promise.all(people.map((p) => p.close()));
+  });
+
+  const chatOf = (p) => p.page.evaluate(() => window.sfud.chat.map(({ name, text, own }) => ({ name, text, own })));
+  const say = (p, text) => p.page.evaluate((text) => {
+    document.getElementById('chat-text').value = text;
+    document.getElementById('chat-form').requestSubmit();
+  }, text);
+
+  it('a message reaches every other page once, listeners included, and not the sender twice', { timeout: 60_000 }, track(async () => {
+    const [alice, bob, carol] = people;
+    await waitFor(30_000, async () => (await Promise.all(people.map((p) => p.page.evaluate(() =>
+      !document.getElementById('chat').hidden)))).every(Boolean), () => 'the chat did not open on every page');
+    await say(alice, 'hello from alice');
+    await say(carol, 'a listener speaks up');
+    await waitFor(10_000, async () => {
+      const [a, b, c] = await Promise.all([alice, bob, carol].map(chatOf));
+      return b.length === 2 && c.length === 2 && a.length === 2;
+    }, async () => `the messages did not arrive: ${JSON.stringify(await Promise.all(people.map(chatOf)))}`);
+    const [a, b, c] = await Promise.all([alice, bob, carol].map(chatOf));
+    assert.deepEqual(a.filter((m) => m.text === 'hello from alice'), [{ name: 'alice', text: 'hello from alice', own: true }]);
+    assert.deepEqual(b.map((m) => m.text).sort(), ['a listener speaks up', 'hello from alice']);
+    assert.deepEqual(b.find((m) => m.text === 'hello from alice'), { name: 'alice', text: 'hello from alice', own: false });
+    assert.deepEqual(c.filter((m) => m.text === 'hello from alice'), [{ name: 'alice', text: 'hello from alice', own: false }]);
+    assert.deepEqual(a.find((m) => m.text === 'a listener speaks up'), { name: 'carol', text: 'a listener speaks up', own: false });
+  }));
+
+  it('oversized and flooding messages are refused and the call goes on', { timeout: 60_000 }, track(async () => {
+    const [alice, bob] = people;
+    const before = (await chatOf(bob)).length;
+    const frames = (await bob.snapshot()).inbound[(await alice.snapshot()).peerId]?.videoFramesDecoded ?? 0;
+    // The page's input stops at 4096 characters: lifted, as a client of its own would.
+    await alice.page.evaluate(() => {
+      const send = (t) => { document.getElementById('chat-text').removeAttribute('maxlength'); document.getElementById('chat-text').value = t; document.getElementById('chat-form').requestSubmit(); };
+      send('x'.repeat(5000));
+    });
+    await waitFor(10_000, async () => (await alice.page.evaluate(() => document.getElementById('error').textContent)).includes('too_large'),
+      () => 'an oversized message was not refused');
+    // Thirty at once: the burst passes, the rest are refused.
+    await alice.page.evaluate(() => {
+      for (let i = 0; i < 30; i++) {
+        document.getElementById('chat-text').value = `flood ${i}`;
+        document.getElementById('chat-form').requestSubmit();
+      }
+    });
+    await waitFor(10_000, async () => (await alice.page.evaluate(() => document.getElementById('error').textContent)).includes('rate_limited'),
+      () => 'a flood was not refused');
+    await waitFor(10_000, async () => (await chatOf(bob)).length >= before + 10, () => 'the burst did not arrive');
+    const got = (await chatOf(bob)).slice(before);
+    assert.ok(got.every((m) => m.text.startsWith('flood ')), `nothing oversized arrived: ${JSON.stringify(got.map((m) => m.text.length))}`);
+    assert.ok(got.length <= 12, `the rate held: ${got.length} of 30 arrived`);
+    // The call goes on.
+    const aliceId = (await alice.snapshot()).peerId;
+    await waitFor(15_000, async () => ((await bob.snapshot()).inbound[aliceId]?.videoFramesDecoded ?? 0) >= frames + 30,
+      () => 'the call stopped');
+  }));
+});

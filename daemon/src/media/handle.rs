@@ -305,6 +305,11 @@ impl MediaHandle {
             .await;
     }
 
+    /// Sends `text` on `peer`'s chat channel; does not wait.
+    pub async fn send_chat(&self, peer: PeerId, text: String) {
+        let _ = self.tx(peer).send(MediaCommand::Chat { peer, text }).await;
+    }
+
     /// Stops (or goes on) forwarding `peer`'s tracks of `kind`, now and
     /// later ones; does not wait.
     pub async fn mute(&self, peer: PeerId, kind: sfu_proto::signaling::TrackKind, muted: bool) {

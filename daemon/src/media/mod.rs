@@ -30,6 +30,7 @@ use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::sync::{mpsc, oneshot};
 
 pub use delay::ForwardDelay;
+pub(crate) use engine::chat;
 #[cfg(test)]
 pub(crate) use engine::{testnet, MediaCore};
 pub use engine::{MediaEngine, MediaStats};
@@ -189,6 +190,20 @@ pub enum MediaEvent {
         track: TrackId,
         /// Its meter's latest.
         activity: crate::speech::Activity,
+    },
+    /// A participant sent a chat message on its chat data channel.
+    Chat {
+        /// Who.
+        peer: PeerId,
+        /// The message.
+        text: String,
+    },
+    /// A chat message was refused (and dropped).
+    ChatRefused {
+        /// Whose.
+        peer: PeerId,
+        /// Why.
+        why: chat::ChatRefusal,
     },
     /// A peer connection finished ICE and DTLS.
     Connected {
@@ -359,6 +374,8 @@ pub(crate) enum MediaCommand {
     RemovePeer { peer: PeerId },
     /// Close a peer's publish connection (it may publish again with a new offer).
     ClosePublish { peer: PeerId },
+    /// Send a chat message on a peer's chat channel (if it has one open).
+    Chat { peer: PeerId, text: String },
     /// Stop (or go on) forwarding a peer's tracks of one kind.
     Mute {
         peer: PeerId,

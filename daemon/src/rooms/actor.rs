@@ -693,6 +693,25 @@ impl RoomActor {
             MediaEvent::Connected { peer, pc, remote } => {
                 debug!(room = %self.room.name, %peer, ?pc, ?remote, "media connected");
             }
+            MediaEvent::Chat { peer, text } => self.relay_chat(peer, text).await,
+            MediaEvent::ChatRefused { peer, why } => {
+                use crate::media::chat::{ChatRefusal, CHAT_PER_SECOND, MAX_CHAT_BYTES};
+                let (code, message) = match why {
+                    ChatRefusal::TooLarge => (
+                        ErrorCode::TooLarge,
+                        format!("a chat message is at most {MAX_CHAT_BYTES} bytes"),
+                    ),
+                    ChatRefusal::RateLimited => (
+                        ErrorCode::RateLimited,
+                        format!("too many chat messages: at most {CHAT_PER_SECOND} a second"),
+                    ),
+                    ChatRefusal::NotText => (
+                        ErrorCode::BadRequest,
+                        "chat messages are UTF-8 text".to_owned(),
+                    ),
+                };
+                self.send(peer, ServerMessage::Error { code, message });
+            }
             MediaEvent::Speech {
                 publisher,
                 activity,
@@ -703,6 +722,29 @@ impl RoomActor {
                     self.tell_speakers(told);
                 }
             }
+        }
+    }
+
+    /// Hands `peer`'s chat message to everyone else in the room, as
+    /// `{"from":ID,"name":NAME,"text":TEXT}` on their chat channels.
+    async fn relay_chat(&mut self, peer: PeerId, text: String) {
+        let Some(name) = self.room.member(peer).map(|m| m.name.clone()) else {
+            return;
+        };
+        let payload = serde_json::json!({
+            "from": peer.to_string(),
+            "name": name,
+            "text": text,
+        })
+        .to_string();
+        let others: Vec<PeerId> = self
+            .room
+            .members()
+            .map(|m| m.id)
+            .filter(|m| *m != peer)
+            .collect();
+        for to in others {
+            self.media.send_chat(to, payload.clone()).await;
         }
     }
 

@@ -17,6 +17,7 @@
 //! requests are relayed upstream rate-limited. No lock exists.
 
 mod allocate;
+pub(crate) mod chat;
 mod driver;
 mod fanout;
 mod keyframe;
@@ -175,6 +176,12 @@ pub struct MediaStats {
     pub pipe_dropped: u64,
     /// Time forwarded packets spent in the loop (see `delay`).
     pub forward_delay: ForwardDelay,
+    /// Chat messages relayed to rooms (`chat`).
+    pub chat_messages: u64,
+    /// Chat messages refused: too large, over the sender's rate, not text.
+    pub chat_refused: u64,
+    /// Chat messages not delivered to a receiver that did not keep up.
+    pub chat_dropped: u64,
 }
 
 impl MediaStats {
@@ -217,6 +224,9 @@ impl MediaStats {
         self.piped_in += o.piped_in;
         self.pipe_dropped += o.pipe_dropped;
         self.forward_delay.add(&o.forward_delay);
+        self.chat_messages += o.chat_messages;
+        self.chat_refused += o.chat_refused;
+        self.chat_dropped += o.chat_dropped;
     }
 }
 
@@ -286,6 +296,8 @@ struct Conn {
     /// probe bytes owed so far.
     probe_ratio: f64,
     probe_credit: f64,
+    /// Publish side: its chat channel, once open (`chat`).
+    chat: Option<chat::Chat>,
 }
 
 #[derive(Default)]
@@ -685,6 +697,7 @@ impl MediaCore {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
                 self.on_track_close(id, &track_id)
             }
+            RTCPeerConnectionEvent::OnDataChannel(ev) => self.on_data_channel(id, ev, now),
             _ => {}
         }
     }
@@ -950,6 +963,9 @@ impl MediaCore {
     fn on_message(&mut self, id: ConnId, msg: RTCMessage, now: Instant) {
         match msg {
             RTCMessage::RtpPacket(core_track, packet) => self.forward(id, &core_track, packet, now),
+            RTCMessage::DataChannelMessage(channel, msg) => {
+                self.on_data_message(id, channel, msg, now)
+            }
             RTCMessage::RtcpPacket(_, packets) => {
                 let Some(conn) = self.conns.get(&id) else {
                     return;
@@ -1104,6 +1120,7 @@ impl MediaCore {
             MediaCommand::Mute { peer, kind, muted } => {
                 self.set_muted(peer, kind, muted, now);
             }
+            MediaCommand::Chat { peer, text } => self.send_chat(peer, text, now),
             MediaCommand::ClosePublish { peer } => {
                 if let Some(id) = self.conn_of(peer, PcKind::Publish) {
                     self.drop_conn(id);

@@ -44,11 +44,14 @@ impl MediaCore {
         }
     }
 
-    /// Whether `peer`'s tracks of `kind` start muted.
+    /// Whether `peer`'s tracks of `kind` start muted: a screen does until
+    /// it is shared.
     pub(super) fn starts_muted(&self, peer: PeerId, kind: TrackKind) -> bool {
-        self.peers
-            .get(&peer)
-            .is_some_and(|p| p.muted.contains(&kind))
+        let p = self.peers.get(&peer);
+        if kind == TrackKind::Screen {
+            return !p.is_some_and(|p| p.sharing);
+        }
+        p.is_some_and(|p| p.muted.contains(&kind))
     }
 
     /// One source (owned or mirrored) muted or unmuted.

@@ -65,6 +65,7 @@ impl MediaCore {
                 downlink: Downlink::default(),
                 probe_ratio: 0.0,
                 probe_credit: 0.0,
+                chat: None,
             },
         );
         let entry = self.peers.entry(peer).or_default();
