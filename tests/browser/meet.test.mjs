@@ -6,7 +6,11 @@
 
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { waitFor, Participant, receivesFrom, track, idOf, sfuctl } from './harness.mjs';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { waitFor, Participant, receivesFrom, track, idOf, sfuctl, sfuctlAt, Daemon } from './harness.mjs';
 
 /**
  * A page script: the microphone is replaced by a synthetic one, so that a test knows what
@@ -336,5 +340,51 @@ describe('chat: a data channel to the server, relayed to the room', () => {
     const aliceId = (await alice.snapshot()).peerId;
     await waitFor(15_000, async () => ((await bob.snapshot()).inbound[aliceId]?.videoFramesDecoded ?? 0) >= frames + 30,
       () => 'the call stopped');
+  }));
+});
+
+describe('a recording keeps a shared screen as a file of its own', () => {
+  let recorded;
+  let dir;
+  const alice = new Participant('alice', {}, { initScript: canvasScreen });
+  const bob = new Participant('bob');
+  const room = `screen-rec-${process.pid}`;
+  before(track(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'sfud-rec-'));
+    recorded = new Daemon(['[recording]', `dir = "${dir}"`]);
+    await recorded.start();
+    for (const p of [alice, bob]) await p.open(room, recorded);
+  }));
+  after(async () => {
+    await Promise.all([alice, bob].map((p) => p.close()));
+    await recorded?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('the camera and microphone in one file, the screen in another', { timeout: 90_000 }, track(async () => {
+    let last = [];
+    await waitFor(30_000, async () => {
+      last = await Promise.all([alice, bob].map((p) => p.snapshot()));
+      return receivesFrom(last[0], 'bob') && receivesFrom(last[1], 'alice');
+    }, () => `the call did not start: ${JSON.stringify(last)}`);
+    const aliceId = last[0].peerId;
+    await sfuctlAt(recorded, 'record', 'start', room);
+    await alice.page.click('#share');
+    const key = `${aliceId}/screen`;
+    await waitFor(20_000, async () => ((await bob.snapshot()).inbound[key]?.videoFramesDecoded ?? 0) >= 60,
+      () => 'bob did not decode alice\'s screen');
+    const stopped = JSON.parse(await sfuctlAt(recorded, '--json', 'record', 'stop', room));
+    const mine = stopped.files.filter((f) => f.peer === aliceId);
+    const screen = mine.filter((f) => f.file.includes('-screen-'));
+    const camera = mine.filter((f) => !f.file.includes('-screen-'));
+    assert.equal(screen.length, 1, JSON.stringify(stopped));
+    assert.deepEqual(screen[0].codecs, ['video/VP8'], JSON.stringify(screen[0]));
+    assert.deepEqual(camera[0]?.codecs.slice().sort(), ['audio/opus', 'video/VP8'], JSON.stringify(camera));
+    // The screen's file holds decodable video of the canvas's size.
+    const probe = execFileSync('ffprobe', ['-v', 'error', '-select_streams', 'v', '-count_frames',
+      '-show_entries', 'stream=width,height,nb_read_frames', '-of', 'json', path.join(stopped.dir, screen[0].file)]).toString();
+    const stream = JSON.parse(probe).streams[0];
+    assert.equal(stream.width, 1280, probe);
+    assert.ok(Number(stream.nb_read_frames) >= 20, probe);
   }));
 });

@@ -229,6 +229,8 @@ pub enum TapEvent {
         codec: Codec,
         /// The payload type the publisher uses for it.
         payload_type: u8,
+        /// A shared screen (recorded to a file of its own).
+        screen: bool,
         /// The publisher's SSRC for it.
         ssrc: u32,
     },

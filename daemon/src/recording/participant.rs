@@ -8,6 +8,10 @@
 //! fed first. A track published after the file started ends the file and
 //! starts the participant's next one (`-2`, `-3`, ...), since a Matroska
 //! header lists its tracks up front.
+//!
+//! A shared screen is a file of its own (`NAME-screen-PEER.webm`), written
+//! by a second task beside the camera's and microphone's: the tap's events
+//! are split between the two by track ([`demux`]).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -108,17 +112,23 @@ impl SessionContext {
     }
 }
 
-/// Starts recording `peer`: taps their media and spawns their task.
+/// Starts recording `peer`: taps their media and spawns their tasks (one
+/// for the camera and microphone, one for a shared screen).
 pub async fn start(ctx: SessionContext, peer: PeerId, name: String) -> ParticipantHandle {
     let (tap, rx) = Tap::new(TAP_CAPACITY);
     ctx.media.set_tap(peer, Some(tap.clone())).await;
     let entries = Arc::new(Mutex::new(Vec::new()));
     let (finalize, finalize_rx) = oneshot::channel();
-    let task = ParticipantTask {
+    let (main_tx, main_rx) = mpsc::channel(TAP_CAPACITY);
+    let (screen_tx, screen_rx) = mpsc::channel(TAP_CAPACITY);
+    let (main_end, main_end_rx) = oneshot::channel();
+    let (screen_end, screen_end_rx) = oneshot::channel();
+    let task = |screen: bool| ParticipantTask {
         joined_ms: ctx.now().mseconds(),
-        ctx,
+        ctx: ctx.clone(),
         peer,
-        name,
+        name: name.clone(),
+        screen,
         entries: entries.clone(),
         tracks: Vec::new(),
         preroll: VecDeque::new(),
@@ -127,11 +137,59 @@ pub async fn start(ctx: SessionContext, peer: PeerId, name: String) -> Participa
         file: None,
         part: 0,
     };
-    tokio::spawn(task.run(rx, finalize_rx));
+    let main = tokio::spawn(task(false).run(main_rx, main_end_rx));
+    let screen = tokio::spawn(task(true).run(screen_rx, screen_end_rx));
+    tokio::spawn(async move {
+        tokio::select! {
+            () = demux(rx, main_tx, screen_tx) => {}
+            ending = finalize_rx => {
+                let ending = ending.unwrap_or(Ending::Stopped);
+                let _ = main_end.send(ending);
+                let _ = screen_end.send(ending);
+            }
+        }
+        let _ = main.await;
+        let _ = screen.await;
+        let _ = ctx.notes.send(Note::Finished(peer));
+    });
     ParticipantHandle {
         entries,
         tap,
         finalize: Some(finalize),
+    }
+}
+
+/// Hands each tap event to the task of its track's file: a shared screen's
+/// to `screen`, the others to `main`. Ends when the tap does.
+async fn demux(
+    mut tap: mpsc::Receiver<TapEvent>,
+    main: mpsc::Sender<TapEvent>,
+    screen: mpsc::Sender<TapEvent>,
+) {
+    let mut screens: Vec<TrackId> = Vec::new();
+    while let Some(ev) = tap.recv().await {
+        let track = match &ev {
+            TapEvent::Track {
+                track,
+                screen: true,
+                ..
+            } => {
+                screens.push(*track);
+                *track
+            }
+            TapEvent::Track { track, .. }
+            | TapEvent::TrackEnded { track }
+            | TapEvent::Rtp { track, .. }
+            | TapEvent::SenderReport { track, .. } => *track,
+        };
+        let to = if screens.contains(&track) {
+            &screen
+        } else {
+            &main
+        };
+        if to.send(ev).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -153,6 +211,8 @@ struct ParticipantTask {
     ctx: SessionContext,
     peer: PeerId,
     name: String,
+    /// The task of a shared screen's file.
+    screen: bool,
     joined_ms: u64,
     entries: Arc<Mutex<Vec<ParticipantEntry>>>,
     tracks: Vec<KnownTrack>,
@@ -196,7 +256,6 @@ impl ParticipantTask {
             self.ctx.media.set_tap(self.peer, None).await;
         }
         self.close_file(false).await;
-        let _ = self.ctx.notes.send(Note::Finished(self.peer));
     }
 
     async fn on_tap(&mut self, ev: TapEvent) {
@@ -208,6 +267,7 @@ impl ParticipantTask {
                 codec,
                 payload_type,
                 ssrc,
+                ..
             } => {
                 if self.tracks.iter().any(|t| t.spec.track == track) {
                     return;
@@ -275,7 +335,12 @@ impl ParticipantTask {
         }
         self.part += 1;
         let container = Container::for_codecs(specs.iter().map(|s| &s.recipe));
-        let file_name = participant_file(&self.name, &self.peer.to_string(), self.part, container);
+        let name = if self.screen {
+            format!("{}-screen", self.name)
+        } else {
+            self.name.clone()
+        };
+        let file_name = participant_file(&name, &self.peer.to_string(), self.part, container);
         let path = self.ctx.dir.join(&file_name);
         let (tx, events) = mpsc::unbounded_channel();
         let entry = ParticipantEntry {

@@ -1140,7 +1140,11 @@ impl MediaCore {
                 stats.connections = self.conns.len();
                 stats.fast_path_connections =
                     self.conns.values().filter(|c| c.srtp.is_some()).count();
-                stats.tracks = self.sources.values().filter(|s| s.origin.is_none()).count();
+                stats.tracks = self
+                    .sources
+                    .values()
+                    .filter(|s| s.origin.is_none() && s.announced)
+                    .count();
                 let _ = reply.send(stats);
             }
         }
@@ -1170,7 +1174,8 @@ impl MediaCore {
         let mut tracks: Vec<TrackReport> = self
             .sources
             .values()
-            .filter(|s| Some(s.conn) == publish)
+            // A screen not shared yet is no track of the room's.
+            .filter(|s| Some(s.conn) == publish && s.announced)
             .map(|s| TrackReport {
                 id: s.info.id.0,
                 kind: s.info.label(),

@@ -75,9 +75,13 @@ impl MediaCore {
                 }
             }
         } else if source.info.kind == MediaKind::Video {
+            // Each leg waits for a key frame of its own layer.
+            let layers = source.layers.len();
             // A screen shared for the first time is news to the room.
             self.announce(track);
-            self.request_keyframe(track, now, KeyframeCause::NewSubscriber);
+            for layer in 0..layers {
+                self.request_layer_keyframe(track, layer, now, KeyframeCause::NewSubscriber);
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ impl MediaCore {
                 kind: s.info.kind,
                 codec: s.info.codec.clone(),
                 payload_type: s.payload_type,
+                screen: s.info.source == sfu_proto::signaling::TrackSource::Screen,
                 ssrc: s.layers[s.tap_layer].ssrc.unwrap_or_default(),
             });
             s.tap = Some(tap);
