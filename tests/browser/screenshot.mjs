@@ -46,7 +46,7 @@ it('a three-person call with a shared screen', { timeout: 120_000 }, track(async
     return last.every((snap, i) => names.filter((n) => n !== names[i]).every((o) => receivesFrom(snap, o)));
   }, () => 'the call did not start');
   await ana.page.click('#share');
-  await ben.page.setViewportSize({ width: 1280, height: 900 });
+  await ben.page.setViewportSize({ width: 1280, height: 1080 });
   await ben.page.fill('#chat-text', 'Can you go back one slide?');
   await ben.page.click('#chat-form button');
   await waitFor(30_000, async () => ben.page.evaluate(() => {
