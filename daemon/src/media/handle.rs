@@ -305,6 +305,15 @@ impl MediaHandle {
             .await;
     }
 
+    /// Gives `peer`'s video priority in subscribers' allocations (the
+    /// dominant speaker's), or takes it away; does not wait.
+    pub async fn set_priority(&self, peer: PeerId, high: bool) {
+        let _ = self
+            .tx(peer)
+            .send(MediaCommand::Priority { peer, high })
+            .await;
+    }
+
     /// Sends `text` on `peer`'s chat channel; does not wait.
     pub async fn send_chat(&self, peer: PeerId, text: String) {
         let _ = self.tx(peer).send(MediaCommand::Chat { peer, text }).await;

@@ -376,6 +376,9 @@ pub(crate) enum MediaCommand {
     RemovePeer { peer: PeerId },
     /// Close a peer's publish connection (it may publish again with a new offer).
     ClosePublish { peer: PeerId },
+    /// Give a peer's video tracks priority in every subscriber's allocation
+    /// (the room's dominant speaker), or take it away.
+    Priority { peer: PeerId, high: bool },
     /// Send a chat message on a peer's chat channel (if it has one open).
     Chat { peer: PeerId, text: String },
     /// Stop (or go on) forwarding a peer's tracks of one kind.

@@ -37,6 +37,8 @@ pub(crate) struct RoomActor {
     peers: Arc<AtomicUsize>,
     /// Who is speaking (from the media workers' audio level reports).
     speakers: RoomSpeakers,
+    /// The dominant speaker media gives priority to.
+    dominant: Option<PeerId>,
 }
 
 fn speakers_message(view: &crate::speech::SpeakersView) -> ServerMessage {
@@ -88,6 +90,7 @@ impl RoomActor {
             watchers: Vec::new(),
             peers,
             speakers: RoomSpeakers::default(),
+            dominant: None,
         }
     }
 
@@ -719,7 +722,7 @@ impl RoomActor {
             } => {
                 if self.room.member(publisher).is_some() {
                     let told = self.speakers.report(publisher, activity, Instant::now());
-                    self.tell_speakers(told);
+                    self.tell_speakers(told).await;
                 }
             }
         }
@@ -749,10 +752,20 @@ impl RoomActor {
     }
 
     /// Tells everyone who is speaking, when that changed.
-    fn tell_speakers(&mut self, view: Option<crate::speech::SpeakersView>) {
+    async fn tell_speakers(&mut self, view: Option<crate::speech::SpeakersView>) {
         let Some(view) = view else {
             return;
         };
+        // The dominant speaker's video comes first in every allocation.
+        if view.dominant != self.dominant {
+            if let Some(old) = self.dominant.take() {
+                self.media.set_priority(old, false).await;
+            }
+            if let Some(new) = view.dominant {
+                self.media.set_priority(new, true).await;
+            }
+            self.dominant = view.dominant;
+        }
         let msg = speakers_message(&view);
         let ids: Vec<PeerId> = self.outs.keys().copied().collect();
         for id in ids {
@@ -769,7 +782,7 @@ impl RoomActor {
         info!(room = %self.room.name, %peer, "left");
         self.tell_watchers(RoomEvent::Left { peer });
         let told = self.speakers.forget(peer, Instant::now());
-        self.tell_speakers(told);
+        self.tell_speakers(told).await;
         self.media.remove_peer(peer).await;
         if let Some(out) = self.outs.remove(&peer) {
             let _ = out.try_send(Outbound::Close(why));

@@ -4,9 +4,12 @@
 //! Per subscriber, the video tracks it receives share what its link carries
 //! (`downlink::Downlink`, from the engine's measurement and probes) after
 //! its audio: every track gets its lowest layer first (a track sent once
-//! has one layer), then the rest lifts tracks one layer at a time, the
-//! track shown biggest first (a spotlit tile, by the subscriber's
-//! `track_settings`), then the oldest (`allocation::allocate`); a track for
+//! has one layer), then the rest lifts tracks one layer at a time: the
+//! room's dominant speaker's first (`MediaCommand::Priority`, from
+//! `crate::speech`), then the track shown biggest (a spotlit tile, by the
+//! subscriber's `track_settings`), then the oldest (`allocation::allocate`);
+//! the least important is the first to pause when even the lowest layers do
+//! not all fit. A track for
 //! which even its lowest layer does not fit is paused, audio never. Layers
 //! the publisher is not sending are skipped. A leg moves down at once and up no sooner
 //! than [`MIN_ON_LAYER`] after its last change, so layers do not flap.
@@ -71,15 +74,12 @@ impl MediaCore {
             let mut fixed = 0u64;
             let mut tracks: Vec<TrackId> = Vec::new();
             let mut rates: Vec<Vec<Option<u64>>> = Vec::new();
-            // Most important first: the tracks shown biggest (a spotlit
-            // tile), then the oldest.
+            // Most important first: the dominant speaker's, then the
+            // tracks shown biggest (a spotlit tile), then the oldest.
             let mut ids: Vec<&TrackId> = conn.legs.keys().collect();
             ids.sort_unstable_by_key(|t| {
-                let shown = conn.legs.get(*t).map_or(0, |l| {
-                    let p = &l.prefs;
-                    u64::from(p.max_width.unwrap_or(0)) * u64::from(p.max_height.unwrap_or(0))
-                });
-                (std::cmp::Reverse(shown), **t)
+                let prefs = conn.legs.get(*t).map(|l| l.prefs).unwrap_or_default();
+                importance(sources.get(*t).is_some_and(|s| s.priority), &prefs, **t)
             });
             for track in ids {
                 let Some(source) = sources.get(track) else {
@@ -289,9 +289,39 @@ impl MediaCore {
     }
 }
 
+/// How a subscriber's video tracks rank in its allocation, most important
+/// (smallest) first: the dominant speaker's, then the biggest tile, then
+/// the oldest track.
+fn importance(
+    dominant: bool,
+    prefs: &crate::media::TrackPrefs,
+    track: TrackId,
+) -> (std::cmp::Reverse<bool>, std::cmp::Reverse<u64>, TrackId) {
+    let shown = u64::from(prefs.max_width.unwrap_or(0)) * u64::from(prefs.max_height.unwrap_or(0));
+    (std::cmp::Reverse(dominant), std::cmp::Reverse(shown), track)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dominant_speaker_comes_first_then_the_biggest_tile_then_the_oldest() {
+        let tile = |w: u32, h: u32| crate::media::TrackPrefs {
+            max_width: Some(w),
+            max_height: Some(h),
+            ..Default::default()
+        };
+        let mut ranked = [
+            importance(false, &tile(320, 180), TrackId(1)),
+            importance(false, &tile(1280, 720), TrackId(2)),
+            importance(true, &tile(320, 180), TrackId(3)),
+            importance(false, &tile(320, 180), TrackId(0)),
+        ];
+        ranked.sort_unstable();
+        let order: Vec<u64> = ranked.iter().map(|(_, _, t)| t.0).collect();
+        assert_eq!(order, vec![3, 2, 0, 1]);
+    }
 
     #[test]
     fn unmeasured_layers_take_what_client_sdks_ask_for() {

@@ -891,6 +891,7 @@ impl MediaCore {
                 speech,
                 muted,
                 announced: false,
+                priority: false,
             },
         );
         // A screen that is not shared yet stays unknown to the room (and
@@ -1121,6 +1122,13 @@ impl MediaCore {
                 self.set_muted(peer, kind, muted, now);
             }
             MediaCommand::Chat { peer, text } => self.send_chat(peer, text, now),
+            MediaCommand::Priority { peer, high } => {
+                for s in self.sources.values_mut() {
+                    if s.origin.is_none() && s.info.publisher == peer {
+                        s.priority = high;
+                    }
+                }
+            }
             MediaCommand::ClosePublish { peer } => {
                 if let Some(id) = self.conn_of(peer, PcKind::Publish) {
                     self.drop_conn(id);

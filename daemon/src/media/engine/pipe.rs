@@ -48,6 +48,7 @@ pub enum PipeMsg {
         track: TrackId,
         layers: Vec<LayerState>,
         muted: bool,
+        priority: bool,
     },
     /// Owner to mirror: the track ended.
     Closed { track: TrackId },
@@ -121,6 +122,7 @@ pub struct MirrorSpec {
     msid_track: String,
     layers: Vec<(Option<String>, LayerState)>,
     muted: bool,
+    priority: bool,
 }
 
 /// The owner's record of one worker it pipes a track to.
@@ -167,6 +169,7 @@ impl MediaCore {
         }
         Some(Box::new(MirrorSpec {
             muted: source.muted,
+            priority: source.priority,
             owner: self.worker,
             info: source.info.clone(),
             codec: source.codec.clone(),
@@ -222,6 +225,7 @@ impl MediaCore {
                 speech: None,
                 muted: spec.muted,
                 announced: true,
+                priority: spec.priority,
             },
         );
     }
@@ -257,11 +261,13 @@ impl MediaCore {
                     track,
                     layers,
                     muted,
+                    priority,
                 } => {
                     if let Some(source) = self.mirror(track) {
                         for (l, state) in source.layers.iter_mut().zip(&layers) {
                             state.apply(l);
                         }
+                        source.priority = priority;
                         self.mute_source(track, muted, now);
                     }
                 }
@@ -334,6 +340,7 @@ impl MediaCore {
                                 track,
                                 layers: layers.clone(),
                                 muted: s.muted,
+                                priority: s.priority,
                             },
                         ));
                     }

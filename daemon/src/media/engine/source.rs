@@ -173,6 +173,9 @@ pub(super) struct Source {
     pub muted: bool,
     /// The room knows of it (a screen is not announced until shared).
     pub announced: bool,
+    /// Its publisher is the room's dominant speaker: its video comes first
+    /// in every subscriber's allocation.
+    pub priority: bool,
 }
 
 impl Source {
