@@ -12,6 +12,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { waitFor, Participant, receivesFrom, track, idOf, sfuctl, sfuctlAt, Daemon } from './harness.mjs';
 
+/** Waits until every page decodes every other; their snapshots then. */
+async function callStarted(people) {
+  const names = people.map((p) => p.name);
+  let last = [];
+  await waitFor(30_000, async () => {
+    last = await Promise.all(people.map((p) => p.snapshot()));
+    return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
+  }, () => `the call did not start:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}`);
+  return last;
+}
+
 /**
  * A page script: the microphone is replaced by a synthetic one, so that a test knows what
  * each participant "says". Room noise at about -65 dBov always; with `talk`, a 300 Hz tone
@@ -70,11 +81,7 @@ describe('who is speaking: one talker, two quiet microphones', () => {
   });
 
   it('every page shows the talker speaking and dominant, never the quiet ones', { timeout: 60_000 }, track(async () => {
-    let last = [];
-    await waitFor(30_000, async () => {
-      last = await Promise.all(people.map((p) => p.snapshot()));
-      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
-    }, () => `the call did not start:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}`);
+    const last = await callStarted(people);
     const ids = Object.fromEntries(names.map((n, i) => [n, last[i].peerId]));
     assert.equal(idOf(last[1], 'alice'), ids.alice);
     const quiet = [ids.bob, ids.carol];
@@ -135,11 +142,7 @@ describe('mute: by the participant and by an operator', () => {
 
   it('a participant mutes and unmutes: the others stop and start receiving, and see it', { timeout: 90_000 }, track(async () => {
     const [alice, bob, carol] = people;
-    let last = [];
-    await waitFor(30_000, async () => {
-      last = await Promise.all(people.map((p) => p.snapshot()));
-      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
-    }, () => `the call did not start:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}`);
+    const last = await callStarted(people);
     const aliceId = last[0].peerId;
     await alice.page.click('#mic');
     await alice.page.click('#cam');
@@ -221,11 +224,7 @@ describe('screen sharing: a second video track beside the camera', () => {
 
   it('the others decode the screen in a large tile of its own, and it goes when sharing stops', { timeout: 90_000 }, track(async () => {
     const [alice, bob, carol] = people;
-    let last = [];
-    await waitFor(30_000, async () => {
-      last = await Promise.all(people.map((p) => p.snapshot()));
-      return last.every((snap, i) => names.filter((n) => n !== names[i]).every((other) => receivesFrom(snap, other)));
-    }, () => `the call did not start:\n${last.map((s, i) => `${names[i]}: ${JSON.stringify(s)}`).join('\n')}`);
+    const last = await callStarted(people);
     const aliceId = last[0].peerId;
     const screenKey = `${aliceId}/screen`;
     await alice.page.click('#share');

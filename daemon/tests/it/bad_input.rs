@@ -74,10 +74,13 @@ async fn every_bad_message_gets_its_error_code_and_the_session_carries_on() {
     ws.send_json(json!({"type":"mute","kind":"audio","muted":true}))
         .await;
     ws.expect_error("not_joined").await;
-    ws.send_json(json!({"type":"mute","kind":"screen","muted":true}))
+    ws.send_json(json!({"type":"mute","kind":"microphone","muted":true}))
         .await;
     let msg = ws.expect_error("bad_request").await;
-    assert!(msg.contains("screen"), "message names the bad kind: {msg}");
+    assert!(
+        msg.contains("microphone"),
+        "message names the bad kind: {msg}"
+    );
     ws.send_text(format!(
         r#"{{"type":"join","room":"bad-input","name":"{}"}}"#,
         "x".repeat(70 * 1024)
