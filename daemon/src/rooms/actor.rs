@@ -18,6 +18,8 @@ use super::state::Room;
 use super::{forget, Outbound, OutboundTx, Refusal, RegistryInner, RoomEvent, RoomHandle, RoomMsg};
 use crate::media::{EventSink, LostCause, MediaError, MediaEvent, MediaHandle, Negotiated, PeerId};
 
+mod call;
+
 pub(crate) struct RoomActor {
     room: Room,
     outs: HashMap<PeerId, OutboundTx>,
@@ -39,13 +41,6 @@ pub(crate) struct RoomActor {
     speakers: RoomSpeakers,
     /// The dominant speaker media gives priority to.
     dominant: Option<PeerId>,
-}
-
-fn speakers_message(view: &crate::speech::SpeakersView) -> ServerMessage {
-    ServerMessage::Speakers {
-        speaking: view.speaking.iter().map(PeerId::to_string).collect(),
-        dominant: view.dominant.map(|p| p.to_string()),
-    }
 }
 
 fn refusal(e: MediaError) -> Refusal {
@@ -354,7 +349,7 @@ impl RoomActor {
         self.outs.insert(peer, out);
         self.send(peer, joined);
         if let Some(view) = self.speakers.told() {
-            self.send(peer, speakers_message(view));
+            self.send(peer, call::speakers_message(view));
         }
         if let Some(info) = self.room.member(peer).map(|m| m.info()) {
             self.broadcast_except(peer, ServerMessage::PeerJoined { peer: info });
@@ -520,43 +515,6 @@ impl RoomActor {
             })
     }
 
-    /// Mutes or unmutes a speaker's track of `kind`: media stops (or goes
-    /// on) forwarding it, and everyone is told.
-    async fn mute(
-        &mut self,
-        peer: &str,
-        kind: TrackKind,
-        muted: bool,
-        by_operator: bool,
-    ) -> Result<(), Refusal> {
-        let id = self.member_id(peer)?;
-        let changed = self.room.set_muted(id, kind, muted).ok_or_else(|| {
-            Refusal::new(
-                ErrorCode::NotAllowed,
-                "a listener publishes nothing to mute",
-            )
-        })?;
-        if !changed {
-            return Ok(());
-        }
-        info!(room = %self.room.name, %peer, kind = kind.as_str(), muted, by_operator, "muted");
-        if self.room.mode == RoomMode::Sfu {
-            self.media.mute(id, kind, muted).await;
-        }
-        let msg = ServerMessage::TrackMuted {
-            peer_id: peer.to_owned(),
-            kind,
-            muted,
-            by_operator,
-        };
-        let all: Vec<PeerId> = self.outs.keys().copied().collect();
-        for p in all {
-            self.send(p, msg.clone());
-        }
-        self.drop_slow().await;
-        Ok(())
-    }
-
     async fn set_role(&mut self, peer: &str, role: Role) -> Result<(), Refusal> {
         let id = self.member_id(peer)?;
         let was_muted: Vec<TrackKind> = self
@@ -697,24 +655,7 @@ impl RoomActor {
                 debug!(room = %self.room.name, %peer, ?pc, ?remote, "media connected");
             }
             MediaEvent::Chat { peer, text } => self.relay_chat(peer, text).await,
-            MediaEvent::ChatRefused { peer, why } => {
-                use crate::media::chat::{ChatRefusal, CHAT_PER_SECOND, MAX_CHAT_BYTES};
-                let (code, message) = match why {
-                    ChatRefusal::TooLarge => (
-                        ErrorCode::TooLarge,
-                        format!("a chat message is at most {MAX_CHAT_BYTES} bytes"),
-                    ),
-                    ChatRefusal::RateLimited => (
-                        ErrorCode::RateLimited,
-                        format!("too many chat messages: at most {CHAT_PER_SECOND} a second"),
-                    ),
-                    ChatRefusal::NotText => (
-                        ErrorCode::BadRequest,
-                        "chat messages are UTF-8 text".to_owned(),
-                    ),
-                };
-                self.send(peer, ServerMessage::Error { code, message });
-            }
+            MediaEvent::ChatRefused { peer, why } => self.chat_refused(peer, why),
             MediaEvent::Speech {
                 publisher,
                 activity,
@@ -725,51 +666,6 @@ impl RoomActor {
                     self.tell_speakers(told).await;
                 }
             }
-        }
-    }
-
-    /// Hands `peer`'s chat message to everyone else in the room, as
-    /// `{"from":ID,"name":NAME,"text":TEXT}` on their chat channels.
-    async fn relay_chat(&mut self, peer: PeerId, text: String) {
-        let Some(name) = self.room.member(peer).map(|m| m.name.clone()) else {
-            return;
-        };
-        let payload = serde_json::json!({
-            "from": peer.to_string(),
-            "name": name,
-            "text": text,
-        })
-        .to_string();
-        let others: Vec<PeerId> = self
-            .room
-            .members()
-            .map(|m| m.id)
-            .filter(|m| *m != peer)
-            .collect();
-        for to in others {
-            self.media.send_chat(to, payload.clone()).await;
-        }
-    }
-
-    /// Tells everyone who is speaking, when that changed.
-    async fn tell_speakers(&mut self, view: Option<crate::speech::SpeakersView>) {
-        let Some(view) = view else {
-            return;
-        };
-        // The dominant speaker's video comes first in every allocation.
-        if view.dominant != self.dominant {
-            if let Some(old) = self.dominant.take() {
-                self.media.set_priority(old, false).await;
-            }
-            if let Some(new) = view.dominant {
-                self.media.set_priority(new, true).await;
-            }
-            self.dominant = view.dominant;
-        }
-        let msg = speakers_message(&view);
-        let ids: Vec<PeerId> = self.outs.keys().copied().collect();
-        for id in ids {
-            self.send(id, msg.clone());
         }
     }
 
