@@ -121,8 +121,11 @@ export class Daemon {
     });
     this.proc.on('error', (err) => { this.exited = `could not start ${SFUD_BIN}: ${err.message}`; });
     this.proc.on('exit', (code, signal) => { this.exited ??= `exited with ${signal ?? `code ${code}`}`; });
-    // SFUD_LOG=FILE keeps the daemon's whole output (the report shows its last lines).
-    const keep = process.env.SFUD_LOG ? createWriteStream(process.env.SFUD_LOG) : null;
+    // SFUD_LOG=FILE keeps the daemon's whole output (the report shows its last lines); a
+    // file's second daemon writes FILE.2, and so on.
+    Daemon.started = (Daemon.started ?? 0) + 1;
+    const logFile = process.env.SFUD_LOG && (Daemon.started === 1 ? process.env.SFUD_LOG : `${process.env.SFUD_LOG}.${Daemon.started}`);
+    const keep = logFile ? createWriteStream(logFile) : null;
     for (const out of [this.proc.stdout, this.proc.stderr]) {
       out.on('data', (d) => {
         this.log.push(d.toString());

@@ -161,10 +161,12 @@ describe('mute: by the participant and by an operator', () => {
     // Unmuted: both come back, and the tiles say so.
     await alice.page.click('#mic');
     await alice.page.click('#cam');
+    let lastSeen = null;
     await waitFor(15_000, async () => {
-      const [g] = await Promise.all([growth(bob, 'alice', 1_000)]);
-      return g.frames >= 5 && g.audio > 0 && (await tileMuted(bob, aliceId)) === '';
-    }, () => 'bob never received alice again after she unmuted');
+      const g = await growth(bob, 'alice', 1_000);
+      lastSeen = { ...g, tile: await tileMuted(bob, aliceId) };
+      return g.frames >= 5 && g.audio > 0 && lastSeen.tile === '';
+    }, () => `bob never received alice again after she unmuted: last second ${JSON.stringify(lastSeen)}`);
   }));
 
   it('an operator mutes a microphone: the page obeys and the others stop hearing it', { timeout: 60_000 }, track(async () => {

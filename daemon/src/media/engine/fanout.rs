@@ -12,7 +12,7 @@
 
 use super::*;
 use crate::media::forward::Hold;
-use crate::media::simulcast::{frame_size, is_keyframe_start, Vp8Descriptor};
+use crate::media::simulcast::{frame_size, is_keyframe_start, layer_bit, Vp8Descriptor};
 use rtc::shared::marshal::MarshalSize;
 
 use crate::media::downlink::Downlink;
@@ -150,7 +150,9 @@ impl MediaCore {
                     if source.info.kind == MediaKind::Video
                         && !is_keyframe_start(source.video_codec, &packet.payload)
                     {
-                        start_wanted |= 1;
+                        // A key frame of the layer it waits on (the
+                        // one this packet is of).
+                        start_wanted |= layer_bit(layer);
                         continue;
                     }
                     leg.resume_at(packet.header.sequence_number);

@@ -14,6 +14,7 @@ use sfu_proto::signaling::PcKind;
 use super::testnet::{vp8_packet, vp8_packet_on, Net, SSRC};
 use crate::media::{LostCause, MediaEvent, PeerId};
 
+mod mute;
 mod pipe;
 
 const PUBLISHER: PeerId = PeerId(1);
@@ -302,6 +303,24 @@ struct SimCamera {
 }
 
 impl SimCamera {
+    /// A camera on client `client`, each layer's numbers starting apart.
+    fn new(client: usize) -> SimCamera {
+        SimCamera {
+            client,
+            seq: [100, 20_000, 65_500],
+            picture_id: [5, 300, 32_760],
+            timestamp: 90_000,
+            plis_seen: [None; 3],
+        }
+    }
+
+    /// The PLIs received so far are lost: no key frame answers them.
+    fn ignore_plis(&mut self, net: &Net) {
+        for (l, ssrc) in LAYERS.into_iter().enumerate() {
+            self.plis_seen[l] = Some(Self::plis_for(net, self.client, ssrc));
+        }
+    }
+
     fn plis_for(net: &Net, client: usize, ssrc: u32) -> usize {
         net.clients[client]
             .rtcp
@@ -365,13 +384,7 @@ fn layer_switching(workers: usize, on: usize) {
     let p = net.add_client(true);
     net.publish_as(p, PUBLISHER, sim_offer);
     assert!(net.run_until(WITHIN, |n| n.clients[p].connected));
-    let mut camera = SimCamera {
-        client: p,
-        seq: [100, 20_000, 65_500],
-        picture_id: [5, 300, 32_760],
-        timestamp: 90_000,
-        plis_seen: [None; 3],
-    };
+    let mut camera = SimCamera::new(p);
     camera.frame(&mut net);
     let tracks = net.core.fuzz_tracks();
     assert_eq!(tracks.len(), 1, "three SSRCs, one track");
