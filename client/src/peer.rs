@@ -28,6 +28,8 @@ use webrtc::peer_connection::{
 pub const VP8_PAYLOAD_TYPE: u8 = 96;
 /// Payload type the client offers Opus with.
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// Time between two connectivity checks.
+const CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Where the RTCP tap sits: after every default interceptor, so
 /// the NACK responder and report generators have seen the RTCP first.
 const RTCP_TAP_SLOT: usize = 14_000;
@@ -112,7 +114,11 @@ pub(crate) async fn build(
         // the subscribe connection and the server stays the DTLS server.
         .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_include_loopback_candidate(true);
+        .with_include_loopback_candidate(true)
+        // Checks paced as browsers pace them (RFC 8445's Ta of 50 ms), not
+        // `rtc`'s 200 ms, which made this client join four times slower
+        // than a browser against a lite server; still 1.4 s per pair.
+        .with_ice_connection_attempts(Some(CHECK_INTERVAL), Some(28));
     if let Some(every) = ice_keepalive {
         setting_engine = setting_engine.with_ice_timeouts(Some(every), Some(every), Some(every));
     }
