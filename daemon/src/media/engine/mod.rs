@@ -298,6 +298,9 @@ struct Conn {
     probe_credit: f64,
     /// Publish side: its chat channel, once open (`chat`).
     chat: Option<chat::Chat>,
+    /// Subscribe side, before the first answer: the latest connectivity
+    /// check that came ahead of it (see `early_check`).
+    early_check: Option<TaggedBytesMut>,
 }
 
 #[derive(Default)]
@@ -514,6 +517,14 @@ impl MediaCore {
             },
             message: BytesMut::from(data),
         };
+        if !conn.negotiated && is_stun(data) {
+            // A subscriber checks as soon as it has the offer, and its
+            // answer comes after: `rtc` cannot answer a check before the
+            // answer, so the latest is answered when the answer is set
+            // (`subscribe_answer`), a pacing interval before its retry.
+            conn.early_check = Some(msg);
+            return;
+        }
         if let Err(e) = conn.pc.handle_read(msg) {
             debug!(peer = %conn.peer, pc = ?conn.kind, error = %e, "datagram rejected");
         }
@@ -1342,6 +1353,11 @@ fn flush(conn: &mut Conn, out: &mut SendBatch, local_addrs: &[Local]) {
 }
 
 /// The server-side ufrag of a STUN binding request (`USERNAME = ours:theirs`).
+/// Whether a datagram is a STUN message (a connectivity check).
+fn is_stun(data: &[u8]) -> bool {
+    rtc::stun::message::is_stun_message(data)
+}
+
 fn stun_local_ufrag(data: &[u8]) -> Option<String> {
     use rtc::stun::attributes::ATTR_USERNAME;
     use rtc::stun::message::{is_stun_message, Message};

@@ -66,6 +66,7 @@ impl MediaCore {
                 probe_ratio: 0.0,
                 probe_credit: 0.0,
                 chat: None,
+                early_check: None,
             },
         );
         let entry = self.peers.entry(peer).or_default();
@@ -320,9 +321,18 @@ impl MediaCore {
         if !conn.connected && conn.connect_by.is_none() {
             conn.connect_by = Some(now + CONNECT_TIMEOUT);
         }
+        let early = conn.early_check.take();
         let fresh = self.bind_legs(id);
         let connected = self.conns.get(&id).is_some_and(|c| c.connected);
         self.drive(id, now);
+        if let Some(check) = early {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                if let Err(e) = conn.pc.handle_read(check) {
+                    debug!(%peer, error = %e, "early connectivity check rejected");
+                }
+            }
+            self.drive(id, now);
+        }
         if connected {
             for track in fresh {
                 self.request_leg_keyframe(id, track, now, KeyframeCause::NewSubscriber);

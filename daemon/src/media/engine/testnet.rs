@@ -333,6 +333,18 @@ impl Net {
     /// Client `i` subscribes as `peer` to `tracks`: the core's offer, the
     /// client's answer applied.
     pub(crate) fn subscribe(&mut self, i: usize, peer: PeerId, tracks: Vec<TrackInfo>) {
+        self.subscribe_answering_after(i, peer, tracks, Duration::ZERO);
+    }
+
+    /// [`Net::subscribe`], with the client's answer reaching the core
+    /// `delay` after the client applied it (its checks go out meanwhile).
+    pub(crate) fn subscribe_answering_after(
+        &mut self,
+        i: usize,
+        peer: PeerId,
+        tracks: Vec<TrackInfo>,
+        delay: Duration,
+    ) {
         let now = self.now;
         let w = self.clients[i].worker;
         // What `MediaHandle::subscribe` does: tracks owned elsewhere piped
@@ -381,6 +393,8 @@ impl Net {
         let answer = c.pc.create_answer(None).expect("answer");
         c.pc.set_local_description(now, answer.clone())
             .expect("local description");
+        self.run_for(delay);
+        let now = self.now;
         let (reply, mut done) = oneshot::channel();
         self.core_of(w).handle_command(
             MediaCommand::SubscribeAnswer {
