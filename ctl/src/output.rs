@@ -95,6 +95,23 @@ fn mode(m: RoomMode) -> &'static str {
     }
 }
 
+/// What a participant muted, then what it sends nothing of without having
+/// muted it ("audio (silent)"), or "-".
+fn muted(p: &PeerDetail) -> String {
+    let muted = p.muted.iter().map(|k| k.as_str().to_owned());
+    let silent = p
+        .silent
+        .iter()
+        .filter(|k| !p.muted.contains(k))
+        .map(|k| format!("{} (silent)", k.as_str()));
+    let all: Vec<String> = muted.chain(silent).collect();
+    if all.is_empty() {
+        "-".to_owned()
+    } else {
+        all.join(",")
+    }
+}
+
 fn role(r: Role) -> &'static str {
     match r {
         Role::Speaker => "speaker",
@@ -266,15 +283,7 @@ pub fn room(r: &RoomDetail) -> String {
             p.id.clone(),
             p.name.clone(),
             role(p.role).to_owned(),
-            if p.muted.is_empty() {
-                "-".to_owned()
-            } else {
-                p.muted
-                    .iter()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
+            muted(p),
             state(&p.publish).to_owned(),
             state(&p.subscribe).to_owned(),
             remote(p),

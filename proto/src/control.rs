@@ -334,6 +334,9 @@ pub struct PeerDetail {
     /// What they have muted (or an operator muted).
     #[serde(default)]
     pub muted: Vec<TrackKind>,
+    /// What they send nothing of, or only digital silence of, unmuted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silent: Vec<TrackKind>,
     /// Seconds since they joined.
     pub joined_secs: u64,
     /// The connection carrying their media up, once negotiated.
@@ -751,6 +754,7 @@ mod tests {
                     name: "alice".into(),
                     role: Role::Speaker,
                     muted: vec![TrackKind::Audio],
+                    silent: vec![TrackKind::Video],
                     joined_secs: 3,
                     publish: Some(ConnectionReport {
                         state: "connected".into(),

@@ -186,6 +186,10 @@ pub struct PeerInfo {
     /// What they have muted (absent: nothing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub muted: Vec<TrackKind>,
+    /// What they send nothing of, or only digital silence of, without
+    /// having said so (absent: nothing): shown muted too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silent: Vec<TrackKind>,
     /// They share their screen (absent: no).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sharing: bool,
@@ -290,6 +294,11 @@ pub enum ServerMessage {
         /// An operator muted it (`sfuctl peers mute`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         by_operator: bool,
+        /// The server saw it: the participant stopped sending the track,
+        /// or sends only digital silence, without a `mute` (and `muted`
+        /// false: it sends again).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        detected: bool,
     },
     /// Who is speaking in the room, and the dominant speaker: sent to
     /// everyone when it changes, at most about four times a second.

@@ -191,6 +191,36 @@ describe('mute: by the participant and by an operator', () => {
     // A listener has nothing to mute; an unknown participant is refused.
     await assert.rejects(sfuctl('peers', 'mute', room, '0000000000000000', 'video'), /no participant/);
   }));
+
+  it('a microphone silenced and a camera stopped without a word are shown muted, until they send again', { timeout: 60_000 }, track(async () => {
+    const [alice, , carol] = people;
+    const carolId = (await carol.snapshot()).peerId;
+    // Behind the page's back: the microphone sends digital silence, the camera nothing.
+    const quiet = (off) => carol.page.evaluate(async (off) => {
+      const stream = document.querySelector('.tile.local video').srcObject;
+      stream.getAudioTracks().forEach((t) => { t.enabled = !off; });
+      const sender = window.sfud.pcs.publish.getTransceivers()
+        .find((t) => t.mid !== window.sfud.screenMid && (t.sender.track?.kind === 'video' || window.camSender === t.sender))?.sender;
+      if (off) {
+        window.camSender = sender;
+        window.camTrack = sender.track;
+        await sender.replaceTrack(null);
+      } else {
+        await window.camSender.replaceTrack(window.camTrack);
+      }
+    }, off);
+    await quiet(true);
+    await waitFor(10_000, async () => (await tileMuted(alice, carolId)) === 'audio,video',
+      async () => `alice does not show carol's silent microphone and stopped camera: ${await tileMuted(alice, carolId)}`);
+    const shown = JSON.parse(await sfuctl('--json', 'rooms', 'show', room));
+    const member = shown.members.find((m) => m.id === carolId);
+    assert.deepEqual(member?.silent, ['audio', 'video'], JSON.stringify(member));
+    assert.deepEqual(member?.muted, [], 'not muted on purpose');
+    assert.match(await sfuctl('rooms', 'show', room), /audio \(silent\),video \(silent\)/);
+    await quiet(false);
+    await waitFor(10_000, async () => (await tileMuted(alice, carolId)) === '',
+      async () => `alice still shows carol muted after she sent again: ${await tileMuted(alice, carolId)}`);
+  }));
 });
 
 /**

@@ -299,6 +299,7 @@ fn peer(p: report::PeerDetail) -> PeerDetail {
         name: p.name,
         role: p.role,
         muted: p.muted,
+        silent: p.silent,
         joined_secs: p.joined_secs,
         publish: p.publish.map(connection),
         subscribe: p.subscribe.map(connection),

@@ -181,6 +181,19 @@ pub enum MediaEvent {
         /// Each layer's RID, and whether to send it.
         active: Vec<(String, bool)>,
     },
+    /// A published track whose publisher stopped sending it, or sends
+    /// only digital silence, without muting it (`idle`), or that sends
+    /// again (see `engine::idle`).
+    TrackIdle {
+        /// Who publishes it.
+        publisher: PeerId,
+        /// Which track.
+        track: TrackId,
+        /// What it is.
+        kind: sfu_proto::signaling::TrackKind,
+        /// Idle now (true) or sending again.
+        idle: bool,
+    },
     /// How much a published audio track speaks (every 300 ms while it
     /// sends, see `crate::speech`).
     Speech {

@@ -279,6 +279,7 @@ impl RoomActor {
                     name: m.name.clone(),
                     role: m.role,
                     muted: m.muted.clone(),
+                    silent: m.silent.clone(),
                     joined_secs: now.duration_since(m.joined_at).as_secs(),
                     publish: r.and_then(|r| r.publish.clone()),
                     subscribe: r.and_then(|r| r.subscribe.clone()),
@@ -655,6 +656,12 @@ impl RoomActor {
                 debug!(room = %self.room.name, %peer, ?pc, ?remote, "media connected");
             }
             MediaEvent::Chat { peer, text } => self.relay_chat(peer, text).await,
+            MediaEvent::TrackIdle {
+                publisher,
+                kind,
+                idle,
+                ..
+            } => self.track_idle(publisher, kind, idle).await,
             MediaEvent::ChatRefused { peer, why } => self.chat_refused(peer, why),
             MediaEvent::Speech {
                 publisher,

@@ -35,6 +35,8 @@ pub struct PeerDetail {
     pub role: Role,
     /// What it (or an operator) muted.
     pub muted: Vec<sfu_proto::signaling::TrackKind>,
+    /// What it sends nothing of, or only digital silence of, unmuted.
+    pub silent: Vec<sfu_proto::signaling::TrackKind>,
     /// Seconds since joining.
     pub joined_secs: u64,
     /// The publish connection, if any.

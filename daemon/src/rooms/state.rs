@@ -75,6 +75,9 @@ pub struct Member {
     /// What they (or an operator) muted, in order (never `Screen`: see
     /// `sharing`).
     pub muted: Vec<TrackKind>,
+    /// What media found them sending nothing of, or only digital silence
+    /// of (audio or video), in order.
+    pub silent: Vec<TrackKind>,
     /// They share their screen (unmuted kind `screen`).
     pub sharing: bool,
 }
@@ -87,6 +90,7 @@ impl Member {
             name: self.name.clone(),
             role: self.role,
             muted: self.muted.clone(),
+            silent: self.silent.clone(),
             sharing: self.sharing,
         }
     }
@@ -142,6 +146,7 @@ impl Room {
                 sub: Negotiation::default(),
                 receives: true,
                 muted: Vec::new(),
+                silent: Vec::new(),
                 sharing: false,
             },
         );
@@ -229,6 +234,24 @@ impl Room {
         Some(muted != was)
     }
 
+    /// Records that a speaker sends nothing (or only digital silence) of
+    /// its `kind` track, or sends again. Returns whether that changed;
+    /// `None` for a listener or a stranger.
+    pub fn set_silent(&mut self, id: PeerId, kind: TrackKind, silent: bool) -> Option<bool> {
+        let m = self.members.get_mut(&id)?;
+        if m.role != Role::Speaker || kind == TrackKind::Screen {
+            return None;
+        }
+        let was = m.silent.contains(&kind);
+        if silent && !was {
+            m.silent.push(kind);
+            m.silent.sort_unstable();
+        } else if !silent && was {
+            m.silent.retain(|k| *k != kind);
+        }
+        Some(silent != was)
+    }
+
     /// Changes a member's role; a demoted speaker's tracks stop being
     /// forwarded. Returns whether anything changed.
     pub fn set_role(&mut self, id: PeerId, role: Role) -> bool {
@@ -243,6 +266,7 @@ impl Room {
             self.tracks.retain(|_, t| t.publisher != id);
             // A speaker again starts unmuted, as a newcomer does.
             m.muted.clear();
+            m.silent.clear();
             m.sharing = false;
         }
         true
@@ -535,5 +559,39 @@ mod tests {
         assert!(room.set_role(PeerId(1), Role::Listener));
         assert!(room.set_role(PeerId(1), Role::Speaker));
         assert!(room.member(PeerId(1)).expect("a member").muted.is_empty());
+    }
+
+    #[test]
+    fn a_speakers_silent_tracks_are_shown_until_they_send_again() {
+        let mut room = Room::new("r".into(), RoomMode::Sfu, 10);
+        let now = Instant::now();
+        room.join(PeerId(1), "a", Role::Speaker, now)
+            .expect("joins");
+        room.join(PeerId(2), "b", Role::Listener, now)
+            .expect("joins");
+        assert_eq!(
+            room.set_silent(PeerId(1), TrackKind::Audio, true),
+            Some(true)
+        );
+        assert_eq!(
+            room.set_silent(PeerId(1), TrackKind::Audio, true),
+            Some(false)
+        );
+        assert_eq!(
+            room.set_silent(PeerId(1), TrackKind::Video, true),
+            Some(true)
+        );
+        let info = room.member(PeerId(1)).expect("a member").info();
+        assert_eq!(info.silent, vec![TrackKind::Audio, TrackKind::Video]);
+        assert!(info.muted.is_empty(), "not muted on purpose");
+        assert_eq!(
+            room.set_silent(PeerId(1), TrackKind::Audio, false),
+            Some(true)
+        );
+        // A screen not shared is not silent; listeners send nothing.
+        assert_eq!(room.set_silent(PeerId(1), TrackKind::Screen, true), None);
+        assert_eq!(room.set_silent(PeerId(2), TrackKind::Audio, true), None);
+        assert!(room.set_role(PeerId(1), Role::Listener));
+        assert!(room.member(PeerId(1)).expect("a member").silent.is_empty());
     }
 }

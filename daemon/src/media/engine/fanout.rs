@@ -53,11 +53,15 @@ impl MediaCore {
         else {
             return;
         };
+        let level = source.speech.as_ref().and_then(|s| s.level(&packet.header));
+        if !packet.payload.is_empty() {
+            source.idle.media(now, level);
+        }
         if source.muted {
             return;
         }
-        if let Some(speech) = source.speech.as_mut() {
-            speech.hear(&packet.header);
+        if let (Some(speech), Some(level)) = (source.speech.as_mut(), level) {
+            speech.hear(level);
         }
         if !source.pipes.is_empty() {
             super::pipe::pipe_packet(source, track, layer, &packet, &mut self.pipe_out);

@@ -20,6 +20,7 @@ mod allocate;
 pub(crate) mod chat;
 mod driver;
 mod fanout;
+mod idle;
 mod keyframe;
 mod mute;
 mod negotiate;
@@ -454,6 +455,7 @@ impl MediaCore {
         }
         if now >= self.next_speech_report {
             self.report_speech();
+            self.report_idle(now);
             self.next_speech_report = now + speech::SPEECH_REPORT;
         }
     }
@@ -901,6 +903,7 @@ impl MediaCore {
                 unused_since: None,
                 speech,
                 muted,
+                idle: idle::Idle::new(now),
                 announced: false,
                 priority: false,
             },

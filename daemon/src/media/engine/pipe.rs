@@ -224,6 +224,7 @@ impl MediaCore {
                 // The owner meters it.
                 speech: None,
                 muted: spec.muted,
+                idle: super::idle::Idle::new(now),
                 announced: true,
                 priority: spec.priority,
             },

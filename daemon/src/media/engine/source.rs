@@ -171,6 +171,9 @@ pub(super) struct Source {
     pub speech: Option<Box<super::speech::SourceSpeech>>,
     /// Nothing of it is forwarded (`mute`).
     pub muted: bool,
+    /// Whether its publisher stopped sending it without a word (`idle`;
+    /// owner side).
+    pub idle: super::idle::Idle,
     /// The room knows of it (a screen is not announced until shared).
     pub announced: bool,
     /// Its publisher is the room's dominant speaker: its video comes first

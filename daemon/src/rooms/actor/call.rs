@@ -46,6 +46,7 @@ impl RoomActor {
             kind,
             muted,
             by_operator,
+            detected: false,
         };
         let all: Vec<PeerId> = self.outs.keys().copied().collect();
         for p in all {
@@ -53,6 +54,28 @@ impl RoomActor {
         }
         self.drop_slow().await;
         Ok(())
+    }
+
+    /// Media found a speaker's `kind` track idle (nothing or only digital
+    /// silence sent, without a `mute`), or sending again: everyone is told,
+    /// as a mute the server detected.
+    pub(super) async fn track_idle(&mut self, peer: PeerId, kind: TrackKind, idle: bool) {
+        if self.room.set_silent(peer, kind, idle) != Some(true) {
+            return;
+        }
+        info!(room = %self.room.name, %peer, kind = kind.as_str(), idle, "track idle");
+        let msg = ServerMessage::TrackMuted {
+            peer_id: peer.to_string(),
+            kind,
+            muted: idle,
+            by_operator: false,
+            detected: true,
+        };
+        let all: Vec<PeerId> = self.outs.keys().copied().collect();
+        for p in all {
+            self.send(p, msg.clone());
+        }
+        self.drop_slow().await;
     }
 
     /// Hands `peer`'s chat message to everyone else in the room, as
