@@ -435,11 +435,19 @@ describe('adaptive video: on a narrow link the spotlit tile goes up first', () =
     const member = (name) => room?.members.find((m) => m.name === name);
     const layers = (name) => member(name)?.tracks.find((t) => t.kind === 'video')?.layers ?? [];
     const rate = (name, rid) => layers(name).find((l) => l.rid === rid)?.bitrate_bps ?? 0;
-    await waitFor(30_000, async () => {
+    // Chromium ramps its layers for a while: the link is sized once h has settled (two
+    // readings at least 2 s apart within 10%), or the h it allows for may not fit later.
+    const samples = [];
+    await waitFor(45_000, async () => {
       room = await roomShown(roomName);
-      return member('prio-lis')?.subscribe?.state === 'connected' && member('prio-lis').receiving.length === 2
+      const ready = member('prio-lis')?.subscribe?.state === 'connected' && member('prio-lis').receiving.length === 2
         && ['prio-a', 'prio-b'].every((n) => rate(n, 'h') >= 250_000 && rate(n, 'q') > 0);
-    }, () => `the publishers do not send h at 250 kbit/s, or the listener does not receive both, within 30 s: ${JSON.stringify(room)}`);
+      if (!ready) return false;
+      const now = { at: Date.now(), h: ['prio-a', 'prio-b'].map((n) => rate(n, 'h')) };
+      samples.push(now);
+      const earlier = samples.findLast((s) => now.at - s.at >= 2_000);
+      return earlier && now.h.every((h, i) => Math.abs(h - earlier.h[i]) <= 0.1 * earlier.h[i]);
+    }, () => `the publishers' h does not settle at 250 kbit/s or more, or the listener does not receive both, within 45 s: ${JSON.stringify(room)}`);
     // A link with room for both q and one h, not two (payload rates plus headers and two
     // audio tracks, filled to 85%).
     const kbps = (bps) => bps / 1000;

@@ -363,7 +363,9 @@ describe('chat: a data channel to the server, relayed to the room', () => {
     });
     await waitFor(10_000, async () => (await alice.page.evaluate(() => document.getElementById('error').textContent)).includes('rate_limited'),
       () => 'a flood was not refused');
-    await waitFor(10_000, async () => (await chatOf(bob)).length >= before + 10, () => 'the burst did not arrive');
+    await waitFor(10_000, async () => (await chatOf(bob)).length >= before + 10,
+      async () => `the burst did not arrive: bob got ${(await chatOf(bob)).length - before} of the 30 sent, alice shows `
+        + `"${await alice.page.evaluate(() => document.getElementById('error').textContent)}"`);
     const got = (await chatOf(bob)).slice(before);
     assert.ok(got.every((m) => m.text.startsWith('flood ')), `nothing oversized arrived: ${JSON.stringify(got.map((m) => m.text.length))}`);
     assert.ok(got.length <= 12, `the rate held: ${got.length} of 30 arrived`);
