@@ -54,6 +54,18 @@ pub fn least_loaded<'a>(nodes: &'a [ClusterNode], me: &str) -> Option<&'a Cluste
         .min_by_key(|n| (n.peers, n.rooms, n.node_id != me, n.node_id.as_str()))
 }
 
+/// The node a client's join for a new room is relayed to, or `None` when
+/// the room stays on this node. A node not in the directory yet has just
+/// started and holds nothing: it is among the least loaded, so the room
+/// stays (without this, a join on a node younger than its first
+/// announcement went to an equally empty peer).
+pub fn relay_target<'a>(nodes: &'a [ClusterNode], me: &str) -> Option<&'a ClusterNode> {
+    if !nodes.iter().any(|n| n.node_id == me) {
+        return None;
+    }
+    least_loaded(nodes, me).filter(|n| n.node_id != me)
+}
+
 /// Whether a room may be created on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -114,12 +126,12 @@ impl Cluster {
                     return Ok(None);
                 }
                 let nodes = super::directory::list(&mut conn).await?;
-                Ok(least_loaded(&nodes, &inner.node_id)
-                    .filter(|n| n.node_id != inner.node_id)
-                    .map(|n| Claim::Elsewhere {
+                Ok(
+                    relay_target(&nodes, &inner.node_id).map(|n| Claim::Elsewhere {
                         node_id: n.node_id.clone(),
                         url: Some(n.url.clone()),
-                    }))
+                    }),
+                )
             };
             match Self::within(inner, placed).await {
                 Ok(Some(elsewhere)) => return elsewhere,
@@ -282,5 +294,20 @@ mod tests {
         let nodes = [node("a", 2, 2), node("b", 2, 1)];
         assert_eq!(least_loaded(&nodes, "a").map(|n| &n.node_id[..]), Some("b"));
         assert!(least_loaded(&[], "a").is_none());
+    }
+
+    #[test]
+    fn a_join_is_relayed_only_to_a_less_loaded_node_and_never_by_a_node_not_listed_yet() {
+        let nodes = [node("a", 3, 1), node("b", 0, 0)];
+        assert_eq!(relay_target(&nodes, "a").map(|n| &n.node_id[..]), Some("b"));
+        assert!(
+            relay_target(&nodes, "b").is_none(),
+            "the least loaded keeps it"
+        );
+        let nodes = [node("a", 0, 0), node("b", 0, 0)];
+        assert!(relay_target(&nodes, "a").is_none(), "a tie keeps it");
+        // "c" started a moment ago: its first announcement is not in yet.
+        assert!(relay_target(&nodes, "c").is_none());
+        assert!(relay_target(&[], "c").is_none());
     }
 }
