@@ -300,7 +300,8 @@ struct Conn {
     /// Publish side: its chat channel, once open (`chat`).
     chat: Option<chat::Chat>,
     /// Subscribe side, before the first answer: the latest connectivity
-    /// check that came ahead of it (see `early_check`).
+    /// check that came ahead of it, answered once the answer is set (see
+    /// `on_datagram` and `subscribe_answer`).
     early_check: Option<TaggedBytesMut>,
 }
 
