@@ -542,10 +542,7 @@ impl RoomActor {
             peer_id: peer.to_owned(),
             role,
         };
-        let all: Vec<PeerId> = self.outs.keys().copied().collect();
-        for p in all {
-            self.send(p, msg.clone());
-        }
+        self.broadcast(msg);
         if self.room.mode == RoomMode::Sfu {
             self.renegotiate_all().await;
         }
@@ -715,6 +712,13 @@ impl RoomActor {
                 debug!(room = %self.room.name, %peer, "session already closed");
                 self.outs.remove(&peer);
             }
+        }
+    }
+
+    fn broadcast(&mut self, msg: ServerMessage) {
+        let ids: Vec<PeerId> = self.outs.keys().copied().collect();
+        for id in ids {
+            self.send(id, msg.clone());
         }
     }
 

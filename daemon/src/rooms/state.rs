@@ -224,14 +224,7 @@ impl Room {
             m.sharing = !muted;
             return Some(muted != was);
         }
-        let was = m.muted.contains(&kind);
-        if muted && !was {
-            m.muted.push(kind);
-            m.muted.sort_unstable();
-        } else if !muted && was {
-            m.muted.retain(|k| *k != kind);
-        }
-        Some(muted != was)
+        Some(set_kind(&mut m.muted, kind, muted))
     }
 
     /// Records that a speaker sends nothing (or only digital silence) of
@@ -242,14 +235,7 @@ impl Room {
         if m.role != Role::Speaker || kind == TrackKind::Screen {
             return None;
         }
-        let was = m.silent.contains(&kind);
-        if silent && !was {
-            m.silent.push(kind);
-            m.silent.sort_unstable();
-        } else if !silent && was {
-            m.silent.retain(|k| *k != kind);
-        }
-        Some(silent != was)
+        Some(set_kind(&mut m.silent, kind, silent))
     }
 
     /// Changes a member's role; a demoted speaker's tracks stop being
@@ -363,6 +349,19 @@ impl Room {
             None => false,
         }
     }
+}
+
+/// Puts `kind` in a sorted list of kinds (`on`) or takes it out; whether
+/// that changed the list.
+fn set_kind(list: &mut Vec<TrackKind>, kind: TrackKind, on: bool) -> bool {
+    let was = list.contains(&kind);
+    if on && !was {
+        list.push(kind);
+        list.sort_unstable();
+    } else if !on && was {
+        list.retain(|k| *k != kind);
+    }
+    on != was
 }
 
 #[cfg(test)]
@@ -516,14 +515,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn speakers_mute_and_unmute_and_listeners_have_nothing_to_mute() {
+    /// A room of a speaker (peer 1) and a listener (peer 2).
+    fn speaker_and_listener() -> Room {
         let mut room = Room::new("r".into(), RoomMode::Sfu, 10);
         let now = Instant::now();
         room.join(PeerId(1), "a", Role::Speaker, now)
             .expect("joins");
         room.join(PeerId(2), "b", Role::Listener, now)
             .expect("joins");
+        room
+    }
+
+    #[test]
+    fn speakers_mute_and_unmute_and_listeners_have_nothing_to_mute() {
+        let mut room = speaker_and_listener();
         assert_eq!(
             room.set_muted(PeerId(1), TrackKind::Video, true),
             Some(true)
@@ -563,12 +568,7 @@ mod tests {
 
     #[test]
     fn a_speakers_silent_tracks_are_shown_until_they_send_again() {
-        let mut room = Room::new("r".into(), RoomMode::Sfu, 10);
-        let now = Instant::now();
-        room.join(PeerId(1), "a", Role::Speaker, now)
-            .expect("joins");
-        room.join(PeerId(2), "b", Role::Listener, now)
-            .expect("joins");
+        let mut room = speaker_and_listener();
         assert_eq!(
             room.set_silent(PeerId(1), TrackKind::Audio, true),
             Some(true)

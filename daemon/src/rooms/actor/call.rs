@@ -48,10 +48,7 @@ impl RoomActor {
             by_operator,
             detected: false,
         };
-        let all: Vec<PeerId> = self.outs.keys().copied().collect();
-        for p in all {
-            self.send(p, msg.clone());
-        }
+        self.broadcast(msg);
         self.drop_slow().await;
         Ok(())
     }
@@ -71,10 +68,7 @@ impl RoomActor {
             by_operator: false,
             detected: true,
         };
-        let all: Vec<PeerId> = self.outs.keys().copied().collect();
-        for p in all {
-            self.send(p, msg.clone());
-        }
+        self.broadcast(msg);
         self.drop_slow().await;
     }
 
@@ -117,10 +111,7 @@ impl RoomActor {
             self.dominant = view.dominant;
         }
         let msg = speakers_message(&view);
-        let ids: Vec<PeerId> = self.outs.keys().copied().collect();
-        for id in ids {
-            self.send(id, msg.clone());
-        }
+        self.broadcast(msg);
     }
 
     /// Tells a participant why its chat message was dropped.

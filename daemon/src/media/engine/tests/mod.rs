@@ -377,10 +377,10 @@ fn a_simulcast_leg_switches_layers_at_keyframes_and_its_stream_stays_continuous(
     layer_switching(1, 0);
 }
 
-/// A simulcast publisher on worker 0 of `workers`, a subscriber on worker
-/// `on` that caps the track at its lowest layer and then lifts the cap:
-/// the subscriber's stream switches at keyframes and stays continuous.
-fn layer_switching(workers: usize, on: usize) {
+/// An SSRC-simulcast publisher on worker 0 of `workers` and a subscriber
+/// of its track on worker `on`, both connected: the network, the camera,
+/// the subscriber's index and the track.
+fn sim_call(workers: usize, on: usize) -> (Net, SimCamera, usize, crate::media::TrackId) {
     let mut net = Net::with_workers(&crate::config::Config::default(), workers);
     let p = net.add_client(true);
     net.publish_as(p, PUBLISHER, sim_offer);
@@ -393,6 +393,14 @@ fn layer_switching(workers: usize, on: usize) {
     let s = net.add_client_on(false, on);
     net.subscribe(s, SUBSCRIBER, tracks);
     assert!(net.run_until(WITHIN, |n| n.clients[s].connected));
+    (net, camera, s, track)
+}
+
+/// A simulcast publisher on worker 0 of `workers`, a subscriber on worker
+/// `on` that caps the track at its lowest layer and then lifts the cap:
+/// the subscriber's stream switches at keyframes and stays continuous.
+fn layer_switching(workers: usize, on: usize) {
+    let (mut net, mut camera, s, track) = sim_call(workers, on);
     camera.run_for(&mut net, Duration::from_secs(3));
 
     // The subscriber caps the track at the lowest layer, then lifts the cap.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sfu_proto::signaling::TrackKind;
 
-use super::{layer_of, sim_offer, SimCamera, PUBLISHER, SUBSCRIBER, WITHIN};
+use super::{layer_of, PUBLISHER};
 use crate::media::engine::testnet::Net;
 use crate::media::MediaCommand;
 
@@ -24,16 +24,7 @@ fn mute(net: &mut Net, muted: bool) {
 
 #[test]
 fn a_muted_simulcast_leg_resumes_on_its_own_layer_when_the_first_keyframe_requests_are_lost() {
-    let mut net = Net::new();
-    let p = net.add_client(true);
-    net.publish_as(p, PUBLISHER, sim_offer);
-    assert!(net.run_until(WITHIN, |n| n.clients[p].connected));
-    let mut camera = SimCamera::new(p);
-    camera.frame(&mut net);
-    let tracks = net.core.fuzz_tracks();
-    let s = net.add_client(false);
-    net.subscribe(s, SUBSCRIBER, tracks);
-    assert!(net.run_until(WITHIN, |n| n.clients[s].connected));
+    let (mut net, mut camera, s, _) = super::sim_call(1, 0);
     camera.run_for(&mut net, Duration::from_secs(4));
     let layer = net.clients[s].rtp.last().map(|p| layer_of(p).0);
     assert!(
