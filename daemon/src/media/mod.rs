@@ -20,7 +20,7 @@ mod recv;
 mod rtcp;
 pub(crate) mod sdp_limits;
 pub(crate) mod simulcast;
-pub(crate) mod srtp_keys;
+pub(crate) use sfu_keytap as srtp_keys;
 pub(crate) mod twcc;
 
 use std::net::SocketAddr;

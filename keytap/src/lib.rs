@@ -1,5 +1,7 @@
 //! The SRTP keys of a connection, for the forwarding fast path, and the
-//! certificates its DTLS handshake checked.
+//! certificates its DTLS handshake checked. Shared by sfud (which protects
+//! what it forwards itself) and the load generator's lite receivers (which
+//! decrypt what they receive themselves, for the same reason).
 //!
 //! `rtc` 0.21 keeps each connection's SRTP contexts to itself, and every
 //! packet written through it crosses the whole interceptor chain: about two
@@ -53,7 +55,7 @@ enum SessionCipher {
 
 /// A crypto provider that passes everything to the real one and remembers
 /// the SRTP master keys derived through it; see the module docs.
-pub(crate) struct KeyTap {
+pub struct KeyTap {
     inner: Arc<dyn RTCCryptoProvider>,
     crypto: TapCrypto,
 }
@@ -69,7 +71,7 @@ struct TapCrypto {
 
 impl KeyTap {
     /// Wraps the default provider.
-    pub(crate) fn new() -> Result<Arc<KeyTap>, CryptoError> {
+    pub fn new() -> Result<Arc<KeyTap>, CryptoError> {
         Ok(Self::wrapping(rtc::crypto::default_provider()?))
     }
 
@@ -87,14 +89,14 @@ impl KeyTap {
     /// An SRTP context keyed like the connection's outgoing one, once its
     /// DTLS handshake has completed; `None` before, or if what was observed
     /// is not two complete derivations of a known profile.
-    pub(crate) fn outgoing_context(&self) -> Option<Context> {
+    pub fn outgoing_context(&self) -> Option<Context> {
         self.context(Direction::Outgoing)
     }
 
     /// An SRTP context keyed like the connection's incoming one (the
     /// remote's keys): the fast path reads the subscriber's transport-wide
     /// feedback with it. As for [`KeyTap::outgoing_context`].
-    pub(crate) fn incoming_context(&self) -> Option<Context> {
+    pub fn incoming_context(&self) -> Option<Context> {
         self.context(Direction::Incoming)
     }
 
@@ -103,7 +105,7 @@ impl KeyTap {
     /// then fails the DTLS handshake on the peer's certificate, but says so
     /// only in its log (see docs/security.md); this is how the engine
     /// learns it.
-    pub(crate) fn foreign_certificate(&self, fingerprints: &[Vec<u8>]) -> bool {
+    pub fn foreign_certificate(&self, fingerprints: &[Vec<u8>]) -> bool {
         self.crypto
             .certificates
             .lock()
@@ -130,7 +132,8 @@ impl KeyTap {
         let profile = match keys.cipher? {
             SessionCipher::Aead(AeadAlgorithm::Aes128Gcm) => ProtectionProfile::AeadAes128Gcm,
             SessionCipher::Aead(AeadAlgorithm::Aes256Gcm) => ProtectionProfile::AeadAes256Gcm,
-            // The 32-bit-tag profiles are not offered (see `peer`), so a
+            // The 32-bit-tag profiles must not be offered (sfud's `media::peer`
+            // leaves them out, as does the load generator), so a
             // counter-mode context is the 80-bit one.
             SessionCipher::Stream(StreamCipherAlgorithm::Aes128Ctr) => {
                 ProtectionProfile::Aes128CmHmacSha1_80
