@@ -319,10 +319,11 @@ impl Client {
         for track in self.shared.remote_tracks() {
             let (handle, ssrc) = {
                 let t = lock(&track);
-                if t.info.kind != "video" || t.info.ended || t.info.ssrc == 0 {
+                let info = &t.account.info;
+                if info.kind != "video" || info.ended || info.ssrc == 0 {
                     continue;
                 }
-                (Arc::clone(&t.handle), t.info.ssrc)
+                (Arc::clone(&t.handle), t.account.info.ssrc)
             };
             let pli = PictureLossIndication {
                 sender_ssrc: 0,

@@ -51,13 +51,16 @@ mod signaling;
 mod simulcast;
 mod snapshot;
 pub mod tag;
+mod track;
 
 pub use accounting::LatencySummary;
 pub use client::{Client, Joined, MediaCounters};
 pub use error::ClientError;
 pub use histogram::Histogram;
 pub use media::{video_packets_per_frame, MediaSource, PublishOptions};
+pub use sdp::{extension_id, offered_ssrcs, offered_tracks};
 pub use snapshot::{OfferedTrack, RemoteTrack, SenderReportSeen, Snapshot};
+pub use track::TrackAccount;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -34,7 +34,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, track: Arc<dyn TrackRemote>) {
             match event {
                 Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
                     let now_ns = tag::now_ns();
-                    lock(&state).record(&packet, now_ns);
+                    lock(&state).account.record(&packet, now_ns);
                     if last_notify.elapsed() >= NOTIFY_INTERVAL {
                         last_notify = Instant::now();
                         shared.notify();
@@ -43,27 +43,27 @@ pub(crate) fn spawn(shared: &Arc<Shared>, track: Arc<dyn TrackRemote>) {
                 Some(TrackRemoteEvent::OnOpen(init)) => {
                     let codec = track.codec(init.ssrc).await;
                     let mut t = lock(&state);
-                    t.info.ssrc = init.ssrc;
+                    t.account.info.ssrc = init.ssrc;
                     if let Some(codec) = codec {
-                        t.info.mime_type = codec.mime_type;
+                        t.account.info.mime_type = codec.mime_type;
                     }
                     drop(t);
                     shared.notify();
                 }
                 Some(TrackRemoteEvent::OnRtcpPacket(packets)) => {
                     let mut t = lock(&state);
-                    let ssrc = t.info.ssrc;
+                    let ssrc = t.account.info.ssrc;
                     for sr in packets.iter().filter_map(|p| {
                         p.as_any()
                             .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
                     }) {
                         if sr.ssrc == ssrc {
-                            t.record_sender_report(sr);
+                            t.account.record_sender_report(sr);
                         }
                     }
                 }
                 Some(TrackRemoteEvent::OnEnded) | None => {
-                    lock(&state).info.ended = true;
+                    lock(&state).account.info.ended = true;
                     shared.notify();
                     break;
                 }

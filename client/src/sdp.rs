@@ -25,6 +25,35 @@ pub fn offered_tracks(sdp: &str) -> Vec<OfferedTrack> {
     tracks
 }
 
+/// The media SSRCs of the tracks a (subscribe) offer sends, by msid track
+/// id: the `a=ssrc` ids of each sending m-section but the retransmission
+/// ones (the second of an `a=ssrc-group:FID`). How a receiver that reads
+/// RTP itself tells the tracks apart.
+pub fn offered_ssrcs(sdp: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for section in media_sections(sdp) {
+        if !section.sends() {
+            continue;
+        }
+        let Some((_, track_id)) = section.msid else {
+            continue;
+        };
+        for ssrc in section.ssrcs.iter().filter(|s| !section.rtx.contains(s)) {
+            out.push((track_id.to_owned(), *ssrc));
+        }
+    }
+    out
+}
+
+/// The id `sdp` gives the RTP header extension `uri` (`a=extmap:<id> <uri>`).
+pub fn extension_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let (id, rest) = l.trim_end().strip_prefix("a=extmap:")?.split_once(' ')?;
+        let id = id.split('/').next()?.parse().ok()?;
+        (rest.split_whitespace().next() == Some(uri)).then_some(id)
+    })
+}
+
 /// The mid of the first m-section: the bundle tag trickled candidates name.
 pub fn first_mid(sdp: &str) -> Option<String> {
     media_sections(sdp)
@@ -82,6 +111,10 @@ struct MediaSection<'a> {
     mid: Option<&'a str>,
     msid: Option<(&'a str, &'a str)>,
     direction: &'a str,
+    /// Every `a=ssrc` id, once each, in order.
+    ssrcs: Vec<u32>,
+    /// The retransmission SSRCs of `a=ssrc-group:FID` lines.
+    rtx: Vec<u32>,
 }
 
 impl MediaSection<'_> {
@@ -103,6 +136,8 @@ fn media_sections(sdp: &str) -> Vec<MediaSection<'_>> {
                 mid: None,
                 msid: None,
                 direction: "sendrecv",
+                ssrcs: Vec::new(),
+                rtx: Vec::new(),
             });
             continue;
         }
@@ -113,7 +148,22 @@ fn media_sections(sdp: &str) -> Vec<MediaSection<'_>> {
             section.mid = Some(mid);
         } else if let Some(msid) = line.strip_prefix("a=msid:") {
             section.msid = split_msid(msid).or(section.msid);
+        } else if let Some(group) = line.strip_prefix("a=ssrc-group:FID ") {
+            let ids: Vec<u32> = group
+                .split_whitespace()
+                .filter_map(|id| id.parse().ok())
+                .collect();
+            section.rtx.extend(ids.iter().skip(1));
         } else if let Some(ssrc) = line.strip_prefix("a=ssrc:") {
+            if let Some(id) = ssrc
+                .split_whitespace()
+                .next()
+                .and_then(|id| id.parse::<u32>().ok())
+            {
+                if !section.ssrcs.contains(&id) {
+                    section.ssrcs.push(id);
+                }
+            }
             // `a=ssrc:<n> msid:<stream> <track>`, for offers without `a=msid`.
             if section.msid.is_none() {
                 section.msid = ssrc
@@ -185,6 +235,45 @@ a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\n";
                 },
             ]
         );
+    }
+
+    #[test]
+    fn offered_ssrcs_leave_out_retransmissions_and_what_is_not_sent() {
+        let offer = "v=0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n\
+a=mid:0\r\n\
+a=extmap:3/sendonly http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=msid:peer-a video-a\r\n\
+a=sendonly\r\n\
+a=ssrc-group:FID 1000 1001\r\n\
+a=ssrc:1000 cname:a\r\n\
+a=ssrc:1000 msid:peer-a video-a\r\n\
+a=ssrc:1001 cname:a\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+a=mid:1\r\n\
+a=extmap:5 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=ssrc:2000 msid:peer-b audio-b\r\n\
+a=sendonly\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+a=mid:2\r\n\
+a=ssrc:3000 msid:peer-c audio-c\r\n\
+a=inactive\r\n";
+        assert_eq!(
+            offered_ssrcs(offer),
+            vec![("video-a".to_owned(), 1000), ("audio-b".to_owned(), 2000)]
+        );
+        assert_eq!(
+            extension_id(
+                offer,
+                "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            extension_id(offer, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+            Some(5)
+        );
+        assert_eq!(extension_id(offer, "urn:nothing"), None);
     }
 
     #[test]

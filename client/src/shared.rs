@@ -4,12 +4,10 @@
 //! Every change that a waiter could care about bumps a `watch` counter, so
 //! `Client::wait_for` re-evaluates its predicate on events instead of polling.
 
-use crate::accounting::{LatencyReservoir, SequenceTracker};
-use crate::histogram::Histogram;
 use crate::sdp;
-use crate::simulcast::{self, Layer};
+use crate::simulcast::Layer;
 use crate::snapshot::{OfferedTrack, RemoteTrack, Snapshot};
-use crate::tag::{self, MediaTag};
+use crate::track::TrackAccount;
 use crate::ClientOptions;
 use sfu_proto::signaling::{
     CandidateInit, ClientMessage, ErrorCode, IceServer, PcKind, PeerInfo, ServerMessage,
@@ -102,115 +100,10 @@ struct Described {
     ufrag: Option<String>,
 }
 
-/// Loss, duplicates and reordering of finished simulcast layer segments.
-#[derive(Default)]
-struct Carried {
-    lost: u64,
-    duplicates: u64,
-    out_of_order: u64,
-}
-
-/// A subscribe-side track and what arrived on it.
+/// A subscribe-side track: what arrived on it, and its handle (for PLIs).
 pub(crate) struct TrackState {
-    pub info: RemoteTrack,
+    pub account: TrackAccount,
     pub handle: Arc<dyn TrackRemote>,
-    expected_hash: u32,
-    /// Tag hashes of the publisher's simulcast layers of this kind, lowest first.
-    layer_hashes: [u32; 3],
-    /// Tag sequence accounting since the last simulcast layer change (each
-    /// layer numbers its packets on its own; a track sent once has one).
-    seq: SequenceTracker,
-    /// What earlier layer segments counted.
-    carried: Carried,
-    latency: LatencyReservoir,
-    histogram: Option<Arc<Histogram>>,
-}
-
-impl TrackState {
-    /// Accounts a sender report about this track.
-    pub fn record_sender_report(&mut self, sr: &rtc::rtcp::sender_report::SenderReport) {
-        let t = &mut self.info;
-        t.sender_reports += 1;
-        t.last_sender_report = Some(crate::snapshot::SenderReportSeen {
-            rtp_time: sr.rtp_time,
-            packet_count: sr.packet_count,
-            octet_count: sr.octet_count,
-            timestamp_then: t.last_timestamp,
-            packets_then: t.packets,
-        });
-    }
-
-    /// Accounts one RTP packet.
-    pub fn record(&mut self, packet: &rtc::rtp::Packet, received_at_ns: u64) {
-        let t = &mut self.info;
-        if t.packets == 0 {
-            t.first_packet_ns = received_at_ns;
-        }
-        t.packets += 1;
-        t.bytes += packet.payload.len() as u64;
-        t.last_seq = packet.header.sequence_number;
-        t.last_timestamp = packet.header.timestamp;
-        if packet.header.marker {
-            t.frames += 1;
-        }
-        if t.kind == "video" && tag::is_vp8_keyframe(&packet.payload) {
-            t.keyframes += 1;
-        }
-        let Some(media_tag) = MediaTag::find(&packet.payload) else {
-            return;
-        };
-        t.tagged += 1;
-        if media_tag.stream_hash != self.expected_hash {
-            let Some(layer) = self
-                .layer_hashes
-                .iter()
-                .position(|h| *h == media_tag.stream_hash)
-            else {
-                // Counted, but kept out of this track's sequence accounting: it
-                // is another stream's numbering.
-                t.misrouted += 1;
-                return;
-            };
-            self.enter_layer(layer as u8);
-        }
-        self.seq.record(media_tag.seq);
-        let latency_ns = received_at_ns.saturating_sub(media_tag.sent_at_ns);
-        self.latency.record(latency_ns / 1_000);
-        if let Some(h) = &self.histogram {
-            h.record(latency_ns / 1_000);
-        }
-    }
-
-    /// A packet of simulcast layer `layer` arrived: after a switch, its own
-    /// numbering starts a new segment of the sequence accounting.
-    fn enter_layer(&mut self, layer: u8) {
-        if self.info.layer == Some(layer) {
-            return;
-        }
-        if self.info.layer.is_some() {
-            self.info.layer_changes += 1;
-        }
-        let done = std::mem::take(&mut self.seq);
-        self.carried.lost += done.lost();
-        self.carried.duplicates += done.duplicates();
-        self.carried.out_of_order += done.out_of_order();
-        self.info.layer = Some(layer);
-    }
-
-    fn snapshot(&self) -> RemoteTrack {
-        let mut t = self.counters();
-        t.latency = self.latency.summary();
-        t
-    }
-
-    /// As `snapshot` without the latency percentiles (no sort).
-    fn counters(&self) -> RemoteTrack {
-        let mut t = self.info.clone();
-        t.lost = self.carried.lost + self.seq.lost();
-        t.duplicates = self.carried.duplicates + self.seq.duplicates();
-        t.out_of_order = self.carried.out_of_order + self.seq.out_of_order();
-        t
-    }
 }
 
 impl Shared {
@@ -441,11 +334,12 @@ impl Shared {
         st.subscribe_offers += 1;
         for track in &st.tracks {
             let mut t = lock(track);
+            let info = &mut t.account.info;
             let still_offered = offered
                 .iter()
-                .any(|o| o.stream_id == t.info.stream_id && o.track_id == t.info.track_id);
+                .any(|o| o.stream_id == info.stream_id && o.track_id == info.track_id);
             if !still_offered {
-                t.info.ended = true;
+                info.ended = true;
             }
         }
         st.offered_tracks = offered;
@@ -459,18 +353,9 @@ impl Shared {
         info: RemoteTrack,
         handle: Arc<dyn TrackRemote>,
     ) -> Arc<Mutex<TrackState>> {
-        let expected_hash = tag::stream_hash(&info.stream_id, &info.kind);
-        let layer_hashes =
-            simulcast::RIDS.map(|rid| tag::layer_stream_hash(&info.stream_id, &info.kind, rid));
         let track = Arc::new(Mutex::new(TrackState {
-            info,
+            account: TrackAccount::new(info, self.options.latency_histogram.clone()),
             handle,
-            expected_hash,
-            layer_hashes,
-            seq: SequenceTracker::default(),
-            carried: Carried::default(),
-            latency: LatencyReservoir::default(),
-            histogram: self.options.latency_histogram.clone(),
         }));
         lock(&self.state).tracks.push(Arc::clone(&track));
         self.notify();
@@ -506,7 +391,10 @@ impl Shared {
     pub fn media_counters(&self) -> crate::client::MediaCounters {
         let tracks: Vec<RemoteTrack> = {
             let st = lock(&self.state);
-            st.tracks.iter().map(|t| lock(t).counters()).collect()
+            st.tracks
+                .iter()
+                .map(|t| lock(t).account.counters())
+                .collect()
         };
         let c = &self.counters;
         crate::client::MediaCounters {
@@ -534,7 +422,11 @@ impl Shared {
             publish_state: state_name(&st.publish_state),
             subscribe_state: state_name(&st.subscribe_state),
             publish_answered: st.publish_answered,
-            remote_tracks: st.tracks.iter().map(|t| lock(t).snapshot()).collect(),
+            remote_tracks: st
+                .tracks
+                .iter()
+                .map(|t| lock(t).account.snapshot())
+                .collect(),
             keyframe_requests: c.keyframe_requests.load(Ordering::Relaxed),
             sent_packets: video + audio,
             sent_video_packets: video,

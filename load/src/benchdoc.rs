@@ -168,14 +168,15 @@ pub fn render(run: &BenchRun) -> String {
     let _ = writeln!(d, "## Method\n");
     let _ = writeln!(
         d,
-        "- Load: `sfu-load` (workspace crate `load/`), real WebRTC clients (the `webrtc` crate) in one \
+        "- Load: `sfu-load` (workspace crate `load/`), real WebRTC clients in one \
          process on the same machine: {}, each publisher sending synthetic VP8 \
          ({} pkt/s of ~1100-byte payloads, a keyframe-shaped frame every 2 s) and Opus \
          (50 pkt/s of 160 bytes). Every payload carries a sequence number and its send time: \
          loss, duplicates, reordering and one-way latency are measured by the receivers on the \
-         same clock.",
+         same clock. {}",
         s.scenario.describe(),
-        150
+        150,
+        clients_note(run.sfud.lite_receivers)
     );
     let _ = writeln!(
         d,
@@ -527,6 +528,19 @@ pub(crate) fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.0}"))
 }
 
+/// Which clients the generator ran.
+fn clients_note(lite: bool) -> &'static str {
+    if lite {
+        "Participants that publish are full clients (`webrtc`'s async peer connection); those \
+         that only receive are lite receivers (`load/src/lite`): `rtc`'s sans-IO connection on \
+         one task each, which once DTLS is done decrypt SRTP themselves and answer with \
+         transport-wide feedback every 100 ms, as browsers do (no NACKs: nothing is lost before \
+         a ramp step fails)."
+    } else {
+        "Every participant is a full client (`webrtc`'s async peer connection)."
+    }
+}
+
 /// How many subscribers the generator could hold by itself, from its CPU
 /// per received packet at the largest sfud step.
 fn generator_note(ramp: &Report) -> String {
@@ -542,8 +556,8 @@ fn generator_note(ramp: &Report) -> String {
     let per_subscriber = w.packets_out_expected_per_s / w.scenario.streams().max(1) as f64;
     let packets = ramp.cores as f64 * 1e6 / per_packet.max(1e-9);
     format!(
-        "sfu-load runs every client in one process on the `webrtc` crate, whose cost is per \
-         connection and per packet. At {} it used {:.1} µs of CPU per packet its receivers got \
+        "sfu-load runs every client in one process; its cost is per connection and per \
+         packet. At {} it used {:.1} µs of CPU per packet its receivers got \
          ({:.0}% of the machine). With both cores to itself it would receive at most about \
          {:.0} packets/s: about {:.0} subscribers of one publisher at {:.0} packets/s each. \
          A ramp that stops well below that measured the SFU (and the shared machine); one \

@@ -1,9 +1,11 @@
-//! The generator's participants: many `sfu-client`s in one process, joined
-//! with bounded concurrency, and the totals of what they sent and received.
+//! The generator's participants: many `sfu-client`s in one process (or,
+//! for those that only receive, the cheaper [`LiteReceiver`]s), joined with
+//! bounded concurrency, and the totals of what they sent and received.
 
+use crate::lite::{LiteOptions, LiteReceiver};
 use crate::scenario::Seat;
 use crate::LoadError;
-use sfu_client::{Client, ClientOptions, Histogram, PublishOptions, Snapshot};
+use sfu_client::{Client, ClientOptions, Histogram, PublishOptions, RemoteTrack, Snapshot};
 use sfu_proto::signaling::{ClientMessage, Role};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,10 +14,18 @@ use tokio::task::JoinSet;
 
 /// One joined participant.
 struct Participant {
-    client: Client,
+    member: Member,
     /// When its `join` was sent, in nanoseconds since the UNIX epoch.
     joined_ns: u64,
     seat: Seat,
+}
+
+/// What drives a participant.
+enum Member {
+    /// The full client: publishes, or receives through `webrtc`.
+    Full(Client),
+    /// A receiver on `rtc`'s sans-IO core.
+    Lite(LiteReceiver),
 }
 
 /// Every participant of a run, sharing one latency histogram.
@@ -29,6 +39,8 @@ pub struct Fleet {
     join_timeout: Duration,
     /// Participants ever started (names them uniquely).
     started: usize,
+    /// Seats that only receive join as [`LiteReceiver`]s.
+    lite: bool,
 }
 
 /// Cumulative counters over the whole fleet.
@@ -102,7 +114,15 @@ impl Fleet {
             publish,
             join_timeout,
             started: 0,
+            lite: false,
         }
+    }
+
+    /// Makes seats that only receive join as [`LiteReceiver`]s (from the
+    /// next `join` on).
+    pub fn with_lite_receivers(mut self, lite: bool) -> Fleet {
+        self.lite = lite;
+        self
     }
 
     /// The latency histogram every receiver records into.
@@ -140,20 +160,37 @@ impl Fleet {
                         joined.push(flatten(done)?);
                     }
                 }
-                set.spawn(join_one(
-                    self.ws_url.clone(),
-                    format!("{}-{}", self.room_prefix, seat.room),
-                    format!("load-{}", self.started),
-                    seat,
-                    publishers_in_room,
-                    ClientOptions {
-                        bind_ip: self.bind_ip,
-                        timeout: self.join_timeout,
-                        latency_histogram: Some(Arc::clone(&self.histogram)),
-                        ..ClientOptions::default()
-                    },
-                    self.publish.clone(),
-                ));
+                let room = format!("{}-{}", self.room_prefix, seat.room);
+                let name = format!("load-{}", self.started);
+                if self.lite && !seat.publishes {
+                    set.spawn(join_lite(
+                        LiteOptions {
+                            ws_url: self.ws_url.clone(),
+                            room,
+                            name,
+                            bind_ip: self.bind_ip,
+                            max_layer: seat.max_layer,
+                            timeout: self.join_timeout,
+                        },
+                        seat,
+                        Arc::clone(&self.histogram),
+                    ));
+                } else {
+                    set.spawn(join_one(
+                        self.ws_url.clone(),
+                        room,
+                        name,
+                        seat,
+                        publishers_in_room,
+                        ClientOptions {
+                            bind_ip: self.bind_ip,
+                            timeout: self.join_timeout,
+                            latency_histogram: Some(Arc::clone(&self.histogram)),
+                            ..ClientOptions::default()
+                        },
+                        self.publish.clone(),
+                    ));
+                }
                 self.started += 1;
             }
             while let Some(done) = set.join_next().await {
@@ -170,12 +207,19 @@ impl Fleet {
         let video_bytes = self.publish.video_payload_bytes as u64;
         let audio_bytes = self.publish.audio_payload_bytes as u64;
         for p in &self.participants {
-            let c = p.client.media_counters();
-            t.sent_packets += c.sent_video_packets + c.sent_audio_packets;
-            t.sent_bytes += c.sent_video_packets * video_bytes + c.sent_audio_packets * audio_bytes;
-            t.send_errors += c.send_errors;
+            let tracks: Vec<RemoteTrack> = match &p.member {
+                Member::Full(client) => {
+                    let c = client.media_counters();
+                    t.sent_packets += c.sent_video_packets + c.sent_audio_packets;
+                    t.sent_bytes +=
+                        c.sent_video_packets * video_bytes + c.sent_audio_packets * audio_bytes;
+                    t.send_errors += c.send_errors;
+                    c.tracks
+                }
+                Member::Lite(receiver) => receiver.tracks(),
+            };
             let mut first_ns: Option<u64> = None;
-            for track in c.tracks.iter().filter(|t| t.packets > 0) {
+            for track in tracks.iter().filter(|t| t.packets > 0) {
                 t.tracks += 1;
                 t.received_packets += track.packets;
                 t.received_bytes += track.bytes;
@@ -207,8 +251,13 @@ impl Fleet {
                 let _ = set.join_next().await;
             }
             set.spawn(async move {
-                let _ = p.client.leave().await;
-                p.client.close().await;
+                match p.member {
+                    Member::Full(client) => {
+                        let _ = client.leave().await;
+                        client.close().await;
+                    }
+                    Member::Lite(receiver) => receiver.close().await,
+                }
             });
         }
         while set.join_next().await.is_some() {}
@@ -253,8 +302,21 @@ async fn join_one(
             .map_err(describe)?;
     }
     Ok(Participant {
-        client,
+        member: Member::Full(client),
         joined_ns,
+        seat,
+    })
+}
+
+async fn join_lite(
+    options: LiteOptions,
+    seat: Seat,
+    histogram: Arc<Histogram>,
+) -> Result<Participant, LoadError> {
+    let receiver = LiteReceiver::join(options, Some(histogram)).await?;
+    Ok(Participant {
+        joined_ns: receiver.join_sent_ns(),
+        member: Member::Lite(receiver),
         seat,
     })
 }

@@ -4,7 +4,8 @@
 //! SRTP-protecting and sending the same packets costs at best.
 //!
 //! ```text
-//! run(config) ─► Fleet (sfu-client × N, one shared latency histogram)
+//! run(config) ─► Fleet (sfu-client × N publishers, lite receivers on
+//!                 rtc's sans-IO core, one shared latency histogram)
 //!                 │  join seats of the Scenario, publish synthetic media
 //!                 ▼
 //!        warm-up, then a measured Window: Totals + histogram + /proc of the
@@ -18,6 +19,7 @@ pub mod benchdoc;
 pub mod fleet;
 pub mod floor;
 pub mod janus;
+pub mod lite;
 pub mod proc;
 pub mod report;
 pub mod scenario;
@@ -120,6 +122,8 @@ pub struct LoadConfig {
     pub join_concurrency: usize,
     /// Deadline of each join and publish.
     pub join_timeout: Duration,
+    /// Participants that only receive are [`lite::LiteReceiver`]s.
+    pub lite_receivers: bool,
     /// Print a progress line on stderr.
     pub progress: bool,
 }
@@ -138,6 +142,7 @@ impl LoadConfig {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             join_concurrency: 8,
             join_timeout: Duration::from_secs(20),
+            lite_receivers: true,
             progress: false,
         }
     }
@@ -173,7 +178,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         config.bind_ip,
         publish.clone(),
         config.join_timeout,
-    );
+    )
+    .with_lite_receivers(config.lite_receivers);
     let progress = Progress::new(config.progress);
     let mut scenario = config.scenario;
     progress.note(&format!("joining: {}", scenario.describe()));
@@ -253,6 +259,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         },
         max_held,
         ramp_stopped: stopped,
+        lite_receivers: config.lite_receivers,
     })
 }
 

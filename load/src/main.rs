@@ -137,6 +137,11 @@ struct RunArgs {
     /// Participants joining at once.
     #[arg(long, default_value_t = 8)]
     join_concurrency: usize,
+    /// Participants that only receive run the full client (`webrtc`'s
+    /// async peer connection) instead of the lite receiver (`rtc`'s sans-IO
+    /// core on one task), which costs the generator less per packet.
+    #[arg(long)]
+    full_receivers: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
     config.publish.audio = run.audio_pps > 0;
     config.bind_ip = run.bind_ip;
     config.join_concurrency = run.join_concurrency;
+    config.lite_receivers = !run.full_receivers;
     config.progress = !run.quiet;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -241,6 +241,10 @@ pub struct Report {
     pub max_held: Option<Scenario>,
     /// With `--ramp`: why ramping stopped.
     pub ramp_stopped: Option<String>,
+    /// Participants that only receive were lite receivers (`lite`), not
+    /// full clients. Reports from before they existed had full clients.
+    #[serde(default)]
+    pub lite_receivers: bool,
 }
 
 impl Report {

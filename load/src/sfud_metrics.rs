@@ -1,8 +1,9 @@
 //! sfud's own view of a window, from its `/metrics` read at both ends: the
 //! `sfud_forwarding_delay_seconds` histogram (end-to-end latency measured by
 //! the receivers also holds the generator's own receive queueing on the
-//! shared cores; this is the part spent inside sfud) and the simulcast layer
-//! switches (`sfud_layer_switches_total`).
+//! shared cores; this is the part spent inside sfud), the simulcast layer
+//! switches (`sfud_layer_switches_total`) and the subscribers' transport-wide
+//! feedback it read (`sfud_transport_feedback_fast_total`).
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 
 const FAMILY: &str = "sfud_forwarding_delay_seconds_bucket";
 const LAYER_SWITCHES: &str = "sfud_layer_switches_total";
+const FEEDBACK: &str = "sfud_transport_feedback_fast_total";
 
 /// What one read of sfud's `/metrics` gave.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -19,6 +21,8 @@ pub struct Scrape {
     pub delay: Option<DelayBuckets>,
     /// Subscribers' simulcast layer switches so far, if present.
     pub layer_switches: Option<u64>,
+    /// Subscribers' transport-wide feedback datagrams read so far.
+    pub transport_feedback: Option<u64>,
 }
 
 impl Scrape {
@@ -27,6 +31,7 @@ impl Scrape {
         Scrape {
             delay: DelayBuckets::parse(text),
             layer_switches: unlabelled_sample(text, LAYER_SWITCHES),
+            transport_feedback: unlabelled_sample(text, FEEDBACK),
         }
     }
 }

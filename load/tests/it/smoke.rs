@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sfu_load::report::Report;
 use sfu_load::scenario::Scenario;
+use sfu_load::sfud_metrics::{self, Scrape};
 use sfu_load::{LoadConfig, Ramp, Target};
 use sfud::config::Config;
 use tokio::sync::oneshot;
@@ -35,17 +36,29 @@ async fn start_sfud() -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<(
 }
 
 async fn smoke(scenario: Scenario, ramp: Option<Ramp>) -> Report {
+    smoke_with(scenario, ramp, true).await.0
+}
+
+/// A run with lite or full receivers, and sfud's metrics after it.
+async fn smoke_with(scenario: Scenario, ramp: Option<Ramp>, lite: bool) -> (Report, Scrape) {
     let (url, stop, task) = start_sfud().await;
+    let host_port = sfud_metrics::host_port(&url)
+        .expect("a ws:// URL")
+        .to_owned();
     let mut config = LoadConfig::new(Target::Sfud { url }, scenario);
+    config.lite_receivers = lite;
     // The daemon runs in this process: its CPU is ours.
     config.sfu_pid = Some(std::process::id());
     config.warmup = Duration::from_secs(1);
     config.duration = Duration::from_secs(2);
     config.ramp = ramp;
     let report = sfu_load::run(&config).await.expect("the run completes");
+    let metrics = sfud_metrics::read(&host_port)
+        .await
+        .expect("sfud's /metrics answers");
     drop(stop);
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    report
+    (report, metrics)
 }
 
 fn assert_clean(report: &Report) {
@@ -131,6 +144,29 @@ async fn webinar_smoke_with_a_ramp_step() {
         "{}",
         report.summary()
     );
+}
+
+/// The lite receivers (the default above) and the full client both receive
+/// everything, and both answer with transport-wide feedback that sfud reads:
+/// the lite ones write it themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lite_and_full_receivers_both_send_feedback() {
+    let scenario = Scenario::Webinar {
+        publishers: 1,
+        subscribers: 3,
+        simulcast: false,
+    };
+    for lite in [true, false] {
+        let (report, metrics) = smoke_with(scenario, None, lite).await;
+        assert_clean(&report);
+        // Three receivers for three seconds, every 100 ms: about 90.
+        let feedback = metrics.transport_feedback.unwrap_or(0);
+        assert!(
+            feedback >= 30,
+            "lite {lite}: sfud read {feedback} feedback datagrams: {}",
+            report.summary()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
