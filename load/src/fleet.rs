@@ -142,7 +142,9 @@ impl Fleet {
 
     /// Joins `seats` (in order, at most `concurrency` joining at once;
     /// publishers finish before receivers start, so receivers of a webinar get
-    /// one subscribe offer each).
+    /// one subscribe offer each). Receivers join a call in progress: each
+    /// new publisher's media is flowing first, so their join-to-first-media
+    /// time is theirs, not the publisher's own connection setup.
     pub async fn join(&mut self, seats: &[Seat], concurrency: usize) -> Result<(), LoadError> {
         let (publishers, receivers): (Vec<Seat>, Vec<Seat>) =
             seats.iter().copied().partition(|s| s.publishes);
@@ -195,6 +197,11 @@ impl Fleet {
             }
             while let Some(done) = set.join_next().await {
                 joined.push(flatten(done)?);
+            }
+            for p in joined.iter().filter(|p| p.seat.publishes) {
+                if let Member::Full(client) = &p.member {
+                    media_flowing(client, self.join_timeout).await?;
+                }
             }
             self.participants.extend(joined);
         }
@@ -319,6 +326,17 @@ async fn join_lite(
         member: Member::Lite(receiver),
         seat,
     })
+}
+
+/// Waits until `publisher`'s connection is up and it has sent a few frames.
+async fn media_flowing(publisher: &Client, timeout: Duration) -> Result<(), LoadError> {
+    publisher
+        .wait_for(timeout, "the publisher's media flowing", |s| {
+            s.publish_state == "connected" && s.sent_packets >= 20
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| LoadError::Join(format!("a publisher: {}", error_chain(&e))))
 }
 
 /// Asks the SFU for simulcast layer `layer` (at most) of every video track,

@@ -255,7 +255,11 @@ impl Receiver {
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
                     self.open_track(&init.track_id, init.ssrc);
                 }
+                RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
+                    tracing::debug!(local = %self.local, %state, "ice");
+                }
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    tracing::debug!(local = %self.local, %state, "connection");
                     self.connected = state == RTCPeerConnectionState::Connected;
                 }
                 _ => {}
@@ -352,6 +356,7 @@ impl Receiver {
     }
 
     async fn answer(&mut self, sdp: String) -> Result<(), String> {
+        tracing::debug!(local = %self.local, "offer");
         let e = |what: &'static str| move |err: rtc::shared::error::Error| format!("{what}: {err}");
         let offer = RTCSessionDescription::offer(sdp.clone()).map_err(e("parsing the offer"))?;
         self.pc
