@@ -483,6 +483,13 @@ pub(crate) fn comparison_rows(d: &mut String, s: &Window, j: &Window) {
         s.sfu_cpu_percent.unwrap_or(0.0),
         j.sfu_cpu_percent.unwrap_or(0.0)
     );
+    if !s.sfu_workers.is_empty() {
+        let _ = writeln!(
+            d,
+            "| sfud's media worker threads: CPU, packets forwarded, CPU per packet | {} | - | - |",
+            crate::report::workers_line(&s.sfu_workers).replace(" us/packet", " µs")
+        );
+    }
     let _ = writeln!(
         d,
         "| SFU peak RSS, MiB | {:.1} | {:.1} | - |",

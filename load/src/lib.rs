@@ -274,6 +274,9 @@ async fn mark(fleet: &Fleet, sfu_pid: Option<u32>, metrics_at: Option<&str>) -> 
         totals: fleet.totals(),
         latency: fleet.histogram().counts(),
         sfu: sfu_pid.and_then(proc::sample),
+        sfu_threads: sfu_pid
+            .map(|pid| proc::thread_cpu(pid, "sfud-media-"))
+            .unwrap_or_default(),
         generator: proc::sample(std::process::id()),
         machine: proc::machine_ticks(),
     }

@@ -35,6 +35,29 @@ fn cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SEC)
 }
 
+/// CPU seconds of each thread of `pid` whose name starts with `prefix`
+/// (`sfud-media-` for sfud's media workers), in the order of their names'
+/// numbers; empty if the process is gone or has none.
+pub fn thread_cpu(pid: u32, prefix: &str) -> Vec<(String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut threads: Vec<(String, f64)> = tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let name = name.trim_end();
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            Some((name.to_owned(), cpu_seconds(&stat)?))
+        })
+        .collect();
+    threads.sort_by(|a, b| (a.0.len(), &a.0).cmp(&(b.0.len(), &b.0)));
+    threads
+}
+
 fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
@@ -104,6 +127,35 @@ mod tests {
             status_kib("Name:\tx\nVmHWM:\t  2048 kB\n", "VmHWM:"),
             Some(2048)
         );
+    }
+
+    #[test]
+    fn reads_named_threads_of_this_process() {
+        let worker = std::thread::Builder::new()
+            .name("proc-test-7".into())
+            .spawn(|| {
+                // Some CPU to account, then wait to be read.
+                let mut x = 0u64;
+                for i in 0..2_000_000u64 {
+                    x = x.wrapping_add(i * i);
+                }
+                std::thread::park();
+                x
+            })
+            .expect("a thread");
+        let threads = loop {
+            let threads = thread_cpu(std::process::id(), "proc-test-");
+            if !threads.is_empty() {
+                break threads;
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(threads.len(), 1);
+        assert_eq!(threads[0].0, "proc-test-7");
+        assert!(threads[0].1 >= 0.0);
+        assert!(thread_cpu(std::process::id(), "no-such-thread-").is_empty());
+        worker.thread().unpark();
+        let _ = worker.join();
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 const FAMILY: &str = "sfud_forwarding_delay_seconds_bucket";
 const LAYER_SWITCHES: &str = "sfud_layer_switches_total";
 const FEEDBACK: &str = "sfud_transport_feedback_fast_total";
+const WORKER_FORWARDED: &str = "sfud_media_worker_rtp_forwarded_total{worker=\"";
 
 /// What one read of sfud's `/metrics` gave.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,6 +24,8 @@ pub struct Scrape {
     pub layer_switches: Option<u64>,
     /// Subscribers' transport-wide feedback datagrams read so far.
     pub transport_feedback: Option<u64>,
+    /// RTP packets each media worker forwarded so far, by worker index.
+    pub worker_forwarded: Vec<u64>,
 }
 
 impl Scrape {
@@ -32,8 +35,33 @@ impl Scrape {
             delay: DelayBuckets::parse(text),
             layer_switches: unlabelled_sample(text, LAYER_SWITCHES),
             transport_feedback: unlabelled_sample(text, FEEDBACK),
+            worker_forwarded: worker_samples(text, WORKER_FORWARDED),
         }
     }
+}
+
+/// The samples of a family labelled by worker index (`prefix` ends with
+/// `{worker="`), as a vector indexed by worker; a worker not listed is 0.
+fn worker_samples(text: &str, prefix: &str) -> Vec<u64> {
+    let mut values = Vec::new();
+    for line in text.lines() {
+        let Some((index, value)) = line
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once("\"} "))
+        else {
+            continue;
+        };
+        let (Ok(index), Ok(value)) = (index.parse::<usize>(), value.trim().parse::<f64>()) else {
+            continue;
+        };
+        if index < 1024 {
+            if values.len() <= index {
+                values.resize(index + 1, 0);
+            }
+            values[index] = value as u64;
+        }
+    }
+    values
 }
 
 /// The value of the sample `name` without labels.
@@ -154,6 +182,16 @@ mod tests {
         assert_eq!(scrape.layer_switches, Some(42));
         assert_eq!(scrape.delay, None);
         assert_eq!(Scrape::parse(&buckets([1, 2, 3, 4])).layer_switches, None);
+    }
+
+    #[test]
+    fn workers_are_read_by_index() {
+        let text = "sfud_media_worker_rtp_forwarded_total{worker=\"1\"} 7\n\
+                    sfud_media_worker_rtp_piped_total{worker=\"0\"} 99\n\
+                    sfud_media_worker_rtp_forwarded_total{worker=\"0\"} 5\n\
+                    sfud_media_worker_rtp_forwarded_total{worker=\"x\"} 3\n";
+        assert_eq!(Scrape::parse(text).worker_forwarded, vec![5, 7]);
+        assert!(Scrape::parse("janus\n").worker_forwarded.is_empty());
     }
 
     #[test]

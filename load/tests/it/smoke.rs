@@ -85,6 +85,14 @@ fn assert_clean(report: &Report) {
             "{what}"
         );
         assert!(w.generator_cpu_s.is_some(), "{what}");
+        // sfud's media workers: their threads (several servers may run in
+        // this process, so only that they were read) and what they forwarded.
+        assert!(!w.sfu_workers.is_empty(), "{what}: no media worker threads");
+        assert!(
+            w.sfu_workers.iter().map(|x| x.forwarded_per_s).sum::<f64>() > 0.0,
+            "{what}: {:?}",
+            w.sfu_workers
+        );
         // sfud's own histogram was read at both ends of the window.
         assert!(
             w.sfu_forward_delay_p50_us <= w.sfu_forward_delay_p99_us
