@@ -6,15 +6,15 @@
 //! several tasks per connection, every packet crossing channels and locks
 //! between them, about 13 µs of the generator's CPU per packet received
 //! (docs/benchmarks.md). On this 2-core machine that, not the SFU, stopped
-//! the ramps. A lite receiver keeps everything that makes it an honest
-//! browser stand-in (ICE with browser pacing, DTLS, SRTP, the default
-//! interceptors: receiver reports, NACKs and transport-wide feedback, which
-//! sfud's downlink estimate needs) and drops the wrapper: its task reads the
-//! socket, hands each datagram to `rtc`, sends what `rtc` writes and
-//! accounts the packets it reads ([`TrackAccount`], as the full client does).
-//! Once DTLS completes, RTP no longer crosses `rtc` (`fast`), which then
-//! only answers STUN and reads RTCP. It only receives: publishers stay full
-//! clients.
+//! the ramps. A lite receiver keeps what makes it a browser stand-in for
+//! the SFU (ICE with browser pacing, DTLS, SRTP, and the transport-wide
+//! feedback sfud's downlink estimate reads) and drops the wrapper: its task
+//! reads the socket, hands each datagram to `rtc`, sends what `rtc` writes
+//! and accounts the packets it reads ([`TrackAccount`], as the full client
+//! does). Once DTLS completes, RTP no longer crosses `rtc` (`fast`), which
+//! then only answers STUN and reads RTCP; from then on the receiver sends
+//! no NACKs or receiver reports (nothing is lost on loopback before a ramp
+//! step fails). It only receives: publishers stay full clients.
 
 mod fast;
 mod feedback;
