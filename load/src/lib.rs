@@ -263,10 +263,17 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     })
 }
 
+/// A mark of the fleet and the SFU. With `metrics_at` (a window's ends on
+/// sfud, not the progress line's) also sfud's `/metrics` and its media
+/// worker threads.
 async fn mark(fleet: &Fleet, sfu_pid: Option<u32>, metrics_at: Option<&str>) -> Mark {
     let sfu_metrics = match metrics_at {
         Some(at) => sfud_metrics::read(at).await,
         None => None,
+    };
+    let sfu_threads = match (sfu_pid, metrics_at) {
+        (Some(pid), Some(_)) => proc::thread_cpu(pid, "sfud-media-"),
+        _ => Vec::new(),
     };
     Mark {
         sfu_metrics,
@@ -274,9 +281,7 @@ async fn mark(fleet: &Fleet, sfu_pid: Option<u32>, metrics_at: Option<&str>) -> 
         totals: fleet.totals(),
         latency: fleet.histogram().counts(),
         sfu: sfu_pid.and_then(proc::sample),
-        sfu_threads: sfu_pid
-            .map(|pid| proc::thread_cpu(pid, "sfud-media-"))
-            .unwrap_or_default(),
+        sfu_threads,
         generator: proc::sample(std::process::id()),
         machine: proc::machine_ticks(),
     }

@@ -143,11 +143,17 @@ mod tests {
                 x
             })
             .expect("a thread");
+        // The thread names itself once it runs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let threads = loop {
             let threads = thread_cpu(std::process::id(), "proc-test-");
             if !threads.is_empty() {
                 break threads;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the named thread never showed in /proc"
+            );
             std::thread::yield_now();
         };
         assert_eq!(threads.len(), 1);

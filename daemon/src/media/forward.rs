@@ -29,8 +29,7 @@ const NOT_FORWARDED: [&str; 5] = [
 
 /// The abs-send-time header extension: when the server sent a packet, which
 /// a subscriber's browser estimates its downlink bandwidth from.
-pub(crate) const ABS_SEND_TIME_URI: &str =
-    "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+pub(crate) use rtc::sdp::extmap::ABS_SEND_TIME_URI;
 
 /// An abs-send-time value for `since` (any fixed origin): seconds in 6.18
 /// fixed point, 24 bits, big-endian (wraps every 64 s).

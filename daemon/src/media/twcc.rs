@@ -14,8 +14,7 @@ use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
 use rtc::srtp::context::Context;
 
 /// The URI of the transport-wide sequence number extension.
-pub(crate) const TRANSPORT_CC_URI: &str =
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+pub(crate) use rtc::sdp::extmap::TRANSPORT_CC_URI;
 
 /// Packets remembered: about a second of video at full rate, more than the
 /// 50-100 ms between two feedbacks.

@@ -23,6 +23,7 @@ use rtc::peer_connection::transport::{
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol;
+use rtc::sdp::extmap::TRANSPORT_CC_URI;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu_client::{
     extension_id, offered_ssrcs, offered_tracks, Histogram, OfferedTrack, RemoteTrack, TrackAccount,
@@ -44,9 +45,6 @@ const CHECK_ATTEMPTS: u16 = 28;
 const READ_BATCH: usize = 32;
 /// Largest datagram read.
 const MTU: usize = 1500;
-/// The transport-wide sequence number header extension.
-const TRANSPORT_CC_URI: &str =
-    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 /// Builds the receiving connection: `rtc`'s defaults as the full client has
 /// them, one host candidate on `local`, its keys learnt by `keys`.
@@ -175,7 +173,7 @@ impl Receiver {
         }
         let mut buf = vec![0u8; MTU];
         loop {
-            self.drain().await?;
+            self.drain().await;
             let mut wake = self
                 .pc
                 .poll_timeout()
@@ -317,7 +315,7 @@ impl Receiver {
     }
 
     /// Sends what `rtc` wrote.
-    async fn drain(&mut self) -> Result<(), String> {
+    async fn drain(&mut self) {
         while let Some(out) = self.pc.poll_write() {
             // Loopback drops nothing we could retry usefully; a send that
             // fails is a lost packet, as on a real link.
@@ -327,7 +325,6 @@ impl Receiver {
                 .await;
         }
         self.read_media();
-        Ok(())
     }
 
     async fn on_message(&mut self, msg: ServerMessage) -> Result<(), String> {
