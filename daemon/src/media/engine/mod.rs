@@ -80,7 +80,8 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
-    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId,
+    RTCRtpTransceiverInit,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Marshal;
@@ -303,6 +304,13 @@ struct Conn {
     /// check that came ahead of it, answered once the answer is set (see
     /// `on_datagram` and `subscribe_answer`).
     early_check: Option<TaggedBytesMut>,
+    /// Subscribe side: the kinds (audio, video) that have an m-section
+    /// offering every codec; later sections of that kind offer only their
+    /// source's codec (see `subscribe`).
+    every_codec: [bool; 2],
+    /// Subscribe side: the sections offering every codec until their first
+    /// answer, and their source's codec, which is all they offer after it.
+    wide: Vec<(RTCRtpTransceiverId, Codec)>,
 }
 
 #[derive(Default)]

@@ -8,7 +8,7 @@ use crate::media::forward::ABS_SEND_TIME_URI;
 use crate::media::sdp_limits::{self, Described};
 use crate::media::simulcast::LayerSwitcher;
 use crate::media::twcc::TRANSPORT_CC_URI;
-use rtc::rtp_transceiver::rtp_sender::RTCRtpRtxParameters;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RTCRtpRtxParameters};
 
 impl MediaCore {
     pub(super) fn conn_of(&self, peer: PeerId, kind: PcKind) -> Option<ConnId> {
@@ -67,6 +67,8 @@ impl MediaCore {
                 probe_credit: 0.0,
                 chat: None,
                 early_check: None,
+                every_codec: [false; 2],
+                wide: Vec::new(),
             },
         );
         let entry = self.peers.entry(peer).or_default();
@@ -173,17 +175,39 @@ impl MediaCore {
             }
         }
         for want in &tracks {
-            changed |= self.add_leg(id, want, now, |pc, track| {
-                pc.add_transceiver_from_track(
+            let kind = usize::from(want.kind == MediaKind::Video);
+            // `rtc` 0.21 takes a connection's codecs of a kind from the
+            // first answered m-section of that kind, once and for all: that
+            // one offers every codec until it is answered, so that a track
+            // in another codec (an H264 publisher after a VP8 one) can still
+            // be added later. Every other section, and that one once
+            // answered, offers only its source's codec: each section of the
+            // subscriber's answers is parsed again at every renegotiation,
+            // and one of every codec costs `rtc` about 40 times one of two
+            // (it was most of sfud's CPU while a burst of people joined).
+            let narrow = self.conns.get(&id).is_some_and(|c| c.every_codec[kind]);
+            let mut wide = None;
+            let added = self.add_leg(id, want, now, |pc, track| {
+                let transceiver = pc.add_transceiver_from_track(
                     track,
                     Some(RTCRtpTransceiverInit {
                         direction: RTCRtpTransceiverDirection::Sendonly,
                         streams: vec![],
                         send_encodings: vec![],
                     }),
-                )
-                .map(RTCRtpSenderId::from)
+                )?;
+                if narrow {
+                    offer_only(pc, transceiver, &want.codec);
+                } else {
+                    wide = Some(transceiver);
+                }
+                Ok(RTCRtpSenderId::from(transceiver))
             })?;
+            if let (Some(transceiver), Some(conn)) = (wide, self.conns.get_mut(&id)) {
+                conn.every_codec[kind] = true;
+                conn.wide.push((transceiver, want.codec.clone()));
+            }
+            changed |= added;
         }
         self.set_adaptive(id);
         let conn = self.conns.get_mut(&id).ok_or(MediaError::Stopped)?;
@@ -247,9 +271,9 @@ impl MediaCore {
             // of a subscriber's first answered video (or audio) section
             // as the only ones the connection may ever use, so a later
             // track in another codec (an H264 publisher after a VP8 one)
-            // could not be added. Every section offers every codec; the
-            // leg sends with the subscriber's payload type for the
-            // source's codec (`bind_legs`).
+            // could not be added. `subscribe` decides which sections
+            // offer every codec; the leg sends with the subscriber's
+            // payload type for the source's codec (`bind_legs`).
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
@@ -323,6 +347,12 @@ impl MediaCore {
         }
         let early = conn.early_check.take();
         let fresh = self.bind_legs(id);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            // Answered: the connection's codecs are set (see `subscribe`).
+            for (transceiver, codec) in std::mem::take(&mut conn.wide) {
+                offer_only(&mut conn.pc, transceiver, &codec);
+            }
+        }
         let connected = self.conns.get(&id).is_some_and(|c| c.connected);
         self.drive(id, now);
         if let Some(check) = early {
@@ -491,6 +521,28 @@ pub(super) fn describe(
         peer::trickle_candidates(announced, &sdp, &conn.ufrag)
     };
     Ok(Negotiated { sdp, candidates })
+}
+
+/// Makes transceiver `id`'s m-section offer only `codec` (and the repair
+/// formats that go with it); where `rtc` does not know the codec, the
+/// section keeps offering every codec.
+fn offer_only(pc: &mut RTCPeerConnection, id: RTCRtpTransceiverId, codec: &Codec) {
+    let Some(mut transceiver) = pc.rtp_transceiver(id) else {
+        return;
+    };
+    let preference = RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: codec.mime_type.clone(),
+            clock_rate: codec.clock_rate,
+            channels: codec.channels,
+            sdp_fmtp_line: codec.fmtp.clone(),
+            rtcp_feedback: Vec::new(),
+        },
+        payload_type: 0,
+    };
+    if let Err(e) = transceiver.set_codec_preferences(vec![preference]) {
+        debug!(codec = %codec.mime_type, error = %e, "section offers every codec");
+    }
 }
 
 /// Remembers the certificate fingerprints a description applied to `conn`

@@ -182,6 +182,8 @@ pub(crate) struct Client {
     /// Datagrams from the core dropped on the way to it while this says
     /// so (a lossy link): called with each, true drops it.
     pub drop_in: Option<LinkFilter>,
+    /// The subscribe offers it got from the core, in order.
+    pub offers: Vec<String>,
     /// Its SRTP context for sending (once connected).
     srtp_out: Option<SrtpContext>,
     /// Its own copy of the context for what it receives: `rtc` hands a
@@ -275,6 +277,7 @@ impl Net {
             rtp: Vec::new(),
             rtcp: Vec::new(),
             drop_in: None,
+            offers: Vec::new(),
             srtp_out: None,
             srtp_in: None,
         });
@@ -390,6 +393,7 @@ impl Net {
         )
         .expect("remote description");
         add_candidates(&mut c.pc, &offer.sdp);
+        c.offers.push(offer.sdp);
         let answer = c.pc.create_answer(None).expect("answer");
         c.pc.set_local_description(now, answer.clone())
             .expect("local description");

@@ -1,10 +1,57 @@
 //! Joining: a subscriber's connectivity checks that reach the core before
-//! its answer does are answered once the answer is set, not dropped.
+//! its answer does are answered once the answer is set, not dropped; its
+//! offers stay small.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Camera, PUBLISHER, SUBSCRIBER, WITHIN};
+use super::{Camera, FRAME, PUBLISHER, SUBSCRIBER, WITHIN};
 use crate::media::engine::testnet::Net;
+use crate::media::PeerId;
+
+const SECOND: PeerId = PeerId(3);
+
+/// How many payload types each `m={kind}` section of `sdp` offers.
+fn formats(sdp: &str, kind: &str) -> Vec<usize> {
+    let prefix = format!("m={kind} ");
+    sdp.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.split_whitespace().skip(3).count())
+        .collect()
+}
+
+#[test]
+fn only_the_first_video_section_offers_every_codec_and_only_until_answered() {
+    let mut net = Net::new();
+    let (a, b) = (net.add_client(true), net.add_client(true));
+    net.publish(a, PUBLISHER);
+    net.publish(b, SECOND);
+    assert!(net.run_until(WITHIN, |n| n.clients[a].connected && n.clients[b].connected));
+    let mut cameras = [Camera::new(a), Camera::new(b)];
+    for camera in &mut cameras {
+        camera.frame(&mut net);
+    }
+    let tracks = net.core.fuzz_tracks();
+    assert_eq!(tracks.len(), 2);
+    let s = net.add_client(false);
+    net.subscribe(s, SUBSCRIBER, vec![tracks[0].clone()]);
+    let first = formats(&net.clients[s].offers[0], "video");
+    // The connection's video codecs are those of its first answered video
+    // section: it offers all of them (VP8, VP9, H264, AV1 and their RTX).
+    assert!(first.len() == 1 && first[0] > 6, "first offer: {first:?}");
+    net.subscribe(s, SUBSCRIBER, tracks);
+    // Answered, it offers VP8 and its RTX format like the new one.
+    assert_eq!(formats(&net.clients[s].offers[1], "video"), vec![2, 2]);
+    assert!(net.run_until(WITHIN, |n| n.clients[s].connected));
+    for _ in 0..30 {
+        for camera in &mut cameras {
+            camera.frame(&mut net);
+        }
+        net.run_for(FRAME);
+    }
+    let ssrcs: HashSet<u32> = net.clients[s].rtp.iter().map(|p| p.header.ssrc).collect();
+    assert_eq!(ssrcs.len(), 2, "both tracks reach the subscriber");
+}
 
 #[test]
 fn a_check_ahead_of_the_answer_is_answered_when_the_answer_comes() {
