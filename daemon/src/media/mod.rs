@@ -10,6 +10,7 @@
 
 mod allocation;
 mod batch;
+mod codecs;
 mod delay;
 mod downlink;
 mod engine;

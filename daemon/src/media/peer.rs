@@ -111,7 +111,7 @@ pub(crate) fn build_connection(
     }
     let settings = settings.build();
     let mut codecs = CodecRegistry::default();
-    codecs.register_default_codecs().map_err(internal)?;
+    super::codecs::register(&mut codecs).map_err(internal)?;
     let registry = Registry::new().with(Slot::from(DELIVER_RTCP_SLOT), DeliverFeedback::default());
     let registry = match kind {
         // Receives media: NACKs to send, receiver reports, TWCC feedback for
