@@ -74,7 +74,11 @@ impl Client {
 
     /// Opens the signaling socket.
     pub async fn connect_with(ws_url: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let connect = tokio_tungstenite::connect_async(ws_url);
+        let connect = tokio_tungstenite::connect_async_with_config(
+            ws_url,
+            Some(crate::signaling::websocket_config()),
+            false,
+        );
         let (ws, _response) = match tokio::time::timeout(options.timeout, connect).await {
             Ok(result) => result.map_err(|e| ClientError::Connect {
                 url: ws_url.to_owned(),

@@ -59,6 +59,7 @@ pub use error::ClientError;
 pub use histogram::Histogram;
 pub use media::{video_packets_per_frame, MediaSource, PublishOptions};
 pub use sdp::{extension_id, offered_ssrcs, offered_tracks};
+pub use signaling::websocket_config;
 pub use snapshot::{OfferedTrack, RemoteTrack, SenderReportSeen, Snapshot};
 pub use track::TrackAccount;
 

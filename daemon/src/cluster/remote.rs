@@ -122,6 +122,7 @@ impl Cluster {
             headers.insert(CLIENT_HEADER, value(&client.to_string())?);
         }
         let config = WebSocketConfig::default()
+            .read_buffer_size(crate::signaling::READ_BUFFER)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message));
         let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)

@@ -39,6 +39,7 @@ pub(super) async fn control(
         .unwrap_or("?")
         .to_owned();
     ws.max_message_size(MAX_REQUEST)
+        .read_buffer_size(super::READ_BUFFER)
         .on_upgrade(move |socket| serve(socket, state, node))
         .into_response()
 }

@@ -86,7 +86,11 @@ impl LiteReceiver {
             |what: String| LoadError::Join(format!("{} in {}: {what}", options.name, options.room));
         let (ws, _) = tokio::time::timeout(
             options.timeout,
-            tokio_tungstenite::connect_async(options.ws_url.as_str()),
+            tokio_tungstenite::connect_async_with_config(
+                options.ws_url.as_str(),
+                Some(sfu_client::websocket_config()),
+                false,
+            ),
         )
         .await
         .map_err(|_| fail("the WebSocket did not open in time".into()))?
