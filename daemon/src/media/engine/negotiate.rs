@@ -390,21 +390,7 @@ impl MediaCore {
             };
             let params = sender.get_parameters();
             let codecs = &params.rtp_parameters.codecs;
-            let pt = codecs
-                .iter()
-                .find(|c| {
-                    c.rtp_codec
-                        .mime_type
-                        .eq_ignore_ascii_case(&source.codec.mime_type)
-                        && c.rtp_codec.sdp_fmtp_line == source.codec.sdp_fmtp_line
-                })
-                .or_else(|| {
-                    codecs.iter().find(|c| {
-                        c.rtp_codec
-                            .mime_type
-                            .eq_ignore_ascii_case(&source.codec.mime_type)
-                    })
-                })
+            let pt = codec_for(codecs, &source.codec.mime_type, &source.codec.sdp_fmtp_line)
                 .map(|c| c.payload_type);
             let sub_ext: Vec<(&str, u16)> = params
                 .rtp_parameters
@@ -423,18 +409,7 @@ impl MediaCore {
                 warn!(%peer, track = track.0, codec = %source.codec.mime_type, "subscriber did not accept the codec");
             }
             // The RTX payload type paired with the leg's (`apt=`).
-            leg.rtx_payload_type = pt.and_then(|pt| {
-                codecs
-                    .iter()
-                    .find(|c| {
-                        c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx")
-                            && c.rtp_codec
-                                .sdp_fmtp_line
-                                .split(';')
-                                .any(|p| p.trim() == format!("apt={pt}"))
-                    })
-                    .map(|c| c.payload_type)
-            });
+            leg.rtx_payload_type = pt.and_then(|pt| rtx_for(codecs, pt).map(|c| c.payload_type));
             debug!(%peer, track = track.0, payload_type = ?pt, rtx = ?leg.rtx_payload_type, rtx_ssrc = ?leg.rtx_ssrc, extensions = ?sub_ext, "leg negotiated");
             leg.payload_type = pt;
             leg.extensions = map;
@@ -527,22 +502,61 @@ pub(super) fn describe(
 /// formats that go with it); where `rtc` does not know the codec, the
 /// section keeps offering every codec.
 fn offer_only(pc: &mut RTCPeerConnection, id: RTCRtpTransceiverId, codec: &Codec) {
+    // Answered, the sender's codecs are the negotiated ones, which it sends
+    // with (payload types, feedback): keep those of `codec`, so that `rtc`'s
+    // own write path still finds the leg's payload types.
+    let negotiated = pc
+        .rtp_sender(RTCRtpSenderId::from(id))
+        .map(|mut s| s.get_parameters().rtp_parameters.codecs.clone())
+        .unwrap_or_default();
+    let preferences = match codec_for(&negotiated, &codec.mime_type, &codec.fmtp) {
+        Some(primary) => std::iter::once(primary.clone())
+            .chain(rtx_for(&negotiated, primary.payload_type).cloned())
+            .collect(),
+        // Not negotiated yet: `rtc` maps it to its own payload type.
+        None => vec![RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: codec.mime_type.clone(),
+                clock_rate: codec.clock_rate,
+                channels: codec.channels,
+                sdp_fmtp_line: codec.fmtp.clone(),
+                rtcp_feedback: Vec::new(),
+            },
+            payload_type: 0,
+        }],
+    };
     let Some(mut transceiver) = pc.rtp_transceiver(id) else {
         return;
     };
-    let preference = RTCRtpCodecParameters {
-        rtp_codec: RTCRtpCodec {
-            mime_type: codec.mime_type.clone(),
-            clock_rate: codec.clock_rate,
-            channels: codec.channels,
-            sdp_fmtp_line: codec.fmtp.clone(),
-            rtcp_feedback: Vec::new(),
-        },
-        payload_type: 0,
-    };
-    if let Err(e) = transceiver.set_codec_preferences(vec![preference]) {
+    if let Err(e) = transceiver.set_codec_preferences(preferences) {
         debug!(codec = %codec.mime_type, error = %e, "section offers every codec");
     }
+}
+
+/// The codec of `codecs` with `mime` and `fmtp`, else the first with `mime`.
+fn codec_for<'a>(
+    codecs: &'a [RTCRtpCodecParameters],
+    mime: &str,
+    fmtp: &str,
+) -> Option<&'a RTCRtpCodecParameters> {
+    let same_mime = |c: &&RTCRtpCodecParameters| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime);
+    codecs
+        .iter()
+        .filter(same_mime)
+        .find(|c| c.rtp_codec.sdp_fmtp_line == fmtp)
+        .or_else(|| codecs.iter().find(same_mime))
+}
+
+/// The RTX format of `codecs` that repairs payload type `pt` (`apt=`).
+fn rtx_for(codecs: &[RTCRtpCodecParameters], pt: u8) -> Option<&RTCRtpCodecParameters> {
+    let apt = format!("apt={pt}");
+    codecs.iter().find(|c| {
+        c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx")
+            && c.rtp_codec
+                .sdp_fmtp_line
+                .split(';')
+                .any(|p| p.trim() == apt)
+    })
 }
 
 /// Remembers the certificate fingerprints a description applied to `conn`
