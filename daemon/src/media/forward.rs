@@ -171,9 +171,13 @@ impl Leg {
 
     /// Resumes a held leg with the packet `source_seq` (a key frame's
     /// first): the subscriber sees the numbers run on from the last packet
-    /// it got, with no gap to ask retransmissions for.
+    /// it got, with no gap to ask retransmissions for. A simulcast leg's
+    /// numbering is its switcher's (which starts its segments so), and its
+    /// own offset must stay.
     pub(crate) fn resume_at(&mut self, source_seq: u16) {
-        self.seq_offset = self.next_seq.wrapping_sub(source_seq);
+        if self.switcher.is_none() {
+            self.seq_offset = self.next_seq.wrapping_sub(source_seq);
+        }
         self.hold = Hold::Forwarding;
     }
 

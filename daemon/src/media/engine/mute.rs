@@ -6,9 +6,10 @@
 //!
 //! The owning worker drops the track's packets before metering, piping or
 //! fanning them out, so a muted microphone is never "speaking" either.
-//! Each leg holds (`Hold::Resuming`) so that what follows the mute starts
-//! afresh: at the next packet for audio, at the next key frame for video,
-//! which unmuting asks the publisher for. Workers mirroring the track learn
+//! Each leg holds (`Hold::Resuming`, or for a simulcast leg its switcher
+//! `restart`s) so that what follows the mute starts afresh, numbered on
+//! from the last packet the subscriber got: at the next packet for audio,
+//! at the next key frame for video, which unmuting asks the publisher for. Workers mirroring the track learn
 //! the state from the owner's 100 ms status (`pipe`).
 //!
 //! A shared screen is a track the publisher keeps on its connection from
@@ -65,13 +66,23 @@ impl MediaCore {
         source.muted = muted;
         debug!(track = track.0, muted, "track muted");
         if muted {
-            for sub in &source.subscribers {
-                let leg = self
+            for sub in &mut source.subscribers {
+                let Some(leg) = self
                     .conns
                     .get_mut(&sub.conn)
-                    .and_then(|c| c.legs.get_mut(&track));
-                if let Some(leg) = leg.filter(|l| l.hold == Hold::Forwarding) {
-                    leg.hold = Hold::Resuming;
+                    .and_then(|c| c.legs.get_mut(&track))
+                else {
+                    continue;
+                };
+                match leg.switcher.as_mut() {
+                    // A simulcast leg's numbering is its switcher's: it
+                    // starts a segment at the target's next key frame.
+                    Some(sw) => {
+                        sw.restart();
+                        sub.layers = sw.interest();
+                    }
+                    None if leg.hold == Hold::Forwarding => leg.hold = Hold::Resuming,
+                    None => {}
                 }
             }
         } else if source.info.kind == MediaKind::Video {

@@ -194,6 +194,13 @@ impl LayerSwitcher {
         self.target = target;
     }
 
+    /// Ends the current segment, keeping the target: the next one starts at
+    /// the target's next key frame, numbered on from the last packet sent
+    /// (a track muted, whose packets stop reaching the leg for a while).
+    pub(crate) fn restart(&mut self) {
+        self.drop_to(self.target);
+    }
+
     /// The layer asked for with [`LayerSwitcher::set_target`].
     pub(crate) fn target(&self) -> Option<usize> {
         self.target
