@@ -37,6 +37,7 @@ mod tcp;
 pub(crate) mod testnet;
 #[cfg(test)]
 mod tests;
+mod tracks;
 mod view;
 
 pub use driver::MediaEngine;
@@ -761,6 +762,7 @@ impl MediaCore {
                 for track in tracks {
                     self.request_leg_keyframe(id, track, now, KeyframeCause::NewSubscriber);
                 }
+                self.open_tracks(id, now);
             }
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                 conn.connected = false;
@@ -781,207 +783,6 @@ impl MediaCore {
             // is not a lost peer, and failure follows soon if it is.
             _ => {}
         }
-    }
-
-    fn on_track_open(
-        &mut self,
-        id: ConnId,
-        init: rtc::peer_connection::event::RTCTrackEventInit,
-        now: Instant,
-    ) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        if conn.kind != PcKind::Publish {
-            return;
-        }
-        if let Some(track) = conn.tracks.get(&init.track_id).copied() {
-            // Another simulcast layer of a track already open.
-            if self.on_layer_open(track, &init) {
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.by_layer_ssrc.insert(init.ssrc, track);
-                }
-            }
-            return;
-        }
-        let Some(mut receiver) = conn.pc.rtp_receiver(init.receiver_id) else {
-            return;
-        };
-        // A simulcast track lists its RIDs (lowest first); each layer's SSRC
-        // is learnt from its first packet.
-        let rids: Vec<String> = receiver
-            .track()
-            .codings()
-            .iter()
-            .map(|c| &c.rtp_coding_parameters.rid)
-            .filter(|rid| !rid.is_empty())
-            .cloned()
-            .collect();
-        let kind = match receiver.track().kind() {
-            RtpCodecKind::Audio => MediaKind::Audio,
-            RtpCodecKind::Video => MediaKind::Video,
-            _ => return,
-        };
-        let codec = receiver.track().codec(init.ssrc).cloned().or_else(|| {
-            receiver
-                .get_parameters()
-                .rtp_parameters
-                .codecs
-                .first()
-                .map(|c| c.rtp_codec.clone())
-        });
-        let Some(codec) = codec else {
-            warn!(peer = %conn.peer, "track without a codec ignored");
-            return;
-        };
-        let payload_type = receiver
-            .get_parameters()
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
-            .map_or(0, |c| c.payload_type);
-        let extensions: Vec<(String, u16)> = receiver
-            .get_parameters()
-            .rtp_parameters
-            .header_extensions
-            .iter()
-            .map(|e| (e.uri.clone(), e.id))
-            .collect();
-        let track = TrackId(self.next_track);
-        self.next_track += 1;
-        conn.tracks.insert(init.track_id.clone(), track);
-        let info = TrackInfo {
-            id: track,
-            publisher: conn.peer,
-            kind,
-            codec: Codec {
-                mime_type: codec.mime_type.clone(),
-                clock_rate: codec.clock_rate,
-                channels: codec.channels,
-                fmtp: codec.sdp_fmtp_line.clone(),
-            },
-            source: if kind == MediaKind::Video
-                && self
-                    .peers
-                    .get(&conn.peer)
-                    .is_some_and(|p| p.screens.contains(&init.track_id))
-            {
-                TrackSource::Screen
-            } else {
-                TrackSource::Camera
-            },
-        };
-        info!(peer = %conn.peer, track = track.0, kind = info.label(), codec = %codec.mime_type, ssrc = init.ssrc, rids = ?rids, "track published");
-        let peer = conn.peer;
-        let sim_layers = ssrc_simulcast::layers_of(conn, init.ssrc, kind, now);
-        let layers = if let Some(layers) = sim_layers {
-            layers
-        } else if rids.len() > 1 && kind == MediaKind::Video {
-            rids.into_iter()
-                .map(|rid| {
-                    let ssrc = (init.rid.as_deref() == Some(rid.as_str())).then_some(init.ssrc);
-                    Layer::new(Some(rid), ssrc, kind, now)
-                })
-                .collect()
-        } else {
-            vec![Layer::new(init.rid.clone(), Some(init.ssrc), kind, now)]
-        };
-        for ssrc in layers.iter().filter_map(|l| l.ssrc) {
-            conn.by_layer_ssrc.insert(ssrc, track);
-        }
-        let speech = speech::SourceSpeech::for_track(kind, &extensions);
-        let muted = self.starts_muted(peer, info.track_kind());
-        self.sources.insert(
-            track,
-            Source {
-                info: info.clone(),
-                video_codec: VideoCodec::from_mime(&codec.mime_type),
-                codec,
-                extensions,
-                conn: id,
-                receiver: init.receiver_id,
-                layers,
-                subscribers: Vec::new(),
-                payload_type,
-                tap: None,
-                tap_layer: 0,
-                msid_track: init.track_id.clone(),
-                origin: None,
-                pipes: Vec::new(),
-                unused_since: None,
-                speech,
-                muted,
-                idle: idle::Idle::new(now),
-                announced: false,
-                priority: false,
-            },
-        );
-        // A screen that is not shared yet stays unknown to the room (and
-        // the recorder) until it is (`mute`).
-        if !(muted && info.source == TrackSource::Screen) {
-            self.announce(track);
-        }
-    }
-
-    /// Tells the room (and the recorder) of a track.
-    pub(super) fn announce(&mut self, track: TrackId) {
-        let Some(source) = self.sources.get_mut(&track) else {
-            return;
-        };
-        if std::mem::replace(&mut source.announced, true) {
-            return;
-        }
-        let (peer, info) = (source.info.publisher, source.info.clone());
-        let tap = self.peers.get(&peer).and_then(|p| p.tap.clone());
-        if let Some(tap) = tap {
-            self.attach_tap(track, tap);
-        }
-        self.emit(peer, MediaEvent::TrackPublished(info));
-    }
-
-    /// The first packet of another layer of a simulcast track: its SSRC.
-    /// Whether the layer was known.
-    fn on_layer_open(
-        &mut self,
-        track: TrackId,
-        init: &rtc::peer_connection::event::RTCTrackEventInit,
-    ) -> bool {
-        let Some(source) = self.sources.get_mut(&track) else {
-            return false;
-        };
-        let Some(layer) = init.rid.as_deref().and_then(|rid| {
-            source
-                .layers
-                .iter_mut()
-                .find(|l| l.rid.as_deref() == Some(rid))
-        }) else {
-            debug!(track = track.0, rid = ?init.rid, "packets of an unknown layer ignored");
-            return false;
-        };
-        layer.ssrc = Some(init.ssrc);
-        info!(track = track.0, rid = ?init.rid, ssrc = init.ssrc, "simulcast layer opened");
-        true
-    }
-
-    fn on_track_close(&mut self, id: ConnId, core_track: &str) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let Some(track) = conn.tracks.remove(core_track) else {
-            return;
-        };
-        conn.by_layer_ssrc.retain(|_, t| *t != track);
-        let peer = conn.peer;
-        self.remove_source(track);
-        info!(%peer, track = track.0, "track unpublished");
-        self.emit(
-            peer,
-            MediaEvent::TrackUnpublished {
-                publisher: peer,
-                track,
-            },
-        );
     }
 
     fn on_message(&mut self, id: ConnId, msg: RTCMessage, now: Instant) {

@@ -100,6 +100,10 @@ impl MediaCore {
             self.drop_conn(id);
         }
         self.drive(id, now);
+        // Tracks the offer added to a connection that is up open now.
+        if result.is_ok() && self.conns.get(&id).is_some_and(|c| c.connected) {
+            self.open_tracks(id, now);
+        }
         result
     }
 

@@ -5,19 +5,49 @@ use super::*;
 
 impl MediaCore {
     /// Starts copying one track into a tap; tells the tap what it carries.
+    /// A track opened before its media has no stream to describe yet: it
+    /// is attached at its first packet (`attach_tap_when_known`).
     pub(super) fn attach_tap(&mut self, track: TrackId, tap: Tap) {
-        if let Some(s) = self.sources.get_mut(&track) {
-            // A simulcast track is recorded in its best layer.
-            s.tap_layer = s.best_known();
-            tap.send(TapEvent::Track {
-                track,
-                kind: s.info.kind,
-                codec: s.info.codec.clone(),
-                payload_type: s.payload_type,
-                screen: s.info.source == sfu_proto::signaling::TrackSource::Screen,
-                ssrc: s.layers[s.tap_layer].ssrc.unwrap_or_default(),
-            });
-            s.tap = Some(tap);
+        let Some(s) = self.sources.get_mut(&track) else {
+            return;
+        };
+        // A simulcast track is recorded in its best layer.
+        let layer = s.best_known();
+        let Some(ssrc) = s.layers[layer].ssrc else {
+            return;
+        };
+        s.tap_layer = layer;
+        tap.send(TapEvent::Track {
+            track,
+            kind: s.info.kind,
+            codec: s.info.codec.clone(),
+            payload_type: s.payload_type,
+            screen: s.info.source == sfu_proto::signaling::TrackSource::Screen,
+            ssrc,
+        });
+        s.tap = Some(tap);
+    }
+
+    /// A stream of `track` just opened: a track announced before its media
+    /// joins its publisher's recording now, from a key frame.
+    pub(super) fn attach_tap_when_known(&mut self, track: TrackId, now: Instant) {
+        let Some(s) = self
+            .sources
+            .get(&track)
+            .filter(|s| s.tap.is_none() && s.announced)
+        else {
+            return;
+        };
+        let Some(tap) = self
+            .peers
+            .get(&s.info.publisher)
+            .and_then(|p| p.tap.clone())
+        else {
+            return;
+        };
+        self.attach_tap(track, tap);
+        if self.sources.get(&track).is_some_and(|s| s.tap.is_some()) {
+            self.request_keyframe(track, now, KeyframeCause::Recording);
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Camera, FRAME, PUBLISHER, SUBSCRIBER, WITHIN};
 use crate::media::engine::testnet::Net;
-use crate::media::PeerId;
+use crate::media::{MediaEvent, PeerId};
 
 const SECOND: PeerId = PeerId(3);
 
@@ -76,5 +76,48 @@ fn a_check_ahead_of_the_answer_is_answered_when_the_answer_comes() {
     assert!(
         took < Duration::from_millis(150),
         "connected {took:?} after the answer: the early check went unanswered"
+    );
+}
+
+#[test]
+fn a_track_opens_when_its_publisher_connects_and_its_first_packet_gives_its_ssrc() {
+    let mut net = Net::new();
+    let p = net.add_client(true);
+    net.publish(p, PUBLISHER);
+    assert!(net.run_until(WITHIN, |n| n.clients[p].connected));
+    // Up, and not a packet sent: the room already hears of the track, and
+    // a subscriber can be offered it.
+    let tracks = net.core.fuzz_tracks();
+    assert_eq!(
+        tracks.len(),
+        1,
+        "the offer's video track opened: {tracks:?}"
+    );
+    assert!(
+        net.events()
+            .iter()
+            .any(|(_, e)| matches!(e, MediaEvent::TrackPublished(t) if t.id == tracks[0].id)),
+        "the room was told"
+    );
+    let s = net.add_client(false);
+    net.subscribe(s, SUBSCRIBER, tracks.clone());
+    assert!(net.run_until(WITHIN, |n| n.clients[s].connected));
+    // The media starts: the first packet (a delta frame) gives the SSRC the
+    // subscriber's key frame request goes to, and the key frame comes.
+    let mut camera = Camera::new(p);
+    camera.plis_seen = Camera::plis(&net, p);
+    for _ in 0..30 {
+        camera.frame(&mut net);
+        net.run_for(FRAME);
+    }
+    assert_eq!(
+        net.core.fuzz_tracks().len(),
+        1,
+        "the same track, not a second"
+    );
+    assert!(
+        net.clients[s].rtp.len() > 20,
+        "the subscriber receives it: {} packets",
+        net.clients[s].rtp.len()
     );
 }
