@@ -137,6 +137,20 @@ describe('mute: by the participant and by an operator', () => {
     const b = await received(p, from);
     return { frames: b.frames - a.frames, audio: b.audio - a.audio };
   };
+  // Every video stream a page's connection sends or receives, as its browser counts them:
+  // what a failure's message shows (which side stopped, and whether key frames were asked for).
+  const videoStreams = (p, pc, type) => p.page.evaluate(async ({ pc, type }) => {
+    const out = [];
+    (await window.sfud.pcs[pc]?.getStats())?.forEach((r) => {
+      if (r.type !== type || r.kind !== 'video') return;
+      out.push({
+        mid: r.mid, rid: r.rid, packets: r.packetsReceived ?? r.packetsSent, lost: r.packetsLost,
+        frames: r.framesDecoded ?? r.framesEncoded, keys: r.keyFramesDecoded ?? r.keyFramesEncoded,
+        plis: r.pliCount, nacks: r.nackCount,
+      });
+    });
+    return out;
+  }, { pc, type });
   const tileMuted = (p, id) => p.page.evaluate((id) =>
     document.querySelector(`.tile[data-peer-id="${id}"]`)?.dataset.muted ?? null, id);
 
@@ -166,7 +180,9 @@ describe('mute: by the participant and by an operator', () => {
       const g = await growth(bob, 'alice', 1_000);
       lastSeen = { ...g, tile: await tileMuted(bob, aliceId) };
       return g.frames >= 5 && g.audio > 0 && lastSeen.tile === '';
-    }, () => `bob never received alice again after she unmuted: last second ${JSON.stringify(lastSeen)}`);
+    }, async () => `bob never received alice again after she unmuted: last second ${JSON.stringify(lastSeen)}; `
+      + `bob's video in: ${JSON.stringify(await videoStreams(bob, 'subscribe', 'inbound-rtp'))}; `
+      + `alice's video out: ${JSON.stringify(await videoStreams(alice, 'publish', 'outbound-rtp'))}`);
   }));
 
   it('an operator mutes a microphone: the page obeys and the others stop hearing it', { timeout: 60_000 }, track(async () => {
