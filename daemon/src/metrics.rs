@@ -14,7 +14,7 @@ use axum::extract::{FromRef, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::media::{ForwardDelay, MediaHandle, MediaStats};
+use crate::media::{Bounds, Histogram, MediaHandle, MediaStats};
 use crate::recording::Recorder;
 use crate::rooms::RoomRegistry;
 use crate::signaling::gate::Gatekeeper;
@@ -255,6 +255,18 @@ fn write_daemon(out: &mut Exposition, c: &Counts, s: &MediaStats) {
          datagram of a media loop turn to the end of that turn's sends (an \
          upper bound per packet).",
         &s.forward_delay,
+    );
+    out.histogram(
+        "sfud_publish_setup_seconds",
+        "Time publish connections took from sfud's answer to connected (ICE \
+         and DTLS done).",
+        &s.setup_publish,
+    );
+    out.histogram(
+        "sfud_subscribe_setup_seconds",
+        "Time subscribe connections took from the subscriber's answer to \
+         connected (ICE and DTLS done).",
+        &s.setup_subscribe,
     );
     out.gauge(
         "sfud_fast_path_connections",
@@ -524,7 +536,7 @@ impl Exposition {
         self.sample(name, &[], value);
     }
 
-    fn histogram(&mut self, name: &str, help: &str, h: &ForwardDelay) {
+    fn histogram<B: Bounds>(&mut self, name: &str, help: &str, h: &Histogram<B>) {
         self.family(name, "histogram", help);
         let bucket = format!("{name}_bucket");
         for (bound_us, n) in h.cumulative() {

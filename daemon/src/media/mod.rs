@@ -30,7 +30,7 @@ use std::sync::Arc;
 use sfu_proto::signaling::{CandidateInit, PcKind};
 use tokio::sync::{mpsc, oneshot};
 
-pub use delay::ForwardDelay;
+pub use delay::{Bounds, Histogram};
 pub(crate) use engine::chat;
 #[cfg(test)]
 pub(crate) use engine::{testnet, MediaCore};

@@ -320,6 +320,8 @@ async fn metrics_parse_and_move_while_media_flows() {
         ("sfud_rtp_packets_retransmitted_total", "counter"),
         ("sfud_fast_path_connections", "gauge"),
         ("sfud_forwarding_delay_seconds", "histogram"),
+        ("sfud_publish_setup_seconds", "histogram"),
+        ("sfud_subscribe_setup_seconds", "histogram"),
         ("sfud_dropped_packets_total", "counter"),
         ("sfud_signaling_refusals_total", "counter"),
         ("process_cpu_seconds_total", "counter"),
@@ -374,6 +376,20 @@ async fn metrics_parse_and_move_while_media_flows() {
     );
     assert!(busy.get(r#"sfud_forwarding_delay_seconds_bucket{le="0.1"}"#) <= forwarded);
     assert!(busy.get("sfud_forwarding_delay_seconds_sum") > 0.0);
+    // Both participants' connections came up, each counted once, in well
+    // under the connect deadline.
+    for pc in ["publish", "subscribe"] {
+        assert_eq!(
+            busy.get(&format!("sfud_{pc}_setup_seconds_count")),
+            2.0,
+            "{pc}"
+        );
+        assert_eq!(
+            busy.get(&format!(r#"sfud_{pc}_setup_seconds_bucket{{le="5"}}"#)),
+            2.0,
+            "{pc}"
+        );
+    }
     assert!(busy.get("sfud_rtp_bytes_forwarded_total") > forwarded * 10.0);
     assert!(busy.get("sfud_udp_bytes_received_total") > idle.get("sfud_udp_bytes_received_total"));
 

@@ -161,7 +161,18 @@ impl MediaCore {
             }
             RTCPeerConnectionState::Connected => {
                 conn.connected = true;
-                conn.connect_by = None;
+                // Negotiated `CONNECT_TIMEOUT` before its deadline.
+                let setup = conn
+                    .connect_by
+                    .take()
+                    .and_then(|by| by.checked_sub(CONNECT_TIMEOUT))
+                    .map(|at| now.saturating_duration_since(at));
+                if let Some(setup) = setup {
+                    match kind {
+                        PcKind::Publish => self.stats.setup_publish.record(setup, 1),
+                        PcKind::Subscribe => self.stats.setup_subscribe.record(setup, 1),
+                    }
+                }
                 start_fast_path(conn);
                 read_sim_layers(conn);
                 let remote = conn

@@ -98,7 +98,7 @@ use sfu_proto::signaling::{CandidateInit, PcKind, TrackSource};
 use tracing::{debug, info, warn};
 
 use super::batch::SendBatch;
-use super::delay::ForwardDelay;
+use super::delay::{ForwardDelay, SetupTime};
 use super::downlink::Downlink;
 use super::forward::{ExtensionMap, History, Leg};
 use super::peer::{self, Announced, IceTimeouts};

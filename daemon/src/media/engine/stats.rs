@@ -58,6 +58,10 @@ pub struct MediaStats {
     pub pipe_dropped: u64,
     /// Time forwarded packets spent in the loop (see `delay`).
     pub forward_delay: ForwardDelay,
+    /// Publish connections' setup times (see `delay`).
+    pub setup_publish: SetupTime,
+    /// Subscribe connections' setup times (see `delay`).
+    pub setup_subscribe: SetupTime,
     /// Chat messages relayed to rooms (`chat`).
     pub chat_messages: u64,
     /// Chat messages refused: too large, over the sender's rate, not text.
@@ -106,6 +110,8 @@ impl MediaStats {
         self.piped_in += o.piped_in;
         self.pipe_dropped += o.pipe_dropped;
         self.forward_delay.add(&o.forward_delay);
+        self.setup_publish.add(&o.setup_publish);
+        self.setup_subscribe.add(&o.setup_subscribe);
         self.chat_messages += o.chat_messages;
         self.chat_refused += o.chat_refused;
         self.chat_dropped += o.chat_dropped;

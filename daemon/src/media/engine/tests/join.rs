@@ -115,6 +115,15 @@ fn a_track_opens_when_its_publisher_connects_and_its_first_packet_gives_its_ssrc
         1,
         "the same track, not a second"
     );
+    // Each connection's setup, from the negotiation's last description to
+    // connected, counted once (the simulated network has no delay).
+    for setup in [
+        &net.core.stats.setup_publish,
+        &net.core.stats.setup_subscribe,
+    ] {
+        assert_eq!(setup.count, 1);
+        assert!(setup.sum_us < 1_000_000, "{setup:?}");
+    }
     assert!(
         net.clients[s].rtp.len() > 20,
         "the subscriber receives it: {} packets",
