@@ -9,8 +9,9 @@
 //! Each leg holds (`Hold::Resuming`, or for a simulcast leg its switcher
 //! `restart`s) so that what follows the mute starts afresh, numbered on
 //! from the last packet the subscriber got: at the next packet for audio,
-//! at the next key frame for video, which unmuting asks the publisher for. Workers mirroring the track learn
-//! the state from the owner's 100 ms status (`pipe`).
+//! at the next key frame for video, which unmuting asks the publisher
+//! for. Workers mirroring the track learn the state from the owner's
+//! 100 ms status (`pipe`).
 //!
 //! A shared screen is a track the publisher keeps on its connection from
 //! the start (see the demo page), muted until shared: the room hears of it
