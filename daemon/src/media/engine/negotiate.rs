@@ -8,6 +8,7 @@ use crate::media::forward::ABS_SEND_TIME_URI;
 use crate::media::sdp_limits::{self, Described};
 use crate::media::simulcast::LayerSwitcher;
 use crate::media::twcc::TRANSPORT_CC_URI;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RTCRtpRtxParameters};
 
 impl MediaCore {
@@ -555,7 +556,7 @@ fn codec_for<'a>(
 fn rtx_for(codecs: &[RTCRtpCodecParameters], pt: u8) -> Option<&RTCRtpCodecParameters> {
     let apt = format!("apt={pt}");
     codecs.iter().find(|c| {
-        c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx")
+        c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RTX)
             && c.rtp_codec
                 .sdp_fmtp_line
                 .split(';')

@@ -124,7 +124,8 @@ impl MediaCore {
         if first.is_none() && kind == MediaKind::Video && !conn.sim.is_empty() {
             return;
         }
-        let codecs = receiver.get_parameters().rtp_parameters.codecs.clone();
+        let params = receiver.get_parameters().rtp_parameters.clone();
+        let codecs = params.codecs;
         let codec = first
             .as_ref()
             .and_then(|(ssrc, _)| receiver.track().codec(*ssrc).cloned())
@@ -137,12 +138,10 @@ impl MediaCore {
             .iter()
             .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
             .map_or(0, |c| c.payload_type);
-        let extensions: Vec<(String, u16)> = receiver
-            .get_parameters()
-            .rtp_parameters
+        let extensions: Vec<(String, u16)> = params
             .header_extensions
-            .iter()
-            .map(|e| (e.uri.clone(), e.id))
+            .into_iter()
+            .map(|e| (e.uri, e.id))
             .collect();
         let track = TrackId(self.next_track);
         self.next_track += 1;

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Camera, FRAME, PUBLISHER, SUBSCRIBER, WITHIN};
+use super::{connected_publisher, Camera, FRAME, PUBLISHER, SUBSCRIBER, WITHIN};
 use crate::media::engine::testnet::Net;
 use crate::media::{MediaEvent, PeerId};
 
@@ -56,9 +56,7 @@ fn only_the_first_video_section_offers_every_codec_and_only_until_answered() {
 #[test]
 fn a_check_ahead_of_the_answer_is_answered_when_the_answer_comes() {
     let mut net = Net::new();
-    let p = net.add_client(true);
-    net.publish(p, PUBLISHER);
-    assert!(net.run_until(WITHIN, |n| n.clients[p].connected));
+    let p = connected_publisher(&mut net);
     let mut camera = Camera::new(p);
     camera.frame(&mut net);
     let tracks = net.core.fuzz_tracks();
@@ -82,9 +80,7 @@ fn a_check_ahead_of_the_answer_is_answered_when_the_answer_comes() {
 #[test]
 fn a_track_opens_when_its_publisher_connects_and_its_first_packet_gives_its_ssrc() {
     let mut net = Net::new();
-    let p = net.add_client(true);
-    net.publish(p, PUBLISHER);
-    assert!(net.run_until(WITHIN, |n| n.clients[p].connected));
+    let p = connected_publisher(&mut net);
     // Up, and not a packet sent: the room already hears of the track, and
     // a subscriber can be offered it.
     let tracks = net.core.fuzz_tracks();

@@ -77,21 +77,26 @@ impl Camera {
     }
 }
 
-/// A publisher connected and sending, and a subscriber of its track
-/// connected: the network, the camera and the subscriber's index.
-fn call() -> (Net, Camera, usize) {
-    let mut net = Net::new();
+/// A client publishing as [`PUBLISHER`], connected: its index.
+fn connected_publisher(net: &mut Net) -> usize {
     let p = net.add_client(true);
     net.publish(p, PUBLISHER);
     assert!(
         net.run_until(WITHIN, |n| n.clients[p].connected),
         "the publisher connected"
     );
+    p
+}
+
+/// A publisher connected and sending, and a subscriber of its track
+/// connected: the network, the camera and the subscriber's index.
+fn call() -> (Net, Camera, usize) {
+    let mut net = Net::new();
+    let p = connected_publisher(&mut net);
     let mut camera = Camera::new(p);
-    // Its first packet opens the track.
     camera.frame(&mut net);
     let tracks = net.core.fuzz_tracks();
-    assert_eq!(tracks.len(), 1, "the track opened on its first packet");
+    assert_eq!(tracks.len(), 1, "the track opened");
     assert!(net
         .events()
         .iter()
