@@ -516,7 +516,13 @@ describe('join tokens', () => {
       assert.equal(last.room, roomName);
       assert.equal(last.role, 'listener');
       assert.equal(last.publishing, 0, 'a listener does not publish');
-      const [hal] = await room.snapshots();
+      // The host's page hears of her by its own `peer_joined`, which may
+      // come a moment after her page's `joined`.
+      let hal;
+      await waitFor(10_000, async () => {
+        [hal] = await room.snapshots();
+        return hal.peers[last.peerId] !== undefined;
+      }, () => `the host's page never listed tina: ${JSON.stringify(hal?.peers)}`);
       assert.equal(hal.peers[last.peerId]?.name, 'tina');
       assert.equal(hal.peers[last.peerId]?.role, 'listener');
     } finally {
