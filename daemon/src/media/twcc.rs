@@ -61,27 +61,156 @@ impl SendHistory {
 /// time (µs on the receiver's clock), `None` if it did not arrive.
 pub(crate) type Arrivals = Vec<(u16, Option<i64>)>;
 
-/// Reads a subscriber's SRTCP datagram on the fast path when it is
+/// Reads subscribers' SRTCP datagrams on the fast path when they hold
 /// transport-wide feedback and nothing else (what browsers send with
-/// `rtcp-rsize`, every 50-250 ms): each feedback's [`arrivals`]. `None`
-/// for anything else, which `rtc` then reads as before (a datagram that
-/// does not start with transport-wide feedback is not even decrypted).
-/// Through `rtc` each feedback crossed its SRTCP, interceptor and stats
-/// stages (a string allocated per datagram among them).
-pub(crate) fn read_feedback(srtcp: &mut Context, datagram: &[u8]) -> Option<Vec<Arrivals>> {
-    // RTCP version 2, transport-layer feedback (205), format 15.
-    let [first, kind, ..] = datagram else {
+/// `rtcp-rsize`, every 50-250 ms), in buffers kept from one datagram to the
+/// next. Through `rtc` each feedback crossed its SRTCP, interceptor and
+/// stats stages (a string allocated per datagram among them), and `rtc`'s
+/// own parse allocates per chunk and per delta: with a few hundred
+/// subscribers that is a couple of thousand datagrams a second.
+#[derive(Debug, Default)]
+pub(crate) struct FeedbackReader {
+    arrivals: Arrivals,
+    /// The status symbol of each packet of the feedback being read.
+    symbols: Vec<u8>,
+}
+
+/// RTCP's transport-layer feedback packet type, and transport-wide
+/// feedback's format in it.
+const RTPFB: u8 = 205;
+const FORMAT_TWCC: u8 = 15;
+/// The fixed part of a feedback: RTCP header, sender and media SSRC, base
+/// sequence number, status count, reference time, feedback count.
+const FIXED: usize = 20;
+/// Status symbols (draft-holmer-rmcat-transport-wide-cc-extensions-01,
+/// 3.1.1): 0 is not received, 3 reserved.
+const SMALL_DELTA: u8 = 1;
+const LARGE_DELTA: u8 = 2;
+
+impl FeedbackReader {
+    /// Decrypts `datagram` and hands each feedback's arrivals to `each`,
+    /// when every packet of it is transport-wide feedback: `false` for
+    /// anything else, which `rtc` then reads as before (a datagram that
+    /// does not start with feedback is not even decrypted).
+    pub(crate) fn read(
+        &mut self,
+        srtcp: &mut Context,
+        datagram: &[u8],
+        mut each: impl FnMut(&[(u16, Option<i64>)]),
+    ) -> bool {
+        let [first, kind, ..] = datagram else {
+            return false;
+        };
+        if first >> 6 != 2 || first & 0x1f != FORMAT_TWCC || *kind != RTPFB {
+            return false;
+        }
+        let Ok(plain) = srtcp.decrypt_rtcp(datagram) else {
+            return false;
+        };
+        let mut rest = &plain[..];
+        while !rest.is_empty() {
+            match split_feedback(rest) {
+                Some((_, after)) => rest = after,
+                None => return false,
+            }
+        }
+        let mut rest = &plain[..];
+        while let Some((packet, after)) = split_feedback(rest) {
+            each(self.parse(packet));
+            rest = after;
+        }
+        true
+    }
+
+    /// One feedback packet (its RTCP header included, its padding not):
+    /// each transport-wide number with its arrival time in microseconds on
+    /// the receiver's clock, or `None` if it did not arrive, in sequence
+    /// order. Malformed feedback yields what could be read: nothing if its
+    /// status chunks are cut short, else up to the first missing delta.
+    pub(crate) fn parse(&mut self, packet: &[u8]) -> &[(u16, Option<i64>)] {
+        self.arrivals.clear();
+        self.symbols.clear();
+        if packet.len() < FIXED {
+            return &self.arrivals;
+        }
+        let base = u16::from_be_bytes([packet[12], packet[13]]);
+        let count = usize::from(u16::from_be_bytes([packet[14], packet[15]]));
+        // 24-bit reference time in units of 64 ms.
+        let reference = u32::from_be_bytes([0, packet[16], packet[17], packet[18]]);
+        let mut pos = FIXED;
+        while self.symbols.len() < count {
+            let Some(&[hi, lo]) = packet.get(pos..pos + 2) else {
+                break;
+            };
+            pos += 2;
+            let chunk = u16::from_be_bytes([hi, lo]);
+            let room = count - self.symbols.len();
+            if chunk & 0x8000 == 0 {
+                // Run length: one symbol, repeated.
+                let symbol = ((chunk >> 13) & 0x3) as u8;
+                let run = usize::from(chunk & 0x1fff).min(room);
+                self.symbols.extend(std::iter::repeat_n(symbol, run));
+            } else if chunk & 0x4000 == 0 {
+                // Fourteen one-bit symbols: received (small delta) or not.
+                let bits = (0..14).map(|i| ((chunk >> (13 - i)) & 1) as u8);
+                self.symbols.extend(bits.take(room));
+            } else {
+                // Seven two-bit symbols.
+                let pairs = (0..7).map(|i| ((chunk >> (12 - 2 * i)) & 0x3) as u8);
+                self.symbols.extend(pairs.take(room));
+            }
+        }
+        if self.symbols.len() < count {
+            // The deltas start after the last chunk: not where they are.
+            return &self.arrivals;
+        }
+        let mut arrival = i64::from(reference) * 64_000;
+        for (i, symbol) in self.symbols.iter().enumerate() {
+            let seq = base.wrapping_add(i as u16);
+            let delta = match *symbol {
+                SMALL_DELTA => packet.get(pos).map(|b| (1, i64::from(*b))),
+                LARGE_DELTA => packet
+                    .get(pos..pos + 2)
+                    .map(|b| (2, i64::from(i16::from_be_bytes([b[0], b[1]])))),
+                _ => {
+                    self.arrivals.push((seq, None));
+                    continue;
+                }
+            };
+            let Some((size, delta)) = delta else {
+                break;
+            };
+            pos += size;
+            // Deltas are in units of 250 µs.
+            arrival += delta * 250;
+            self.arrivals.push((seq, Some(arrival)));
+        }
+        &self.arrivals
+    }
+}
+
+/// The first packet of a compound RTCP datagram when it is transport-wide
+/// feedback (without its padding), and what follows it; `None` for any
+/// other packet or a length that does not fit.
+fn split_feedback(rtcp: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [first, kind, hi, lo, ..] = *rtcp else {
         return None;
     };
-    if first >> 6 != 2 || first & 0x1f != 15 || *kind != 205 {
+    if first >> 6 != 2 || first & 0x1f != FORMAT_TWCC || kind != RTPFB {
         return None;
     }
-    let plain = srtcp.decrypt_rtcp(datagram).ok()?;
-    let packets = rtc::rtcp::packet::unmarshal(&mut &plain[..]).ok()?;
-    packets
-        .iter()
-        .map(|p| p.as_any().downcast_ref::<TransportLayerCc>().map(arrivals))
-        .collect()
+    let total = 4 * (usize::from(u16::from_be_bytes([hi, lo])) + 1);
+    if total < FIXED || total > rtcp.len() {
+        return None;
+    }
+    let (packet, rest) = rtcp.split_at(total);
+    let padding = if first & 0x20 != 0 {
+        usize::from(packet[total - 1])
+    } else {
+        0
+    };
+    let end = total.checked_sub(padding).filter(|end| *end >= FIXED)?;
+    Some((&packet[..end], rest))
 }
 
 /// The packets a feedback reports, in sequence order: each number with its
@@ -205,5 +334,110 @@ mod tests {
             ..fb
         };
         assert_eq!(arrivals(&short), vec![]);
+    }
+
+    #[test]
+    fn the_fast_path_reads_feedback_as_rtc_does() {
+        use rtc::shared::marshal::Marshal;
+        let symbols = [
+            SymbolTypeTcc::PacketReceivedSmallDelta,
+            SymbolTypeTcc::PacketReceivedSmallDelta,
+            SymbolTypeTcc::PacketNotReceived,
+            SymbolTypeTcc::PacketReceivedLargeDelta,
+            SymbolTypeTcc::PacketReceivedSmallDelta,
+            SymbolTypeTcc::PacketNotReceived,
+            SymbolTypeTcc::PacketNotReceived,
+        ];
+        let deltas = [
+            (SymbolTypeTcc::PacketReceivedSmallDelta, 1000),
+            (SymbolTypeTcc::PacketReceivedSmallDelta, 250),
+            (SymbolTypeTcc::PacketReceivedLargeDelta, -2000),
+            (SymbolTypeTcc::PacketReceivedSmallDelta, 500),
+            (SymbolTypeTcc::PacketReceivedSmallDelta, 63_750),
+            (SymbolTypeTcc::PacketReceivedSmallDelta, 0),
+        ];
+        let fb = TransportLayerCc {
+            media_ssrc: 7,
+            base_sequence_number: 65530,
+            packet_status_count: 17,
+            reference_time: 0x00ab_cdef,
+            packet_chunks: vec![
+                PacketStatusChunk::StatusVectorChunk(StatusVectorChunk {
+                    type_tcc: StatusChunkTypeTcc::StatusVectorChunk,
+                    symbol_size: SymbolSizeTypeTcc::TwoBit,
+                    symbol_list: symbols.to_vec(),
+                }),
+                PacketStatusChunk::RunLengthChunk(RunLengthChunk {
+                    type_tcc: StatusChunkTypeTcc::RunLengthChunk,
+                    packet_status_symbol: SymbolTypeTcc::PacketNotReceived,
+                    run_length: 8,
+                }),
+                PacketStatusChunk::StatusVectorChunk(StatusVectorChunk {
+                    type_tcc: StatusChunkTypeTcc::StatusVectorChunk,
+                    symbol_size: SymbolSizeTypeTcc::OneBit,
+                    symbol_list: [1, 0, 1]
+                        .into_iter()
+                        .chain([0; 11])
+                        .map(|b| match b {
+                            1 => SymbolTypeTcc::PacketReceivedSmallDelta,
+                            _ => SymbolTypeTcc::PacketNotReceived,
+                        })
+                        .collect(),
+                }),
+            ],
+            recv_deltas: deltas
+                .into_iter()
+                .map(|(type_tcc_packet, delta)| RecvDelta {
+                    type_tcc_packet,
+                    delta,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let raw = fb.marshal().expect("marshal");
+        let mut reader = FeedbackReader::default();
+        let fast = reader.parse(&raw).to_vec();
+        assert_eq!(fast.len(), 17);
+        assert_eq!(fast, arrivals(&fb));
+        assert_eq!(fast[0], (65530, Some(0x00ab_cdef * 64_000 + 1000)));
+        // Read again into the same buffers: the same.
+        assert_eq!(reader.parse(&raw), &fast[..]);
+        // Whatever is cut off, it reads what it can and no more.
+        for len in 0..raw.len() {
+            let part = reader.parse(&raw[..len]);
+            assert!(part.len() <= fast.len());
+            assert_eq!(part, &fast[..part.len()], "cut at {len}");
+        }
+    }
+
+    #[test]
+    fn only_datagrams_of_feedback_alone_are_split() {
+        let fb = TransportLayerCc {
+            packet_status_count: 1,
+            packet_chunks: vec![PacketStatusChunk::RunLengthChunk(RunLengthChunk {
+                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
+                packet_status_symbol: SymbolTypeTcc::PacketNotReceived,
+                run_length: 1,
+            })],
+            ..Default::default()
+        };
+        let one = rtc::shared::marshal::Marshal::marshal(&fb).expect("marshal");
+        // `rtc` pads it to a multiple of four bytes, as libwebrtc does.
+        assert_eq!(one[0] & 0x20, 0x20, "padded");
+        let unpadded = &one[..one.len() - usize::from(one[one.len() - 1])];
+        let two = [&one[..], &one[..]].concat();
+        let (first, rest) = split_feedback(&two).expect("feedback");
+        assert_eq!((first, rest), (unpadded, &one[..]));
+        // A receiver report (201) is not feedback; nor is a length past the end.
+        let mut report = one.to_vec();
+        report[1] = 201;
+        assert_eq!(split_feedback(&report), None);
+        let mut long = one.to_vec();
+        long[3] += 1;
+        assert_eq!(split_feedback(&long), None);
+        // More padding than packet.
+        let mut padded = one.to_vec();
+        *padded.last_mut().expect("byte") = 200;
+        assert_eq!(split_feedback(&padded), None);
     }
 }

@@ -36,15 +36,14 @@ impl MediaCore {
         };
         conn.last_rx = now;
         if conn.adaptive {
-            if let Some(feedback) = conn
-                .srtp_in
-                .as_mut()
-                .and_then(|ctx| twcc::read_feedback(ctx, data))
-            {
+            let downlink = &mut conn.downlink;
+            let read = conn.srtp_in.as_mut().is_some_and(|ctx| {
+                self.feedback.read(ctx, data, |arrivals| {
+                    downlink.on_transport_feedback(arrivals, now)
+                })
+            });
+            if read {
                 self.stats.feedback_fast += 1;
-                for arrivals in &feedback {
-                    conn.downlink.on_transport_feedback(arrivals, now);
-                }
                 return;
             }
         }

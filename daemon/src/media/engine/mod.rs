@@ -163,7 +163,7 @@ struct Conn {
     srtp: Option<SrtpContext>,
     /// Once connected, the peer's keys, where the engine reads what it sent
     /// without `rtc`: a subscriber's transport-wide feedback
-    /// (`twcc::read_feedback`), a publisher's SSRC simulcast layers
+    /// (`twcc::FeedbackReader`), a publisher's SSRC simulcast layers
     /// (`ssrc_simulcast`).
     srtp_in: Option<SrtpContext>,
     /// Publish side: the SSRC simulcast groups of the last offer, each
@@ -262,6 +262,8 @@ pub struct MediaCore {
     scratch_events: Vec<RTCPeerConnectionEvent>,
     /// A forwarded packet's plaintext, before protection.
     scratch_rtp: Vec<u8>,
+    /// Subscribers' transport-wide feedback, read on the fast path.
+    feedback: twcc::FeedbackReader,
     /// Origin of the arrival times simulcast legs align timestamps by, and
     /// of the send times subscribers' feedback is matched with.
     epoch: Instant,
@@ -337,6 +339,7 @@ impl MediaCore {
             scratch_reads: Vec::new(),
             scratch_events: Vec::new(),
             scratch_rtp: vec![0; MAX_DATAGRAM],
+            feedback: twcc::FeedbackReader::default(),
             epoch: now,
             stamps: BytesMut::new(),
             next_housekeeping: now + HOUSEKEEPING,
