@@ -545,6 +545,11 @@ impl Net {
         self.send(i, &datagram);
     }
 
+    /// Client `i`'s `rtp` (plaintext) protected with its keys, unsent.
+    pub(crate) fn protect(&mut self, i: usize, rtp: &[u8]) -> BytesMut {
+        self.clients[i].protect(rtp, false)
+    }
+
     /// Client `i` sends `rtcp` (plaintext, one compound packet) to the core.
     pub(crate) fn send_rtcp(&mut self, i: usize, rtcp: &[u8]) {
         let datagram = self.clients[i].protect(rtcp, true);

@@ -14,6 +14,7 @@ use sfu_proto::signaling::PcKind;
 use super::testnet::{vp8_packet, vp8_packet_on, Net, SSRC};
 use crate::media::{LostCause, MediaEvent, PeerId};
 
+mod cost;
 mod join;
 mod mute;
 mod pipe;
