@@ -5,7 +5,8 @@
 //! transport-wide sequence (the transport-cc header extension) and keeps
 //! when it sent each and how big it was ([`SendHistory`]); the subscriber's
 //! browser answers every 50-100 ms with which numbers arrived and their
-//! arrival times ([`arrivals`] decodes that). `downlink` turns the two into
+//! arrival times ([`FeedbackReader`] reads that on the fast path,
+//! [`arrivals`] from what `rtc` parsed). `downlink` turns the two into
 //! queueing delay, loss and delivery rate.
 
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
