@@ -99,10 +99,10 @@ impl FeedbackReader {
         datagram: &[u8],
         mut each: impl FnMut(&[(u16, Option<i64>)]),
     ) -> bool {
-        let [first, kind, ..] = datagram else {
+        let [first, kind, ..] = *datagram else {
             return false;
         };
-        if first >> 6 != 2 || first & 0x1f != FORMAT_TWCC || *kind != RTPFB {
+        if !is_feedback(first, kind) {
             return false;
         }
         let Ok(plain) = srtcp.decrypt_rtcp(datagram) else {
@@ -190,6 +190,13 @@ impl FeedbackReader {
     }
 }
 
+/// Whether an RTCP header's first two bytes are transport-wide feedback's:
+/// version 2, transport-layer feedback, its format (the header is in the
+/// clear in SRTCP too).
+fn is_feedback(first: u8, kind: u8) -> bool {
+    first >> 6 == 2 && first & 0x1f == FORMAT_TWCC && kind == RTPFB
+}
+
 /// The first packet of a compound RTCP datagram when it is transport-wide
 /// feedback (without its padding), and what follows it; `None` for any
 /// other packet or a length that does not fit.
@@ -197,7 +204,7 @@ fn split_feedback(rtcp: &[u8]) -> Option<(&[u8], &[u8])> {
     let [first, kind, hi, lo, ..] = *rtcp else {
         return None;
     };
-    if first >> 6 != 2 || first & 0x1f != FORMAT_TWCC || kind != RTPFB {
+    if !is_feedback(first, kind) {
         return None;
     }
     let total = 4 * (usize::from(u16::from_be_bytes([hi, lo])) + 1);
