@@ -12,7 +12,8 @@
 //! ```
 //!
 //! `SFUD_CORE_SUBSCRIBERS` (default 100) and `SFUD_CORE_PACKETS` (default
-//! 20000) size it.
+//! 20000) size it; `SFUD_CORE_PACKETS` is also the feedback benchmark's
+//! number of reads (default 200000 there).
 
 use std::time::Duration;
 
